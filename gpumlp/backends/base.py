@@ -1,0 +1,187 @@
+"""The backend interface: whole fused operations of an MLP step, with generic implementations.
+
+Every method here is written once against ``self.xp`` (NumPy or CuPy) and is the reference the
+fast paths of each backend are tested against.  Model code calls only these operations, so a
+backend may fuse each one into a single kernel without the model noticing.
+
+Conventions shared by all operations:
+
+* arrays are C-contiguous, row-major minibatches: ``x`` is ``(n, d_in)``, ``w`` is
+  ``(d_in, d_out)``, ``b`` is ``(d_out,)``;
+* ``out`` arguments are preallocated by the caller and returned, so the steady-state
+  training step allocates nothing;
+* losses return a 0-d array on the backend's device (no host synchronisation) holding the mean
+  loss over the batch, and write ``H_L = dJ/dZ_L`` (already divided by the batch size).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import activations
+from ..dropout import Dropout, keep_mask
+
+
+class Backend:
+    """Base class: generic implementations of every operation in terms of ``self.xp``."""
+
+    #: Short name used by :func:`gpumlp.get_backend` (``"numpy"``, ``"cupy"``).
+    name = "base"
+
+    def __init__(self, xp: Any):
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"<gpumlp backend {self.name!r}>"
+
+    # ----------------------------------------------------------------- arrays and devices
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Return ``x`` as a contiguous array of this backend (copying only when needed)."""
+        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+
+    def to_numpy(self, x: Any) -> Any:
+        """Return ``x`` as a NumPy array on the host."""
+        import numpy
+
+        return numpy.asarray(x)
+
+    def owns(self, x: Any) -> bool:
+        """Whether ``x`` is an array of this backend (used for "results follow X")."""
+        return isinstance(x, self.xp.ndarray)
+
+    def empty(self, shape: Any, dtype: Any) -> Any:
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Any, dtype: Any) -> Any:
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (nothing to wait for on the CPU)."""
+
+    def describe(self) -> dict:
+        """Versions and devices, for ``gpumlp info`` and benchmark results."""
+        return {"name": self.name, "array_module": self.xp.__name__,
+                "version": getattr(self.xp, "__version__", "unknown")}
+
+    # ----------------------------------------------------------------------- data movement
+    def gather_rows(self, src: Any, index: Any, out: Any) -> Any:
+        """``out[i] = src[index[i]]``: gather a minibatch into a preallocated buffer."""
+        self.xp.take(src, index, axis=0, out=out)
+        return out
+
+    def permutation(self, n: int, rng: Any) -> Any:
+        """A random permutation of ``range(n)`` on this backend's device, from a NumPy rng."""
+        return self.xp.asarray(rng.permutation(n))
+
+    # ----------------------------------------------------------------------------- forward
+    def affine_act(self, x: Any, w: Any, b: Any, act: str, out: Any,
+                   dropout: Dropout | None = None) -> Any:
+        """``out = phi(x @ w + b)``, then inverted dropout (``* mask / keep``) when given."""
+        xp = self.xp
+        z = x @ w + b
+        activations.apply(xp, act, z, out)
+        if dropout is not None:
+            out *= keep_mask(xp, out.shape, dropout) / out.dtype.type(dropout.keep)
+        return out
+
+    def softmax(self, z: Any, out: Any) -> Any:
+        """Row-wise softmax (numerically stable)."""
+        xp = self.xp
+        e = xp.exp(z - z.max(axis=1, keepdims=True))
+        out[...] = e / e.sum(axis=1, keepdims=True)
+        return out
+
+    def sigmoid(self, z: Any, out: Any) -> Any:
+        return activations.apply(self.xp, "sigmoid", z, out)
+
+    # ---------------------------------------------------------------------------- backward
+    def act_grad(self, delta: Any, a: Any, act: str, out: Any,
+                 dropout: Dropout | None = None) -> Any:
+        """``out = delta ⊙ phi'(A)`` from the stored output ``a`` (``out`` may be ``delta``).
+
+        With dropout, ``a`` holds the dropped output ``A ⊙ mask / keep``; the mask is
+        regenerated, ``A = a * keep`` where kept, and dropped elements get zero.
+        """
+        xp = self.xp
+        if dropout is None:
+            out[...] = delta * activations.derivative_from_output(xp, act, a)
+            return out
+        keep = a.dtype.type(dropout.keep)
+        mask = keep_mask(xp, a.shape, dropout)
+        slope = activations.derivative_from_output(xp, act, a * keep)
+        out[...] = xp.where(mask, delta * slope / keep, a.dtype.type(0))
+        return out
+
+    def backprop_hidden(self, h_next: Any, w_next: Any, a: Any, act: str, out: Any,
+                        dropout: Dropout | None = None) -> Any:
+        """``out = (h_next @ w_next^T) ⊙ phi'(A)``: the sensitivity of a hidden layer."""
+        return self.act_grad(h_next @ w_next.T, a, act, out, dropout)
+
+    def weight_grads(self, a_prev: Any, h: Any, dw: Any, db: Any,
+                     w: Any = None, decay: float = 0.0) -> None:
+        """``dw = a_prev^T h + decay * w`` and ``db = 1^T h`` (column sums)."""
+        dw[...] = a_prev.T @ h
+        if decay:
+            dw += w.dtype.type(decay) * w
+        db[...] = h.sum(axis=0)
+
+    # ------------------------------------------------------------------------------ losses
+    def softmax_xent(self, z: Any, t: Any, h_out: Any) -> Any:
+        """Softmax + cross-entropy from logits ``z``; ``h_out = (softmax(z) - t) / n``."""
+        xp = self.xp
+        n = z.shape[0]
+        zmax = z.max(axis=1, keepdims=True)
+        e = xp.exp(z - zmax)
+        s = e.sum(axis=1, keepdims=True)
+        log_norm = xp.log(s) + zmax
+        loss = (xp.sum(t * (log_norm - z)) / n).astype(z.dtype)
+        h_out[...] = (e / s - t) / z.dtype.type(n)
+        return loss
+
+    def sigmoid_bce(self, z: Any, t: Any, h_out: Any) -> Any:
+        """Sigmoid + binary cross-entropy from logits; ``h_out = (sigmoid(z) - t) / n``."""
+        xp = self.xp
+        n = z.shape[0]
+        # log(1 + e^z) - t z, written so that exp never overflows.
+        per_element = xp.maximum(z, 0) - t * z + xp.log1p(xp.exp(-xp.abs(z)))
+        loss = (xp.sum(per_element) / n).astype(z.dtype)
+        p = activations.apply(xp, "sigmoid", z, xp.empty_like(z))
+        h_out[...] = (p - t) / z.dtype.type(n)
+        return loss
+
+    def squared_error(self, a: Any, t: Any, h_out: Any) -> Any:
+        """``J = ||a - t||^2 / (2 n)``; ``h_out = dJ/da = (a - t) / n``."""
+        xp = self.xp
+        n = a.shape[0]
+        diff = a - t
+        loss = (xp.sum(diff * diff) / (2 * n)).astype(a.dtype)
+        h_out[...] = diff / a.dtype.type(n)
+        return loss
+
+    # --------------------------------------------------------------------------- optimizer
+    def sgd_step(self, params: Any, grads: Any, velocity: Any, lr: float,
+                 momentum: float, nesterov: bool) -> None:
+        """SGD with (Nesterov) momentum on the flat parameter buffer, as scikit-learn does.
+
+        ``velocity = momentum * velocity - lr * grads``; the update is ``velocity`` or, with
+        Nesterov, ``momentum * velocity - lr * grads``.
+        """
+        dt = params.dtype.type
+        velocity *= dt(momentum)
+        velocity -= dt(lr) * grads
+        if nesterov:
+            params += dt(momentum) * velocity - dt(lr) * grads
+        else:
+            params += velocity
+
+    def adam_step(self, params: Any, grads: Any, m: Any, v: Any, lr: float,
+                  beta1: float, beta2: float, eps: float, step: int) -> None:
+        """Adam on the flat buffer; ``step`` counts from 1 (bias correction as scikit-learn)."""
+        xp = self.xp
+        dt = params.dtype.type
+        m *= dt(beta1)
+        m += dt(1 - beta1) * grads
+        v *= dt(beta2)
+        v += dt(1 - beta2) * grads * grads
+        lr_t = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+        params -= dt(lr_t) * m / (xp.sqrt(v) + dt(eps))

@@ -1,0 +1,195 @@
+"""The NumPy (CPU) backend: the generic operations rewritten in place, without temporaries.
+
+Every fast path writes through ``out=`` arguments and a small per-shape scratch workspace, so
+a training step at a fixed batch size allocates nothing after its first call; matrix products
+go to BLAS on contiguous (or transposed-contiguous) operands, which NumPy passes through
+without copying.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import activations
+from ..dropout import Dropout, keep_mask
+from .base import Backend
+
+
+class NumpyBackend(Backend):
+    """CPU backend on NumPy; float32 and float64."""
+
+    name = "numpy"
+
+    def __init__(self) -> None:
+        super().__init__(np)
+        self._scratch: dict[tuple, np.ndarray] = {}
+
+    def scratch(self, tag: str, shape: tuple, dtype: Any) -> np.ndarray:
+        """A reusable work array for one purpose and shape (made once, then reused)."""
+        key = (tag, tuple(shape), np.dtype(dtype).str)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.empty(shape, dtype=dtype)
+        return buf
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info["blas"] = _blas_name()
+        return info
+
+    # ----------------------------------------------------------------------------- forward
+    def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None):
+        np.matmul(x, w, out=out)
+        out += b
+        self._activate_in_place(act, out)
+        if dropout is not None:
+            self._apply_dropout(out, dropout)
+        return out
+
+    def _activate_in_place(self, act: str, z: np.ndarray) -> None:
+        if act == "identity":
+            return
+        if act == "relu":
+            np.maximum(z, 0, out=z)
+        elif act == "leaky_relu":
+            tmp = self.scratch("act", z.shape, z.dtype)
+            np.multiply(z, z.dtype.type(activations.LEAKY_SLOPE), out=tmp)
+            np.maximum(z, tmp, out=z)
+        elif act == "sigmoid":
+            # 1 / (1 + e^-z); e^-z may overflow to inf for very negative z, giving exactly 0.
+            with np.errstate(over="ignore"):
+                np.negative(z, out=z)
+                np.exp(z, out=z)
+            z += 1
+            np.reciprocal(z, out=z)
+        elif act == "tanh":
+            np.tanh(z, out=z)
+        else:
+            activations.apply(np, act, z, z)
+
+    def _apply_dropout(self, a: np.ndarray, dropout: Dropout) -> None:
+        mask = keep_mask(np, a.shape, dropout)
+        np.multiply(a, mask, out=a)
+        a *= a.dtype.type(1.0 / dropout.keep)
+
+    def softmax(self, z, out):
+        rows = self.scratch("rows", (z.shape[0], 1), z.dtype)
+        np.max(z, axis=1, keepdims=True, out=rows)
+        np.subtract(z, rows, out=out)
+        np.exp(out, out=out)
+        np.sum(out, axis=1, keepdims=True, out=rows)
+        out /= rows
+        return out
+
+    # ---------------------------------------------------------------------------- backward
+    def act_grad(self, delta, a, act, out, dropout: Dropout | None = None):
+        if dropout is not None:  # rare path: mask regeneration needs the generic code
+            return super().act_grad(delta, a, act, out, dropout)
+        if out is not delta:
+            np.copyto(out, delta)
+        if act == "identity":
+            return out
+        if act == "relu":
+            positive = self.scratch("mask", a.shape, np.bool_)
+            np.greater(a, 0, out=positive)
+            np.multiply(out, positive, out=out)
+            return out
+        slope = self.scratch("slope", a.shape, a.dtype)
+        if act == "leaky_relu":
+            positive = self.scratch("mask", a.shape, np.bool_)
+            np.greater(a, 0, out=positive)
+            np.multiply(positive, a.dtype.type(1 - activations.LEAKY_SLOPE), out=slope)
+            slope += a.dtype.type(activations.LEAKY_SLOPE)
+        elif act == "sigmoid":
+            np.subtract(1, a, out=slope)
+            slope *= a
+        elif act == "tanh":
+            np.multiply(a, a, out=slope)
+            np.subtract(1, slope, out=slope)
+        else:
+            slope[...] = activations.derivative_from_output(np, act, a)
+        out *= slope
+        return out
+
+    def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None):
+        np.matmul(h_next, w_next.T, out=out)
+        return self.act_grad(out, a, act, out, dropout)
+
+    def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0):
+        np.matmul(a_prev.T, h, out=dw)
+        if decay:
+            tmp = self.scratch("decay", w.shape, w.dtype)
+            np.multiply(w, w.dtype.type(decay), out=tmp)
+            dw += tmp
+        np.sum(h, axis=0, out=db)
+
+    # ------------------------------------------------------------------------------ losses
+    def softmax_xent(self, z, t, h_out):
+        n = z.shape[0]
+        dt = z.dtype.type
+        rows = self.scratch("rows", (n, 1), z.dtype)
+        log_norm = self.scratch("log_norm", (n, 1), z.dtype)
+        np.max(z, axis=1, keepdims=True, out=rows)
+        np.subtract(z, rows, out=h_out)
+        np.exp(h_out, out=h_out)
+        np.sum(h_out, axis=1, keepdims=True, out=log_norm)
+        h_out /= log_norm
+        np.log(log_norm, out=log_norm)
+        log_norm += rows
+        # sum_ij t_ij (log_norm_i - z_ij), without forming t * z.
+        target_mass = self.scratch("target_mass", (n, 1), z.dtype)
+        np.sum(t, axis=1, keepdims=True, out=target_mass)
+        loss = (np.vdot(log_norm, target_mass) - np.vdot(t, z)) / n
+        h_out -= t
+        h_out *= dt(1.0 / n)
+        return np.asarray(loss, dtype=z.dtype)
+
+    def squared_error(self, a, t, h_out):
+        n = a.shape[0]
+        np.subtract(a, t, out=h_out)
+        loss = np.vdot(h_out, h_out) / (2 * n)
+        h_out *= a.dtype.type(1.0 / n)
+        return np.asarray(loss, dtype=a.dtype)
+
+    # --------------------------------------------------------------------------- optimizer
+    def sgd_step(self, params, grads, velocity, lr, momentum, nesterov):
+        dt = params.dtype.type
+        tmp = self.scratch("optim", params.shape, params.dtype)
+        velocity *= dt(momentum)
+        np.multiply(grads, dt(lr), out=tmp)
+        velocity -= tmp
+        if nesterov:
+            params -= tmp
+            np.multiply(velocity, dt(momentum), out=tmp)
+        else:
+            np.copyto(tmp, velocity)
+        params += tmp
+
+    def adam_step(self, params, grads, m, v, lr, beta1, beta2, eps, step):
+        dt = params.dtype.type
+        tmp = self.scratch("optim", params.shape, params.dtype)
+        m *= dt(beta1)
+        np.multiply(grads, dt(1 - beta1), out=tmp)
+        m += tmp
+        v *= dt(beta2)
+        np.multiply(grads, grads, out=tmp)
+        tmp *= dt(1 - beta2)
+        v += tmp
+        lr_t = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+        np.sqrt(v, out=tmp)
+        tmp += dt(eps)
+        np.divide(m, tmp, out=tmp)
+        tmp *= dt(lr_t)
+        params -= tmp
+
+
+def _blas_name() -> str:
+    """The BLAS NumPy was built against (for info and benchmark records)."""
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config.get("Build Dependencies", {}).get("blas", {})
+        return f"{blas.get('name', 'unknown')} {blas.get('version', '')}".strip()
+    except Exception:  # older NumPy: show_config has no dict mode
+        return "unknown"

@@ -1,0 +1,1 @@
+"""The benchmark runner behind ``gpumlp bench`` (see DESIGN.md §8 for the protocol)."""

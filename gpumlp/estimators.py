@@ -1,0 +1,411 @@
+"""scikit-learn-compatible estimators: ``MLPClassifier`` and ``MLPRegressor``.
+
+Parameter names and defaults follow ``sklearn.neural_network``; ``backend``, ``dtype``,
+``dropout`` and ``callbacks`` are additions.  Results follow ``X``: a CuPy input gives CuPy
+outputs, a NumPy input NumPy outputs, whatever backend trains the model.
+
+Examples
+--------
+>>> import numpy as np
+>>> from gpumlp import MLPClassifier
+>>> X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]] * 25, dtype=np.float32)
+>>> y = np.array([0, 1, 1, 0] * 25)
+>>> clf = MLPClassifier((16,), activation="tanh", learning_rate_init=0.05, max_iter=300,
+...                     random_state=0, backend="numpy").fit(X, y)
+>>> clf.predict([[0, 1], [1, 1]]).tolist()
+[1, 0]
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import activations
+from .backends import BACKEND_NAMES, Backend, backend_for
+from .network import Network, check_dtype
+from .optim import SCHEDULES, make_optimizer
+from .params import ParamsMixin
+from .training import Trainer
+from .validation import (check_choice, check_finite_numeric, check_float, check_int,
+                         check_targets, check_X, seed_from)
+
+SOLVERS = ("sgd", "adam")
+#: scikit-learn's names for the output activations.
+_OUT_NAMES = {"softmax_xent": "softmax", "sigmoid_bce": "logistic", "squared_error": "identity"}
+
+
+class ConvergenceWarning(UserWarning):
+    """``max_iter`` was reached before the optimisation converged."""
+
+
+class BaseMLP(ParamsMixin):
+    """Shared fitting machinery; see :class:`MLPClassifier` for the parameters."""
+
+    def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *,
+                 solver: str = "adam", alpha: float = 0.0001, batch_size: Any = "auto",
+                 learning_rate: str = "constant", learning_rate_init: float = 0.001,
+                 power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: Any = None, tol: float = 1e-4, verbose: bool = False,
+                 warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 backend: str | Backend = "auto", dtype: Any = "float32", dropout: float = 0.0,
+                 callbacks: Any = None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.backend = backend
+        self.dtype = dtype
+        self.dropout = dropout
+        self.callbacks = callbacks
+
+    # ------------------------------------------------------------------------ validation
+    def _check_hyperparameters(self) -> list[int]:
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, (int, np.integer)) else list(sizes)
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+                   for s in sizes):
+            raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} must be positive "
+                             "integers, e.g. (100,) or (256, 128)")
+        name = activations.canonical(self.activation)
+        if name in activations.INFERENCE_ONLY:
+            raise ValueError(f"activation={self.activation!r} cannot be trained by gradient "
+                             "descent; use 'relu', 'tanh', 'logistic', 'identity' or "
+                             "'leaky_relu' (or gpumlp.Perceptron for hard-limit units)")
+        check_choice("solver", self.solver, SOLVERS)
+        check_choice("learning_rate", self.learning_rate, SCHEDULES)
+        check_float("alpha", self.alpha, 0, np.inf)
+        if self.batch_size != "auto":
+            check_int("batch_size", self.batch_size, 1)
+        check_float("learning_rate_init", self.learning_rate_init, 0, np.inf, low_open=True)
+        check_float("power_t", self.power_t, 0, np.inf)
+        check_int("max_iter", self.max_iter, 1)
+        check_float("tol", self.tol, 0, np.inf)
+        check_float("momentum", self.momentum, 0, 1)
+        check_float("validation_fraction", self.validation_fraction, 0, 1, True, True)
+        check_float("beta_1", self.beta_1, 0, 1, high_open=True)
+        check_float("beta_2", self.beta_2, 0, 1, high_open=True)
+        check_float("epsilon", self.epsilon, 0, np.inf, low_open=True)
+        check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        check_float("dropout", self.dropout, 0, 1, high_open=True)
+        check_dtype(self.dtype)
+        if not isinstance(self.backend, Backend):
+            check_choice("backend", self.backend, BACKEND_NAMES)
+        return [int(s) for s in sizes]
+
+    # ------------------------------------------------------------------------------- fit
+    def fit(self, X: Any, y: Any) -> "BaseMLP":
+        """Train on ``X`` (n_samples, n_features) and targets ``y`` for up to ``max_iter`` epochs."""
+        return self._fit(X, y, incremental=False)
+
+    def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> "BaseMLP":
+        hidden = self._check_hyperparameters()
+        dtype = check_dtype(self.dtype)
+        fitted = hasattr(self, "network_")
+        keep = fitted and (incremental or self.warm_start)
+        backend = self.network_.backend if keep else backend_for(X, self.backend)
+        X = check_X(X, backend, dtype, self.n_features_in_ if keep else None)
+        y = check_targets(y, X.shape[0])
+        T = self._encode_targets(y, first=not keep, classes=classes)
+        if not keep:
+            self._build(backend, dtype, [X.shape[1], *hidden, T.shape[1]])
+        if not keep or not incremental:
+            self._trainer_ = self._make_trainer(previous=self._trainer_ if keep else None)
+        trainer = self._trainer_
+        trainer.batch_size = (min(200, X.shape[0]) if self.batch_size == "auto"
+                              else min(int(self.batch_size), X.shape[0]))
+        trainer.alpha, trainer.dropout = float(self.alpha), float(self.dropout)
+        T = backend.asarray(T, dtype)
+        if incremental:
+            trainer.run_epoch(X, T)
+        else:
+            if self.early_stopping:
+                X, T, score = self._hold_out(X, T, y)
+                trainer.set_validation(score)
+            history = trainer.fit(X, T, self.max_iter)
+            if history.stop_reason == "max_iter":
+                warnings.warn(f"{type(self).__name__}: max_iter={self.max_iter} reached and "
+                              "the optimisation has not converged yet", ConvergenceWarning,
+                              stacklevel=2)
+        return self
+
+    def _build(self, backend: Backend, dtype: np.dtype, sizes: list[int]) -> None:
+        self.network_ = Network(sizes, activations.canonical(self.activation), self._loss_name,
+                                dtype=dtype, backend=backend,
+                                seed=seed_from(self.random_state))
+        self.n_features_in_ = sizes[0]
+        self.n_outputs_ = sizes[-1]
+        self.n_layers_ = len(sizes)
+        self.out_activation_ = _OUT_NAMES[self._loss_name]
+
+    def _make_trainer(self, previous: Trainer | None) -> Trainer:
+        net = self.network_
+        optimizer = make_optimizer(
+            self.solver, net.backend, net.params, learning_rate_init=self.learning_rate_init,
+            momentum=self.momentum, nesterov=self.nesterovs_momentum,
+            schedule=self.learning_rate, power_t=self.power_t, beta_1=self.beta_1,
+            beta_2=self.beta_2, epsilon=self.epsilon)
+        trainer = Trainer(net, optimizer, shuffle=self.shuffle,
+                          seed=seed_from(self.random_state), tol=self.tol,
+                          n_iter_no_change=self.n_iter_no_change,
+                          callbacks=list(self.callbacks or ()), verbose=bool(self.verbose))
+        if previous is not None:  # warm start: keep the history, restart the optimizer
+            trainer.history = previous.history
+            trainer.history.stop_reason = None
+            trainer.step_count = previous.step_count
+        return trainer
+
+    def _hold_out(self, X: Any, T: Any, y: np.ndarray) -> tuple:
+        """Split off ``validation_fraction`` of the data (stratified for classifiers)."""
+        rng = np.random.default_rng(seed_from(self.random_state))
+        n = X.shape[0]
+        n_val = max(1, int(round(self.validation_fraction * n)))
+        if n - n_val < 1:
+            raise ValueError(f"validation_fraction={self.validation_fraction} leaves no "
+                             f"training samples out of {n}")
+        val = self._validation_indices(y, n_val, rng)
+        train = np.setdiff1d(np.arange(n), val)
+        xp = self.network_.backend.xp
+        val_d, train_d = xp.asarray(val), xp.asarray(train)
+        X_val, T_val = X[val_d], T[val_d]
+        return X[train_d], T[train_d], lambda net: self._score_outputs(
+            net.predict_output(X_val), T_val)
+
+    def _validation_indices(self, y: np.ndarray, n_val: int, rng: np.random.Generator):
+        return rng.permutation(len(y))[:n_val]
+
+    # ---------------------------------------------------------------------- fitted state
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise AttributeError(f"this {type(self).__name__} is not fitted yet; call fit "
+                                 "before using it")
+
+    @property
+    def coefs_(self) -> list:
+        """Weight matrices ``(n_in, n_out)`` per layer (views of the parameter buffer)."""
+        self._check_fitted()
+        return list(self.network_.weights)
+
+    @property
+    def intercepts_(self) -> list:
+        self._check_fitted()
+        return list(self.network_.biases)
+
+    @property
+    def loss_curve_(self) -> list[float]:
+        self._check_fitted()
+        return list(self._trainer_.history.loss)
+
+    @property
+    def loss_(self) -> float:
+        return self.loss_curve_[-1]
+
+    @property
+    def best_loss_(self) -> float | None:
+        self._check_fitted()
+        return None if self.early_stopping else self._trainer_.history.best_loss
+
+    @property
+    def validation_scores_(self) -> list[float] | None:
+        self._check_fitted()
+        return list(self._trainer_.history.validation_score) if self.early_stopping else None
+
+    @property
+    def best_validation_score_(self) -> float | None:
+        self._check_fitted()
+        history = self._trainer_.history
+        return history.best_validation_score if self.early_stopping else None
+
+    @property
+    def n_iter_(self) -> int:
+        self._check_fitted()
+        return self._trainer_.history.n_iter
+
+    @property
+    def t_(self) -> int:
+        self._check_fitted()
+        return self._trainer_.history.samples_seen
+
+    def _outputs(self, X: Any) -> tuple[Any, bool]:
+        """Network outputs for ``X`` and whether the caller gave a host array."""
+        self._check_fitted()
+        backend = self.network_.backend
+        on_host = not backend.owns(X) or backend.name == "numpy"
+        X = check_X(X, backend, self.network_.dtype, self.n_features_in_)
+        return self.network_.predict_output(X), on_host
+
+    def save(self, path: str) -> None:
+        """Save the fitted model (arrays plus JSON metadata, no pickle; atomic write)."""
+        from .io import save
+
+        save(self, path)
+
+
+class MLPClassifier(BaseMLP):
+    """Multilayer perceptron classifier (softmax + cross-entropy; sigmoid for binary).
+
+    Parameters are those of ``sklearn.neural_network.MLPClassifier`` (solvers ``"sgd"`` and
+    ``"adam"``), plus ``backend`` (``"auto"``, ``"numpy"``, ``"cupy"``), ``dtype``
+    (``"float32"`` default), ``dropout`` (inverted-dropout rate of hidden layers) and
+    ``callbacks`` (``callback(epoch, history)``; a truthy return stops training).
+    """
+
+    _estimator_type = "classifier"
+
+    @property
+    def _loss_name(self) -> str:
+        return "softmax_xent" if self._multiclass else "sigmoid_bce"
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "MLPClassifier":
+        """One epoch over ``X, y``; ``classes`` (all labels) is required on the first call."""
+        if not hasattr(self, "network_") and classes is None:
+            raise ValueError("classes must be given on the first call to partial_fit "
+                             "(every label that will ever appear)")
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _encode_targets(self, y: np.ndarray, first: bool, classes: Any) -> np.ndarray:
+        if y.ndim == 2:  # multilabel indicator matrix
+            if not np.isin(y, (0, 1)).all():
+                raise ValueError("a 2-D y must be a 0/1 indicator matrix (multilabel)")
+            if first:
+                self.classes_ = np.arange(y.shape[1])
+                self._multiclass, self._multilabel = False, True
+            elif not self._multilabel or y.shape[1] != len(self.classes_):
+                raise ValueError(f"y has shape {y.shape}; the model was fitted on "
+                                 f"{len(self.classes_)} labels")
+            return y.astype(np.float64)
+        if first:
+            labels = np.unique(y if classes is None else np.asarray(classes))
+            if labels.size < 2:
+                raise ValueError(f"y has a single class {labels.tolist()}; a classifier needs "
+                                 "at least two")
+            self.classes_ = labels
+            self._multiclass = labels.size > 2
+            self._multilabel = False
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y contains labels {unknown.tolist()[:10]} not among the known "
+                             f"classes {self.classes_.tolist()[:20]}")
+        index = np.searchsorted(self.classes_, y)
+        if self._multiclass:
+            return np.eye(len(self.classes_))[index]
+        return (index == 1).astype(np.float64)[:, None]
+
+    def _validation_indices(self, y: np.ndarray, n_val: int, rng: np.random.Generator):
+        if y.ndim == 2:
+            return super()._validation_indices(y, n_val, rng)
+        # Stratified: each class contributes in proportion to its frequency.
+        picks = []
+        for label in np.unique(y):
+            members = rng.permutation(np.flatnonzero(y == label))
+            picks.append(members[:max(1, int(round(len(members) * n_val / len(y))))])
+        return np.sort(np.concatenate(picks))
+
+    def _score_outputs(self, output: Any, T: Any) -> float:
+        if self._multiclass:
+            return float((output.argmax(axis=1) == T.argmax(axis=1)).mean())
+        return float(((output > 0.5) == (T > 0.5)).all(axis=1).mean())
+
+    def predict_proba(self, X: Any) -> Any:
+        """Class probabilities, shape ``(n_samples, n_classes)``."""
+        out, on_host = self._outputs(X)
+        if not self._multiclass and not self._multilabel:
+            out = self.network_.backend.xp.concatenate([1 - out, out], axis=1)
+        return self.network_.backend.to_numpy(out) if on_host else out
+
+    def predict_log_proba(self, X: Any) -> Any:
+        proba = self.predict_proba(X)
+        xp = np if isinstance(proba, np.ndarray) else self.network_.backend.xp
+        return xp.log(xp.maximum(proba, np.finfo(proba.dtype).tiny))
+
+    def predict(self, X: Any) -> Any:
+        """Predicted labels (indicator matrix for multilabel)."""
+        proba = self.predict_proba(X)
+        if self._multilabel:
+            return (proba > 0.5).astype(int)
+        index = proba.argmax(axis=1)
+        if isinstance(index, np.ndarray):
+            return self.classes_[index]
+        if self.classes_.dtype.kind in "biuf":
+            return self.network_.backend.xp.asarray(self.classes_)[index]
+        return self.classes_[self.network_.backend.to_numpy(index)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy (subset accuracy for multilabel)."""
+        predicted = self.network_.backend.to_numpy(self.predict(X)) if hasattr(
+            self, "network_") else self.predict(X)
+        y = check_targets(y, predicted.shape[0])
+        correct = (predicted == y) if predicted.ndim == 1 else (predicted == y).all(axis=1)
+        return float(np.average(correct, weights=sample_weight))
+
+
+class MLPRegressor(BaseMLP):
+    """Multilayer perceptron regressor: identity output and squared error.
+
+    Parameters as :class:`MLPClassifier`.
+    """
+
+    _estimator_type = "regressor"
+    _loss_name = "squared_error"
+
+    def partial_fit(self, X: Any, y: Any) -> "MLPRegressor":
+        """One epoch over ``X, y`` (continues from the current weights)."""
+        return self._fit(X, y, incremental=True)
+
+    def _encode_targets(self, y: np.ndarray, first: bool, classes: Any) -> np.ndarray:
+        y = check_finite_numeric(y)
+        if first:
+            self._y_1d = y.ndim == 1
+        T = y.reshape(len(y), -1).astype(np.float64)
+        if not first and T.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {T.shape[1]} outputs; the model was fitted with "
+                             f"{self.n_outputs_}")
+        return T
+
+    def _score_outputs(self, output: Any, T: Any) -> float:
+        return _r2(self.network_.backend.xp, output, T)
+
+    def predict(self, X: Any) -> Any:
+        out, on_host = self._outputs(X)
+        out = self.network_.backend.to_numpy(out) if on_host else out
+        return out.ravel() if self._y_1d else out
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Coefficient of determination R^2 (averaged over outputs)."""
+        predicted = np.asarray(self.network_.backend.to_numpy(self.predict(X)))
+        y = check_targets(y, predicted.shape[0]).astype(np.float64)
+        return _r2(np, predicted.reshape(len(y), -1), y.reshape(len(y), -1), sample_weight)
+
+
+def _r2(xp: Any, predicted: Any, target: Any, sample_weight: Any = None) -> float:
+    """R^2 per output column, averaged; a constant column scores 0 (as scikit-learn)."""
+    weights = xp.ones(len(target)) if sample_weight is None else xp.asarray(sample_weight)
+    weights = weights[:, None]
+    mean = (weights * target).sum(axis=0) / weights.sum()
+    residual = (weights * (target - predicted) ** 2).sum(axis=0)
+    total = (weights * (target - mean) ** 2).sum(axis=0)
+    per_output = xp.where(total > 0, 1 - residual / xp.where(total > 0, total, 1), 0.0)
+    return float(per_output.mean())

@@ -1,0 +1,62 @@
+"""What ``gpumlp info`` reports: versions, backends (and why one is unavailable), devices,
+BLAS, kernels and the datasets found on this machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .backends import available_backends
+
+
+def collect_info() -> dict[str, Any]:
+    """Everything ``gpumlp info`` shows, as a JSON-friendly dictionary."""
+    from .backends.numpy_backend import _blas_name
+    from .data import find_datasets
+
+    info: dict[str, Any] = {
+        "gpumlp": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "blas": _blas_name(),
+        "backends": available_backends(),
+        "datasets": find_datasets(),
+    }
+    if info["backends"]["cupy"] is None:
+        from .backends import get_backend
+
+        info["cupy"] = get_backend("cupy").describe()
+    return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    lines = [f"gpumlp {info['gpumlp']} (Python {info['python']}, {info['platform']})",
+             f"CPU: {info['cpu']} ({info['cpu_count']} logical cores)",
+             f"NumPy {info['numpy']}, BLAS: {info['blas']}", "backends:"]
+    for name, reason in info["backends"].items():
+        lines.append(f"  {name:6} {'available' if reason is None else 'unavailable: ' + reason}")
+    for key, value in info.get("cupy", {}).items():
+        lines.append(f"  cupy {key}: {value}")
+    lines.append("datasets:")
+    for name, where in info["datasets"].items():
+        lines.append(f"  {name:14} {where or 'not found (downloaded on first use if online)'}")
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""The multilayer perceptron: layer sizes, one flat parameter buffer, forward and backward.
+
+All parameters live in one contiguous buffer (``W_1, b_1, W_2, b_2, ...``) and all gradients
+in another of the same layout; layers hold views.  The optimizer then updates every layer in
+one backend call.  Per-batch-size work buffers are made once and reused, so a training step
+allocates nothing in steady state.
+
+Examples
+--------
+>>> import numpy as np
+>>> from gpumlp.network import Network
+>>> net = Network([4, 8, 3], activation="relu", loss="softmax_xent", seed=0)
+>>> net.predict_output(np.ones((2, 4), dtype=np.float32)).shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import activations
+from .backends import Backend, get_backend
+from .dropout import Dropout
+from .init import init_layer
+from .losses import get_loss
+
+DTYPES = (np.float32, np.float64)
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """Return ``dtype`` as a NumPy dtype if it is float32 or float64, else raise."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'")
+    return resolved
+
+
+class Workspace:
+    """Activation and sensitivity buffers for one batch size."""
+
+    def __init__(self, backend: Backend, sizes: Sequence[int], batch: int, dtype: np.dtype):
+        self.batch = batch
+        # a[l] is the output of layer l (a[0] is unused: the input is passed in).
+        self.a = [None] + [backend.empty((batch, d), dtype) for d in sizes[1:]]
+        self.h = [None] + [backend.empty((batch, d), dtype) for d in sizes[1:]]
+
+
+class Network:
+    """A fully connected network with a per-layer activation and a loss.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n_inputs, hidden..., n_outputs]``; at least two entries.
+    activation : str or sequence of str
+        Hidden activation(s): one name for all hidden layers, or one per hidden layer.
+    loss : {"softmax_xent", "sigmoid_bce", "squared_error"}
+    output_activation : str, optional
+        For ``squared_error`` only (default identity); the fused losses imply theirs.
+    dtype, backend, seed
+        Parameter dtype (float32 or float64), backend (name or instance) and init seed.
+    """
+
+    def __init__(self, layer_sizes: Sequence[int], activation: str | Sequence[str] = "relu",
+                 loss: str = "softmax_xent", output_activation: str | None = None,
+                 dtype: Any = np.float32, backend: str | Backend | None = None,
+                 seed: int | None = 0):
+        self.sizes = _check_sizes(layer_sizes)
+        n_hidden = len(self.sizes) - 2
+        names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(names) != n_hidden:
+            raise ValueError(f"activation has {len(names)} entries but the network has "
+                             f"{n_hidden} hidden layers; give one name or one per layer")
+        self.hidden_activations = [activations.canonical(a) for a in names]
+        self.loss = get_loss(loss)
+        if output_activation is not None and self.loss.from_logits:
+            raise ValueError(f"output_activation={output_activation!r} cannot be set with "
+                             f"loss={loss!r}, which implies {self.loss.output_activation!r}")
+        self.output_activation = (activations.canonical(output_activation, "output_activation")
+                                  if output_activation is not None
+                                  else self.loss.output_activation)
+        self.dtype = check_dtype(dtype)
+        self.backend = get_backend(backend)
+        self._layout = _layout(self.sizes)
+        self.params = self.backend.zeros(self._layout[-1][-1], self.dtype)
+        self.grads = self.backend.zeros(self._layout[-1][-1], self.dtype)
+        self.weights, self.biases = self._views(self.params)
+        self.weight_grads, self.bias_grads = self._views(self.grads)
+        self._workspaces: dict[int, Workspace] = {}
+        self.initialize(seed)
+
+    # ------------------------------------------------------------------------- parameters
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def layer_activation(self, layer: int) -> str:
+        """Activation applied by layer ``layer`` (0-based) during training."""
+        if layer < self.n_layers - 1:
+            return self.hidden_activations[layer]
+        return "identity" if self.loss.from_logits else self.output_activation
+
+    def _views(self, flat: Any) -> tuple[list, list]:
+        weights, biases = [], []
+        for (d_in, d_out), (w0, w1, b1) in zip(zip(self.sizes[:-1], self.sizes[1:]),
+                                               self._layout):
+            weights.append(flat[w0:w1].reshape(d_in, d_out))
+            biases.append(flat[w1:b1])
+        return weights, biases
+
+    def initialize(self, seed: int | None) -> None:
+        """Draw fresh weights (He or Glorot uniform, zero biases) from ``seed``."""
+        rng = np.random.default_rng(seed)
+        host = np.empty(self.params.shape, self.dtype)
+        for layer, (w0, w1, b1) in enumerate(self._layout):
+            act = self.hidden_activations[layer] if layer < self.n_layers - 1 else "identity"
+            w, b = init_layer(rng, self.sizes[layer], self.sizes[layer + 1], act, self.dtype)
+            host[w0:w1] = w.ravel()
+            host[w1:b1] = b
+        self.set_flat_params(host)
+
+    def set_flat_params(self, values: Any) -> None:
+        """Copy ``values`` (any array of the right size) into the parameter buffer."""
+        values = self.backend.asarray(values, self.dtype).reshape(-1)
+        if values.shape != self.params.shape:
+            raise ValueError(f"parameter vector has {values.shape[0]} values; "
+                             f"this network needs {self.params.shape[0]}")
+        self.params[...] = values
+
+    def get_flat_params(self) -> np.ndarray:
+        """A host copy of the parameter buffer."""
+        return np.array(self.backend.to_numpy(self.params), copy=True)
+
+    def l2_penalty(self) -> float:
+        """``sum ||W_l||^2`` over all layers (biases excluded), as a host float."""
+        xp = self.backend.xp
+        return float(sum(float(xp.vdot(w, w)) for w in self.weights))
+
+    # ----------------------------------------------------------------------------- buffers
+    def workspace(self, batch: int) -> Workspace:
+        """Work buffers for ``batch`` rows, made on first use."""
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            ws = self._workspaces[batch] = Workspace(self.backend, self.sizes, batch, self.dtype)
+        return ws
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, x: Any, ws: Workspace, dropout: float = 0.0, seed: int = 0,
+                step: int = 0) -> Any:
+        """Training forward pass; returns the output buffer (logits for fused losses)."""
+        a = x
+        last = self.n_layers - 1
+        for layer in range(self.n_layers):
+            drop = (self.dropout_spec(dropout, seed, step, layer)
+                    if dropout and layer < last else None)
+            a = self.backend.affine_act(a, self.weights[layer], self.biases[layer],
+                                        self.layer_activation(layer), ws.a[layer + 1], drop)
+        return a
+
+    def dropout_spec(self, rate: float, seed: int, step: int, layer: int) -> Dropout:
+        """The dropout of ``layer`` at ``step``: a fresh mask per step and layer."""
+        return Dropout(keep=1.0 - rate, seed=seed, counter=step * self.n_layers + layer)
+
+    def predict_output(self, x: Any, chunk: int = 4096) -> Any:
+        """Network output (probabilities for classifiers) for ``x``, on this backend."""
+        x = self.backend.asarray(x, self.dtype)
+        n = x.shape[0]
+        out = self.backend.empty((n, self.sizes[-1]), self.dtype)
+        for start in range(0, n, chunk):
+            rows = x[start:start + chunk]
+            ws = self.workspace(rows.shape[0])
+            logits = self.forward(rows, ws)
+            self._output_activation(logits, out[start:start + rows.shape[0]])
+        return out
+
+    def _output_activation(self, z: Any, out: Any) -> None:
+        if not self.loss.from_logits:
+            out[...] = z
+        elif self.output_activation == "softmax":
+            self.backend.softmax(z, out)
+        else:
+            self.backend.sigmoid(z, out)
+
+    # ---------------------------------------------------------------------------- backward
+    def loss_and_gradients(self, x: Any, t: Any, ws: Workspace, decay: float = 0.0,
+                           dropout: float = 0.0, seed: int = 0, step: int = 0) -> Any:
+        """Forward, loss and backward for one batch; fills ``self.grads``.
+
+        Returns the batch-mean data loss as a 0-d backend array (no host synchronisation).
+        ``decay`` adds ``decay * W`` to each weight gradient (L2).
+        """
+        output = self.forward(x, ws, dropout, seed, step)
+        last = self.n_layers - 1
+        h_out = ws.h[last + 1]
+        loss = getattr(self.backend, self.loss.operation)(output, t, h_out)
+        if not self.loss.from_logits and self.output_activation != "identity":
+            self.backend.act_grad(h_out, output, self.output_activation, h_out)
+        for layer in range(last, -1, -1):
+            a_prev = x if layer == 0 else ws.a[layer]
+            self.backend.weight_grads(a_prev, ws.h[layer + 1], self.weight_grads[layer],
+                                      self.bias_grads[layer], self.weights[layer], decay)
+            if layer > 0:
+                drop = self.dropout_spec(dropout, seed, step, layer - 1) if dropout else None
+                self.backend.backprop_hidden(ws.h[layer + 1], self.weights[layer],
+                                             ws.a[layer], self.hidden_activations[layer - 1],
+                                             ws.h[layer], drop)
+        return loss
+
+
+def _check_sizes(layer_sizes: Sequence[int]) -> list[int]:
+    try:
+        sizes = [int(s) for s in layer_sizes]
+    except (TypeError, ValueError):
+        raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}") from None
+    if len(sizes) < 2 or any(s < 1 for s in sizes) or any(
+            int(s) != s for s in layer_sizes):
+        raise ValueError(f"layer_sizes={list(layer_sizes)!r} must hold at least two positive "
+                         "integers: [n_inputs, hidden..., n_outputs]")
+    return sizes
+
+
+def _layout(sizes: list[int]) -> list[tuple[int, int, int]]:
+    """Offsets ``(weights start, weights end = bias start, bias end)`` of each layer."""
+    offsets, pos = [], 0
+    for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+        w_end = pos + d_in * d_out
+        offsets.append((pos, w_end, w_end + d_out))
+        pos = w_end + d_out
+    return offsets

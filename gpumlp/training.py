@@ -1,0 +1,202 @@
+"""The training loop: minibatches, loss history, early stopping, divergence and callbacks.
+
+The step itself (gather a batch, forward, loss, backward, update) allocates nothing and never
+waits for the device: batch buffers are made once per batch size and the epoch's loss is
+summed on the device and read once at the end of the epoch.  Everything that needs a host
+decision (schedules, early stopping, callbacks, divergence) happens at epoch granularity.
+
+Examples
+--------
+>>> import numpy as np
+>>> from gpumlp.network import Network
+>>> from gpumlp.optim import Adam
+>>> from gpumlp.training import Trainer
+>>> rng = np.random.default_rng(0)
+>>> X = rng.normal(size=(64, 2)).astype(np.float32)
+>>> T = np.eye(2, dtype=np.float32)[(X[:, 0] > 0).astype(int)]
+>>> net = Network([2, 8, 2], seed=0, backend="numpy")
+>>> history = Trainer(net, Adam(net.backend, net.params, 0.01), batch_size=16).fit(X, T, 5)
+>>> len(history.loss)
+5
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .network import Network
+
+#: ``callback(epoch, history)`` runs after every epoch; returning True stops training.
+Callback = Callable[[int, "History"], Any]
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+@dataclass
+class History:
+    """Per-epoch record of a training run."""
+
+    loss: list[float] = field(default_factory=list)
+    validation_score: list[float] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_validation_score: float = -math.inf
+    n_iter: int = 0
+    samples_seen: int = 0
+    stop_reason: str | None = None
+
+
+class Trainer:
+    """Runs epochs of minibatch training of a :class:`Network` with an optimizer.
+
+    Parameters
+    ----------
+    network, optimizer
+        The model and an :mod:`gpumlp.optim` optimizer over ``network.params``.
+    batch_size : int
+        Rows per step; the last batch of an epoch holds the remainder (never dropped).
+    alpha : float
+        L2 penalty; each weight gradient gets ``alpha / batch * W`` as in scikit-learn.
+    dropout : float
+        Inverted-dropout rate of the hidden layers during training, in ``[0, 1)``.
+    shuffle, seed
+        Reshuffle every epoch, from a generator seeded once.
+    tol, n_iter_no_change
+        Stop (or, with the adaptive schedule, shrink the step) after ``n_iter_no_change``
+        epochs without an improvement of at least ``tol``.
+    validation : callable or None
+        ``validation(network) -> float``, a score on held-out data (higher is better);
+        enables early stopping on it, and the best weights are restored at the end.
+    callbacks : sequence of ``callback(epoch, history)``; a truthy return stops training.
+    """
+
+    def __init__(self, network: Network, optimizer: Any, batch_size: int = 200,
+                 alpha: float = 0.0, dropout: float = 0.0, shuffle: bool = True,
+                 seed: int | None = 0, tol: float = 1e-4, n_iter_no_change: int = 10,
+                 validation: Callable[[Network], float] | None = None,
+                 callbacks: Sequence[Callback] = (),
+                 verbose: bool = False):
+        self.network = network
+        self.optimizer = optimizer
+        self.batch_size = int(batch_size)
+        self.alpha = float(alpha)
+        self.dropout = float(dropout)
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+        self.dropout_seed = int(self.rng.integers(0, 2**63 - 1))
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.callbacks = list(callbacks)
+        self.verbose = verbose
+        self.history = History()
+        self.step_count = 0
+        self._no_improvement = 0
+        self._batch_buffers: dict[int, tuple[Any, Any]] = {}
+        backend, dtype = network.backend, network.dtype
+        self._last_good = backend.empty(network.params.shape, dtype)
+        self._last_good[...] = network.params
+        self.set_validation(validation)
+
+    def set_validation(self, validation: Callable[[Network], float] | None) -> None:
+        """Use ``validation(network) -> score`` for early stopping (``None``: the loss)."""
+        self.validation = validation
+        self._best = (None if validation is None else
+                      self.network.backend.empty(self.network.params.shape, self.network.dtype))
+
+    # --------------------------------------------------------------------------------- fit
+    def fit(self, X: Any, T: Any, epochs: int) -> History:
+        """Train for up to ``epochs`` epochs on backend arrays ``X`` and targets ``T``."""
+        for _ in range(epochs):
+            if not self.run_epoch(X, T):
+                break
+        else:
+            self.history.stop_reason = self.history.stop_reason or "max_iter"
+        if self._best is not None and self.history.validation_score:
+            self.network.params[...] = self._best
+        return self.history
+
+    def run_epoch(self, X: Any, T: Any) -> bool:
+        """One pass over the data; returns False when training should stop."""
+        history = self.history
+        loss = self._train_one_epoch(X, T)
+        if self.alpha:
+            loss += 0.5 * self.alpha * self.network.l2_penalty() / min(self.batch_size, len(X))
+        if not math.isfinite(loss):
+            self.network.params[...] = self._last_good
+            history.stop_reason = "diverged"
+            warnings.warn(f"training diverged at epoch {history.n_iter + 1} (loss={loss}); "
+                          "stopped and kept the weights of the last finite epoch. Lower "
+                          "learning_rate_init or scale the inputs.", DivergenceWarning,
+                          stacklevel=3)
+            return False
+        self._last_good[...] = self.network.params
+        history.n_iter += 1
+        history.samples_seen += len(X)
+        history.loss.append(loss)
+        self.optimizer.epoch_end(history.samples_seen)
+        improved = self._record_progress(loss)
+        if self.verbose:
+            score = (f", validation score = {history.validation_score[-1]:.6f}"
+                     if self.validation else "")
+            print(f"Iteration {history.n_iter}, loss = {loss:.8f}{score}")
+        if any(bool(callback(history.n_iter, history)) for callback in self.callbacks):
+            history.stop_reason = "callback"
+            return False
+        if not improved and self._no_improvement > self.n_iter_no_change:
+            if self.optimizer.on_plateau():
+                history.stop_reason = "converged"
+                return False
+            self._no_improvement = 0
+        return True
+
+    def _train_one_epoch(self, X: Any, T: Any) -> float:
+        backend, net = self.network.backend, self.network
+        n = len(X)
+        order = (backend.permutation(n, self.rng) if self.shuffle
+                 else backend.xp.arange(n))
+        total = 0.0
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size]
+            rows = index.shape[0]
+            xb, tb = self._buffers(rows, X, T)
+            backend.gather_rows(X, index, xb)
+            backend.gather_rows(T, index, tb)
+            batch_loss = net.loss_and_gradients(
+                xb, tb, net.workspace(rows), decay=self.alpha / rows,
+                dropout=self.dropout, seed=self.dropout_seed, step=self.step_count)
+            self.optimizer.step(net.params, net.grads)
+            self.step_count += 1
+            total = total + batch_loss * rows  # stays on the device until the epoch ends
+        return float(total) / n
+
+    def _buffers(self, rows: int, X: Any, T: Any) -> tuple[Any, Any]:
+        buffers = self._batch_buffers.get(rows)
+        if buffers is None:
+            backend, dtype = self.network.backend, self.network.dtype
+            buffers = (backend.empty((rows, X.shape[1]), dtype),
+                       backend.empty((rows, T.shape[1]), dtype))
+            self._batch_buffers[rows] = buffers
+        return buffers
+
+    # ----------------------------------------------------------------- stopping criteria
+    def _record_progress(self, loss: float) -> bool:
+        """Update best loss / score and the no-improvement count, as scikit-learn does."""
+        history = self.history
+        if self.validation is not None:
+            score = float(self.validation(self.network))
+            history.validation_score.append(score)
+            improved = score >= history.best_validation_score + self.tol
+            if score > history.best_validation_score:
+                history.best_validation_score = score
+                self._best[...] = self.network.params
+        else:
+            improved = loss <= history.best_loss - self.tol
+        history.best_loss = min(history.best_loss, loss)
+        self._no_improvement = 0 if improved else self._no_improvement + 1
+        return improved

@@ -1,0 +1,146 @@
+"""The NumPy backend's in-place fast paths against the generic reference, and its promises:
+no allocation in a steady-state step, exact dropout masks, backend selection."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import gpumlp
+from gpumlp.backends import get_backend, use_backend
+from gpumlp.backends.base import Backend
+from gpumlp.dropout import Dropout, keep_mask
+from gpumlp.network import Network
+
+FAST, REF = get_backend("numpy"), Backend(np)
+ACTS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
+TOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+def rand(rng, *shape, dtype=np.float64):
+    return rng.normal(size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("drop", [None, Dropout(keep=0.7, seed=99, counter=3)])
+def test_forward_and_backward_ops_match_reference(dtype, act, drop):
+    rng = np.random.default_rng(5)
+    n, k, m = 17, 33, 9
+    x, w, b = rand(rng, n, k, dtype=dtype), rand(rng, k, m, dtype=dtype), rand(rng, m,
+                                                                                  dtype=dtype)
+    outs = [np.full((n, m), np.nan, dtype) for _ in range(2)]
+    for backend, out in zip((FAST, REF), outs):
+        backend.affine_act(x, w, b, act, out, drop)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=TOL[dtype], atol=TOL[dtype])
+    a = outs[1]
+    h_next, w_next = rand(rng, n, 5, dtype=dtype), rand(rng, m, 5, dtype=dtype)
+    grads = [np.full((n, m), np.nan, dtype) for _ in range(2)]
+    for backend, out in zip((FAST, REF), grads):
+        backend.backprop_hidden(h_next, w_next, a, act, out, drop)
+    np.testing.assert_allclose(grads[0], grads[1], rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ["softmax_xent", "sigmoid_bce", "squared_error"])
+def test_losses_match_reference(dtype, loss):
+    rng = np.random.default_rng(6)
+    z = rand(rng, 13, 4, dtype=dtype) * 3
+    t = (np.eye(4)[rng.integers(0, 4, 13)] if loss == "softmax_xent"
+         else rng.uniform(size=(13, 4))).astype(dtype)
+    results = []
+    for backend in (FAST, REF):
+        h = np.full_like(z, np.nan)
+        value = getattr(backend, loss)(z, t, h)
+        results.append((float(value), h))
+    assert results[0][0] == pytest.approx(results[1][0], rel=10 * TOL[dtype])
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=10 * TOL[dtype],
+                               atol=TOL[dtype])
+
+
+def test_softmax_xent_is_stable_for_huge_logits():
+    z = np.array([[1000.0, 0.0, -1000.0]])
+    h = np.empty_like(z)
+    loss = FAST.softmax_xent(z, np.array([[0.0, 0.0, 1.0]]), h)
+    assert float(loss) == pytest.approx(2000.0)
+    np.testing.assert_allclose(h, [[1.0, 0.0, -1.0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_grads_with_decay(dtype):
+    rng = np.random.default_rng(7)
+    a, h, w = rand(rng, 11, 6, dtype=dtype), rand(rng, 11, 3, dtype=dtype), rand(rng, 6, 3,
+                                                                                  dtype=dtype)
+    dw, db = np.empty((6, 3), dtype), np.empty(3, dtype)
+    FAST.weight_grads(a, h, dw, db, w, decay=0.25)
+    np.testing.assert_allclose(dw, a.T @ h + 0.25 * w, rtol=TOL[dtype] * 10)
+    np.testing.assert_allclose(db, h.sum(axis=0), rtol=TOL[dtype] * 10)
+
+
+def test_dropout_masks_are_reproducible_fresh_and_unbiased():
+    drop = Dropout(keep=0.8, seed=2024, counter=7)
+    first = keep_mask(np, (300, 200), drop)
+    assert np.array_equal(first, keep_mask(np, (300, 200), drop))
+    other = keep_mask(np, (300, 200), Dropout(keep=0.8, seed=2024, counter=8))
+    assert not np.array_equal(first, other)
+    assert abs(first.mean() - 0.8) < 0.01  # 60,000 draws: sd of the mean is 0.0016
+    assert abs(np.mean(first == other) - (0.8**2 + 0.2**2)) < 0.01  # independent masks
+
+
+def test_philox_known_answer():
+    """Random123's published known-answer vector for Philox4x32-10 (counter and key 0)."""
+    from gpumlp.dropout import philox4x32
+
+    zero = np.zeros(1, dtype=np.uint64)
+    words = [int(w[0]) for w in philox4x32(np, zero, zero, zero, zero, 0, 0)]
+    assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+def test_steady_state_training_step_allocates_nothing():
+    rng = np.random.default_rng(8)
+    net = Network([64, 128, 128, 10], activation="relu", backend="numpy", seed=0)
+    opt = gpumlp.Adam(net.backend, net.params, 1e-3)
+    x = rng.normal(size=(2048, 64)).astype(np.float32)
+    t = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 2048)]
+    ws = net.workspace(2048)
+
+    def step():
+        net.loss_and_gradients(x, t, ws, decay=1e-4 / 2048)
+        opt.step(net.params, net.grads)
+
+    step()
+    step()
+    tracemalloc.start()
+    step()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # The smallest per-step array, (2048, 10) float32, is 80 KiB: a step that allocated
+    # any array would exceed the bound.  What remains is NumPy's own reduction buffer
+    # (8192 elements) and small scalars.
+    assert peak < 48 * 1024
+
+
+def test_backend_selection():
+    assert get_backend("numpy") is get_backend("numpy")
+    assert get_backend("auto").name in ("numpy", "cupy")
+    with use_backend("numpy") as backend:
+        assert get_backend() is backend
+    with pytest.raises(ValueError, match="backend='tpu'"):
+        get_backend("tpu")
+
+
+def test_cupy_request_without_cupy_is_a_clear_error():
+    if gpumlp.available_backends()["cupy"] is None:
+        pytest.skip("a CUDA device is present: backend='cupy' is available")
+    with pytest.raises(gpumlp.BackendUnavailable, match="backend='cupy' is unavailable"):
+        get_backend("cupy")
+
+
+def test_importing_gpumlp_does_not_import_cupy():
+    import subprocess
+    import sys
+
+    code = "import sys, gpumlp; print('cupy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
