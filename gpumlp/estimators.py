@@ -85,7 +85,12 @@ class BaseMLP(ParamsMixin):
     # ------------------------------------------------------------------------ validation
     def _check_hyperparameters(self) -> list[int]:
         sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, (int, np.integer)) else list(sizes)
+        if isinstance(sizes, (int, np.integer)):
+            sizes = [sizes]
+        elif isinstance(sizes, (list, tuple, np.ndarray)):
+            sizes = list(sizes)
+        else:  # a float, None, a string...: list() would fail or split a string into chars
+            sizes = [None]
         if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
                    for s in sizes):
             raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} must be positive "
@@ -149,7 +154,7 @@ class BaseMLP(ParamsMixin):
             if history.stop_reason == "max_iter":
                 warnings.warn(f"{type(self).__name__}: max_iter={self.max_iter} reached and "
                               "the optimisation has not converged yet", ConvergenceWarning,
-                              stacklevel=2)
+                              stacklevel=3)  # the caller of fit, not fit itself
         return self
 
     def _build(self, backend: Backend, dtype: np.dtype, sizes: list[int]) -> None:
@@ -166,7 +171,8 @@ class BaseMLP(ParamsMixin):
         optimizer = make_optimizer(
             self.solver, net.backend, net.params, learning_rate_init=self.learning_rate_init,
             momentum=self.momentum, nesterov=self.nesterovs_momentum,
-            schedule=self.learning_rate, power_t=self.power_t, beta_1=self.beta_1,
+            schedule=self.learning_rate, power_t=self.power_t, total_epochs=self.max_iter,
+            beta_1=self.beta_1,
             beta_2=self.beta_2, epsilon=self.epsilon)
         trainer = Trainer(net, optimizer, shuffle=self.shuffle,
                           seed=seed_from(self.random_state), tol=self.tol,
@@ -395,7 +401,8 @@ class MLPRegressor(BaseMLP):
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Coefficient of determination R^2 (averaged over outputs)."""
-        predicted = np.asarray(self.network_.backend.to_numpy(self.predict(X)))
+        predicted = self.predict(X)  # first: raises the not-fitted error before network_ is read
+        predicted = np.asarray(self.network_.backend.to_numpy(predicted))
         y = check_targets(y, predicted.shape[0]).astype(np.float64)
         return _r2(np, predicted.reshape(len(y), -1), y.reshape(len(y), -1), sample_weight)
 

@@ -7,66 +7,108 @@ scikit-learn's ``SGDOptimizer`` and ``AdamOptimizer`` so the estimators behave a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .backends import Backend
 
-SCHEDULES = ("constant", "invscaling", "adaptive")
+SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
 #: ``adaptive`` divides the step by this factor on a plateau and stops below MIN_ADAPTIVE_LR.
 ADAPTIVE_FACTOR = 5.0
 MIN_ADAPTIVE_LR = 1e-6
 
 
-class SGD:
-    """Minibatch SGD with (Nesterov) momentum and a step-size schedule.
+class Schedule:
+    """The step size over training, updated at the end of every epoch.
+
+    ``constant``: ``lr0`` throughout.  ``invscaling``: ``lr0 / (t + 1) ** power_t`` with ``t``
+    the samples seen (the 1/k annealing).  ``adaptive``: ``lr0`` until the loss plateaus, then
+    divided by 5 at each plateau; training stops once it is below 1e-6.  ``cosine``:
+    ``lr0 * (1 + cos(pi * epoch / total_epochs)) / 2``, which anneals to zero at the last
+    epoch.  Unlike scikit-learn, which applies schedules to SGD only, every solver follows it.
+    """
+
+    def __init__(self, kind: str = "constant", learning_rate_init: float = 0.001,
+                 power_t: float = 0.5, total_epochs: int | None = None):
+        if kind not in SCHEDULES:
+            raise ValueError(f"learning_rate={kind!r} is not valid; choose one of {SCHEDULES}")
+        if kind == "cosine" and not total_epochs:
+            raise ValueError("learning_rate='cosine' needs the number of epochs (max_iter)")
+        self.kind = kind
+        self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate_init
+        self.power_t = power_t
+        self.total_epochs = total_epochs
+
+    def epoch_end(self, samples_seen: int, epoch: int) -> None:
+        if self.kind == "invscaling":
+            self.learning_rate = self.learning_rate_init / (samples_seen + 1) ** self.power_t
+        elif self.kind == "cosine":
+            progress = min(epoch / self.total_epochs, 1.0)
+            self.learning_rate = self.learning_rate_init * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_plateau(self) -> bool:
+        """React to a plateau; return True when training should stop."""
+        if self.kind != "adaptive" or self.learning_rate <= MIN_ADAPTIVE_LR:
+            return True
+        self.learning_rate /= ADAPTIVE_FACTOR
+        return False
+
+
+class Optimizer:
+    """Shared parts: a backend, a :class:`Schedule`, and epoch-level hooks."""
+
+    def __init__(self, backend: Backend, schedule: Schedule):
+        self.backend = backend
+        self.schedule = schedule
+
+    @property
+    def learning_rate(self) -> float:
+        return self.schedule.learning_rate
+
+    @property
+    def learning_rate_init(self) -> float:
+        return self.schedule.learning_rate_init
+
+    def epoch_end(self, samples_seen: int, epoch: int = 0) -> None:
+        self.schedule.epoch_end(samples_seen, epoch)
+
+    def on_plateau(self) -> bool:
+        """React to a plateau; return True when training should stop."""
+        return self.schedule.on_plateau()
+
+
+class SGD(Optimizer):
+    """Minibatch SGD with (Nesterov) momentum, as scikit-learn's ``SGDOptimizer``.
 
     ``velocity = momentum * velocity - lr * g``; the update is ``velocity`` or, with
-    Nesterov, ``momentum * velocity - lr * g``.  Schedules: ``constant``; ``invscaling``
-    ``lr = lr0 / (t + 1) ** power_t`` with ``t`` the samples seen (the 1/k annealing);
-    ``adaptive`` keeps ``lr`` until the loss plateaus, then divides it by 5.
+    Nesterov, ``momentum * velocity - lr * g``.
     """
 
     def __init__(self, backend: Backend, params: Any, learning_rate_init: float = 0.1,
-                 momentum: float = 0.9, nesterov: bool = True, schedule: str = "constant",
-                 power_t: float = 0.5):
-        if schedule not in SCHEDULES:
-            raise ValueError(f"learning_rate={schedule!r} is not valid; choose one of {SCHEDULES}")
-        self.backend = backend
-        self.learning_rate_init = learning_rate_init
-        self.learning_rate = learning_rate_init
+                 momentum: float = 0.9, nesterov: bool = True,
+                 schedule: Schedule | str = "constant", power_t: float = 0.5):
+        if isinstance(schedule, str):
+            schedule = Schedule(schedule, learning_rate_init, power_t)
+        super().__init__(backend, schedule)
         self.momentum = momentum
         self.nesterov = nesterov
-        self.schedule = schedule
-        self.power_t = power_t
         self.velocity = backend.zeros(params.shape, params.dtype)
 
     def step(self, params: Any, grads: Any) -> None:
         self.backend.sgd_step(params, grads, self.velocity, self.learning_rate,
                               self.momentum, self.nesterov)
 
-    def epoch_end(self, samples_seen: int) -> None:
-        if self.schedule == "invscaling":
-            self.learning_rate = self.learning_rate_init / (samples_seen + 1) ** self.power_t
 
-    def on_plateau(self) -> bool:
-        """React to a plateau; return True when training should stop."""
-        if self.schedule != "adaptive" or self.learning_rate <= MIN_ADAPTIVE_LR:
-            return True
-        self.learning_rate /= ADAPTIVE_FACTOR
-        return False
-
-    def state(self) -> dict[str, Any]:
-        return {"velocity": self.velocity, "learning_rate": self.learning_rate}
-
-
-class Adam:
+class Adam(Optimizer):
     """Adam (Kingma & Ba) with scikit-learn's bias correction folded into the step size."""
 
     def __init__(self, backend: Backend, params: Any, learning_rate_init: float = 0.001,
-                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8):
-        self.backend = backend
-        self.learning_rate_init = learning_rate_init
-        self.learning_rate = learning_rate_init
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8,
+                 schedule: Schedule | str = "constant"):
+        if isinstance(schedule, str):
+            schedule = Schedule(schedule, learning_rate_init)
+        super().__init__(backend, schedule)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self.t = 0
         self.m = backend.zeros(params.shape, params.dtype)
@@ -74,25 +116,21 @@ class Adam:
 
     def step(self, params: Any, grads: Any) -> None:
         self.t += 1
-        self.backend.adam_step(params, grads, self.m, self.v, self.learning_rate_init,
+        self.backend.adam_step(params, grads, self.m, self.v, self.learning_rate,
                                self.beta_1, self.beta_2, self.epsilon, self.t)
 
-    def epoch_end(self, samples_seen: int) -> None:
-        """Adam keeps its step size."""
 
-    def on_plateau(self) -> bool:
-        return True
-
-    def state(self) -> dict[str, Any]:
-        return {"m": self.m, "v": self.v, "t": self.t}
-
-
-def make_optimizer(solver: str, backend: Backend, params: Any, **options: Any) -> SGD | Adam:
-    """Build ``"sgd"`` or ``"adam"`` with the options that apply to it."""
+def make_optimizer(solver: str, backend: Backend, params: Any, learning_rate_init: float,
+                   schedule: str = "constant", power_t: float = 0.5,
+                   total_epochs: int | None = None, **options: Any) -> SGD | Adam:
+    """Build ``"sgd"`` or ``"adam"`` with its schedule and the options that apply to it."""
+    plan = Schedule(schedule, learning_rate_init, power_t, total_epochs)
     if solver == "sgd":
-        keys = ("learning_rate_init", "momentum", "nesterov", "schedule", "power_t")
-        return SGD(backend, params, **{k: options[k] for k in keys if k in options})
+        keys = ("momentum", "nesterov")
+        return SGD(backend, params, learning_rate_init,
+                   schedule=plan, **{k: options[k] for k in keys if k in options})
     if solver == "adam":
-        keys = ("learning_rate_init", "beta_1", "beta_2", "epsilon")
-        return Adam(backend, params, **{k: options[k] for k in keys if k in options})
+        keys = ("beta_1", "beta_2", "epsilon")
+        return Adam(backend, params, learning_rate_init, schedule=plan,
+                    **{k: options[k] for k in keys if k in options})
     raise ValueError(f"solver={solver!r} is not valid; choose 'sgd' or 'adam'")

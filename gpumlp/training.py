@@ -139,7 +139,7 @@ class Trainer:
         history.n_iter += 1
         history.samples_seen += len(X)
         history.loss.append(loss)
-        self.optimizer.epoch_end(history.samples_seen)
+        self.optimizer.epoch_end(history.samples_seen, history.n_iter)
         improved = self._record_progress(loss)
         if self.verbose:
             score = (f", validation score = {history.validation_score[-1]:.6f}"

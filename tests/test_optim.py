@@ -5,7 +5,7 @@ import pytest
 
 from gpumlp.backends import get_backend
 from gpumlp.backends.base import Backend
-from gpumlp.optim import SGD, Adam, make_optimizer
+from gpumlp.optim import SGD, Adam, Schedule, make_optimizer
 
 BACKENDS = [get_backend("numpy"), Backend(np)]
 
@@ -93,6 +93,20 @@ def test_adam_ignores_plateaus_and_schedules():
 
 def test_make_optimizer_rejects_unknown_solver():
     with pytest.raises(ValueError, match="solver='lbfgs'"):
-        make_optimizer("lbfgs", BACKENDS[0], np.zeros(1))
+        make_optimizer("lbfgs", BACKENDS[0], np.zeros(1), 0.1)
     with pytest.raises(ValueError, match="learning_rate='cosine'"):
         SGD(BACKENDS[0], np.zeros(1), schedule="cosine")
+
+
+def test_cosine_schedule_anneals_to_zero_for_any_solver():
+    for solver in ("sgd", "adam"):
+        opt = make_optimizer(solver, BACKENDS[0], np.zeros(1), 0.01, schedule="cosine",
+                             total_epochs=4)
+        rates = []
+        for epoch in range(1, 5):
+            opt.epoch_end(samples_seen=epoch * 100, epoch=epoch)
+            rates.append(opt.learning_rate)
+        np.testing.assert_allclose(rates, [0.01 * (1 + np.cos(np.pi * e / 4)) / 2
+                                           for e in range(1, 5)], atol=1e-15)
+    with pytest.raises(ValueError, match="cosine"):
+        Schedule("cosine", 0.01)

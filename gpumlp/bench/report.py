@@ -1,0 +1,95 @@
+"""Benchmark output: the JSON record, a markdown table and a throughput plot."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_write
+
+
+def ratios(results: list[dict[str, Any]], baseline: str = "gpumlp-numpy") -> None:
+    """Add ``vs_baseline``: each subject's training rate over gpumlp-numpy's, same cell."""
+    base = {(r["config"], r["batch"]): r["train_samples_per_s"] for r in results
+            if r.get("subject") == baseline and "error" not in r}
+    for r in results:
+        key = (r.get("config"), r.get("batch"))
+        if "error" not in r and key in base:
+            r["vs_baseline"] = r["train_samples_per_s"] / base[key]
+
+
+def markdown_table(results: list[dict[str, Any]], environment: dict[str, Any]) -> str:
+    gpu = environment.get("gpu", {}).get("device_name")
+    lines = [f"Device: {gpu or 'no GPU'}; CPU: {environment['cpu']} "
+             f"({environment['cpu_cores']} cores); {environment['date']}; "
+             f"commit {environment['commit'][:12]}", "",
+             "| config | batch | subject | train samples/s | infer samples/s | "
+             "train GFLOP/s | ms/epoch | vs gpumlp-numpy |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['batch']} | {r['subject']} | failed: "
+                         f"{r['error'][:60]} | | | | |")
+            continue
+        ratio = f"{r['vs_baseline']:.2f}x" if "vs_baseline" in r else ""
+        lines.append(f"| {r['config']} | {r['batch']} | {r['subject']} | "
+                     f"{r['train_samples_per_s']:,.0f} | {r['infer_samples_per_s']:,.0f} | "
+                     f"{r['train_gflops']:.1f} | {r['ms_per_epoch']:.1f} | {ratio} |")
+    shares = [r for r in results if "outside_matmul_fraction" in r]
+    if shares:
+        lines.append("")
+        lines += [f"gpumlp-numpy {r['config']} batch {r['batch']}: "
+                  f"{100 * r['outside_matmul_fraction']:.1f} % of the step outside matrix "
+                  "products" for r in shares]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: list[dict[str, Any]], environment: dict[str, Any],
+                  plan: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png``."""
+    out_dir = Path(out_dir)
+    device = environment.get("gpu", {}).get("device_name") or environment["cpu"]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()[:40]
+    stem = f"bench-{environment['date'][:10]}-{slug}"
+    paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md"}
+    document = {"environment": environment, "plan": plan, "results": results}
+    with atomic_write(paths["json"]) as handle:
+        handle.write(json.dumps(document, indent=2).encode())
+    with atomic_write(paths["markdown"]) as handle:
+        handle.write(markdown_table(results, environment).encode())
+    png = out_dir / f"{stem}.png"
+    if plot(results, png):
+        paths["plot"] = png
+    return paths
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> bool:
+    """Throughput against batch size, one line per subject, a panel per config."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ok = [r for r in results if "error" not in r]
+    configs = sorted({r["config"] for r in ok})
+    if not configs:
+        return False
+    fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4.5), squeeze=False)
+    for ax, config in zip(axes[0], configs):
+        for subject in sorted({r["subject"] for r in ok if r["config"] == config}):
+            points = sorted((r["batch"], r["train_samples_per_s"]) for r in ok
+                            if r["config"] == config and r["subject"] == subject)
+            ax.plot(*zip(*points), marker="o", label=subject)
+        ax.set(xscale="log", yscale="log", xlabel="batch size",
+               ylabel="training samples/s", title=config)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,174 @@
+"""Runs the benchmark protocol: every subject x configuration x batch size, timed alike.
+
+Timing: a warm-up, then the number of steps per repeat is calibrated so one repeat lasts at
+least ``min_time`` seconds, then ``repeats`` repeats; the median rate is reported, with every
+repeat kept in the results.  Device work is synchronised before and after each repeat.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from .protocol import (CONFIGS, EPOCH_SAMPLES, POOL_SIZE, inference_flops_per_sample,
+                       train_flops_per_sample)
+from .subjects import GpumlpSubject, SklearnSubject, Subject, TorchSubject
+
+PEERS = ("torch", "sklearn")
+
+
+@dataclass
+class Plan:
+    """What to run: configurations, batch sizes, subjects, and how long to time each."""
+
+    configs: list[str]
+    batches: list[int]
+    backends: list[str]
+    peers: list[str] = field(default_factory=list)
+    repeats: int = 5
+    min_time: float = 0.2
+    dataset: str | None = None
+
+
+def make_subjects(plan: Plan, out: TextIO) -> list[Callable[[], Subject]]:
+    """Factories for every subject that can run here; a missing peer is reported, not fatal."""
+    factories: list[Callable[[], Subject]] = [
+        (lambda b=b: GpumlpSubject(b)) for b in plan.backends]
+    if "torch" in plan.peers:
+        try:
+            import torch
+        except ImportError:
+            print("peer torch: not installed (pip install torch); skipped", file=out)
+        else:
+            factories.append(lambda: TorchSubject("cpu"))
+            if torch.cuda.is_available():
+                factories.append(lambda: TorchSubject("cuda"))
+                factories.append(lambda: TorchSubject("cuda", compiled=True))
+    if "sklearn" in plan.peers:
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            print("peer sklearn: not installed (pip install scikit-learn); skipped", file=out)
+        else:
+            factories.append(SklearnSubject)
+    return factories
+
+
+def measure(run: Callable[[int], None], sync: Callable[[], None], batch: int,
+            max_steps: int, repeats: int, min_time: float) -> tuple[float, list[float], int]:
+    """Median samples/s of ``run(steps)``, every repeat's rate, and the steps per repeat."""
+    warm = min(3, max_steps)
+    run(warm)  # first calls compile, allocate and (for torch.compile) record graphs
+    sync()
+    start = time.perf_counter()
+    run(warm)
+    sync()
+    per_step = (time.perf_counter() - start) / warm
+    steps = max(1, min(max_steps, math.ceil(min_time / max(per_step, 1e-9))))
+    rates = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run(steps)
+        sync()
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return statistics.median(rates), rates, steps
+
+
+def run_plan(plan: Plan, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
+    """Measure everything in ``plan``; returns one record per (config, batch, subject)."""
+    X, y = load_pool(plan.dataset)
+    factories = make_subjects(plan, out)
+    results: list[dict[str, Any]] = []
+    total = len(plan.configs) * len(plan.batches) * len(factories)
+    done = 0
+    for config in plan.configs:
+        sizes = CONFIGS[config]
+        for batch in plan.batches:
+            for factory in factories:
+                done += 1
+                record = run_one(factory, sizes, batch, X, y, plan)
+                record.update(config=config, batch=batch)
+                results.append(record)
+                print(f"[{done:>2}/{total}] {config} batch {batch:>5} "
+                      f"{record['subject']:<22} {_summary(record)}", file=out, flush=True)
+    return results
+
+
+def run_one(factory: Callable[[], Subject], sizes: list[int], batch: int, X: np.ndarray,
+            y: np.ndarray, plan: Plan) -> dict[str, Any]:
+    subject = None
+    try:
+        subject = factory()
+        subject.prepare(sizes, batch, X, y)
+        max_steps = len(X) // batch
+        train, train_rates, steps = measure(subject.train, subject.sync, batch, max_steps,
+                                            plan.repeats, plan.min_time)
+        infer, infer_rates, _ = measure(subject.infer, subject.sync, batch, max_steps,
+                                        plan.repeats, plan.min_time)
+    except Exception as exc:  # one failing subject must not lose the others' results
+        name = getattr(subject, "name", "subject")
+        return {"subject": name, "error": f"{type(exc).__name__}: {exc}"}
+    record = {
+        "subject": subject.name, "device": subject.device, "settings": subject.settings(),
+        "train_samples_per_s": train, "train_repeats": train_rates, "steps_per_repeat": steps,
+        "infer_samples_per_s": infer, "infer_repeats": infer_rates,
+        "train_gflops": train * train_flops_per_sample(sizes) / 1e9,
+        "infer_gflops": infer * inference_flops_per_sample(sizes) / 1e9,
+        "ms_per_epoch": 1e3 * EPOCH_SAMPLES / train,
+    }
+    if subject.name == "gpumlp-numpy" and batch >= 1024:
+        record["outside_matmul_fraction"] = outside_matmul_fraction(subject, train, plan)
+    return record
+
+
+def outside_matmul_fraction(subject: GpumlpSubject, train_rate: float, plan: Plan) -> float:
+    """Share of a NumPy training step spent outside its matrix products.
+
+    Times the step's products alone (the same shapes and output buffers: ``A W`` per layer,
+    ``A^T H`` per layer, ``H W^T`` for every layer but the first) and compares with the step.
+    """
+    net, ws = subject.net, subject.workspace
+    x, _ = subject.batches[0]
+
+    def products(steps: int) -> None:
+        for _ in range(steps):
+            a = x
+            for layer, w in enumerate(net.weights):
+                np.matmul(a, w, out=ws.a[layer + 1])
+                a = ws.a[layer + 1]
+            for layer in range(net.n_layers - 1, -1, -1):
+                a_prev = x if layer == 0 else ws.a[layer]
+                np.matmul(a_prev.T, ws.h[layer + 1], out=net.weight_grads[layer])
+                if layer > 0:
+                    np.matmul(ws.h[layer + 1], net.weights[layer].T, out=ws.h[layer])
+
+    batch = x.shape[0]
+    product_rate, _, _ = measure(products, subject.sync, batch, len(subject.batches),
+                                 plan.repeats, plan.min_time)
+    return max(0.0, 1.0 - train_rate / product_rate)
+
+
+def load_pool(dataset: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The data every subject trains on: a real dataset's training set, or synthetic data."""
+    if dataset:
+        from ..data import load_dataset
+
+        data = load_dataset(dataset)
+        return data.X_train, data.y_train
+    from ..data import synthetic_mnist
+
+    return synthetic_mnist(POOL_SIZE, seed=0)
+
+
+def _summary(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return f"failed: {record['error']}"
+    return (f"train {record['train_samples_per_s']:>12,.0f}/s  "
+            f"infer {record['infer_samples_per_s']:>12,.0f}/s")
