@@ -100,11 +100,11 @@ def _run_train(args: argparse.Namespace) -> int:
     from .estimators import MLPClassifier
     from .progress import EpochProgress
 
+    hidden = _parse_sizes(args.hidden)  # before the data load: a typo should fail fast
     data = load_dataset(args.dataset, path=args.data_dir)
     X_train, y_train = data.X_train, data.y_train
     if args.limit is not None:
         X_train, y_train = X_train[:args.limit], y_train[:args.limit]
-    hidden = _parse_sizes(args.hidden)
     clf = MLPClassifier(hidden, activation=args.activation, solver=args.solver,
                         alpha=args.alpha, batch_size=args.batch_size,
                         learning_rate_init=args.lr, max_iter=args.epochs,

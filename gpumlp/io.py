@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write
+from .backends import BACKEND_NAMES, Backend
+from .validation import check_choice
 
 FORMAT = "gpumlp-model"
 VERSION = 1
@@ -44,22 +46,33 @@ def save(model: Any, path: str | os.PathLike) -> None:
     else:
         raise TypeError(f"model must be a fitted gpumlp estimator; got {type(model).__name__}")
     params = {k: v for k, v in model.get_params().items() if k not in _SKIPPED_PARAMS}
+    # JSON has no tuples or NumPy types: keep how each such parameter was given, so that
+    # get_params() of the loaded model equals the saved one's.
+    kinds = {}
     if not isinstance(params.get("backend", "numpy"), str):
         params["backend"] = "auto"
     if "hidden_layer_sizes" in params:
         hidden = params["hidden_layer_sizes"]
-        params["hidden_layer_sizes"] = [hidden] if np.isscalar(hidden) else list(hidden)
+        kinds["hidden_layer_sizes"] = ("int" if np.isscalar(hidden) else
+                                       "tuple" if isinstance(hidden, tuple) else "list")
+        params["hidden_layer_sizes"] = [int(h) for h in np.atleast_1d(hidden)]
     if "dtype" in params:
-        params["dtype"] = np.dtype(params["dtype"]).name
+        dtype = params["dtype"]
+        kinds["dtype"] = ("str" if isinstance(dtype, str) else
+                          "dtype" if isinstance(dtype, np.dtype) else "type")
+        params["dtype"] = np.dtype(dtype).name
+    if isinstance(params.get("random_state"), np.integer):
+        params["random_state"] = int(params["random_state"])
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None
     metadata = {"format": FORMAT, "version": VERSION, "estimator": type(model).__name__,
-                "params": params, "state": state}
+                "params": params, "param_kinds": kinds, "state": state}
     arrays["classes"] = np.asarray(model.classes_) if hasattr(model, "classes_") else np.zeros(0)
     if arrays["classes"].dtype.kind == "O":
         raise TypeError("classes_ of dtype object cannot be saved without pickle; use "
                         "integer or string labels")
-    arrays[_META] = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    arrays[_META] = np.frombuffer(json.dumps(metadata, default=_json_scalar).encode(),
+                                  dtype=np.uint8)
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
 
@@ -78,10 +91,31 @@ def load(path: str | os.PathLike, backend: str | None = None) -> Any:
     name = metadata.get("estimator")
     if name not in classes:
         raise ValueError(f"{path}: unknown estimator {name!r} in a gpumlp model file")
+    if backend is not None and not isinstance(backend, Backend):  # not the file's fault
+        check_choice("backend", backend, BACKEND_NAMES)
+    try:
+        return _rebuild(classes[name], arrays, metadata, backend)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{path}: damaged gpumlp model file ({type(exc).__name__}: "
+                         f"{exc})") from None
+
+
+def _rebuild(cls: type, arrays: dict, metadata: dict, backend: str | None) -> Any:
+    """The estimator described by a file's arrays and metadata."""
     params = dict(metadata["params"])
+    kinds = metadata.get("param_kinds", {})
+    if kinds.get("hidden_layer_sizes") == "int":
+        params["hidden_layer_sizes"] = params["hidden_layer_sizes"][0]
+    elif kinds.get("hidden_layer_sizes") == "tuple":
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    if kinds.get("dtype") == "dtype":
+        params["dtype"] = np.dtype(params["dtype"])
+    elif kinds.get("dtype") == "type":
+        params["dtype"] = np.dtype(params["dtype"]).type
     if backend is not None:
         params["backend"] = backend
-    model = classes[name](**params)
+    model = cls(**params)
+    name = cls.__name__
     state = metadata["state"]
     if arrays["classes"].size:
         model.classes_ = arrays["classes"]
@@ -94,6 +128,13 @@ def load(path: str | os.PathLike, backend: str | None = None) -> Any:
         return model
     _restore_mlp(model, arrays, state)
     return model
+
+
+def _json_scalar(value: Any) -> Any:
+    """NumPy scalars (``np.int64(3)``, ``np.float32(0.1)``) as Python numbers for JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r} cannot be saved as JSON metadata")
 
 
 def _mlp_state(model: Any) -> tuple[dict, dict]:
@@ -128,7 +169,10 @@ def _restore_mlp(model: Any, arrays: dict, state: dict) -> None:
 
 def _read(path: str | os.PathLike) -> tuple[dict, dict]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a single .npy array
+            raise ValueError(f"a single {type(archive).__name__}, not an .npz archive")
+        with archive:
             arrays = {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise
@@ -140,6 +184,9 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict]:
         metadata = json.loads(arrays.pop(_META).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: damaged gpumlp metadata ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: damaged gpumlp metadata (a JSON {type(metadata).__name__}, "
+                         "not an object)")
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a gpumlp model file (format {metadata.get('format')!r})")
     if metadata.get("version") != VERSION:

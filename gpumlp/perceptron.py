@@ -129,4 +129,11 @@ class Perceptron(ParamsMixin):
 
     def score(self, X: Any, y: Any) -> float:
         """Mean accuracy."""
-        return float(np.mean(self.predict(X) == np.asarray(y)))
+        predicted = self.predict(X)
+        return float(np.mean(predicted == check_targets(y, predicted.shape[0])))
+
+    def save(self, path: str) -> None:
+        """Save the fitted perceptron (arrays plus JSON metadata, no pickle; atomic write)."""
+        from .io import save
+
+        save(self, path)

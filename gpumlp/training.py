@@ -106,8 +106,11 @@ class Trainer:
     def set_validation(self, validation: Callable[[Network], float] | None) -> None:
         """Use ``validation(network) -> score`` for early stopping (``None``: the loss)."""
         self.validation = validation
-        self._best = (None if validation is None else
-                      self.network.backend.empty(self.network.params.shape, self.network.dtype))
+        self._best = None
+        if validation is not None:  # start from the current weights: a refit may not improve
+            self._best = self.network.backend.empty(self.network.params.shape,
+                                                    self.network.dtype)
+            self._best[...] = self.network.params
 
     # --------------------------------------------------------------------------------- fit
     def fit(self, X: Any, T: Any, epochs: int) -> History:
@@ -127,13 +130,15 @@ class Trainer:
         loss = self._train_one_epoch(X, T)
         if self.alpha:
             loss += 0.5 * self.alpha * self.network.l2_penalty() / min(self.batch_size, len(X))
-        if not math.isfinite(loss):
+        # The epoch's last update can overflow even when every loss it saw was finite.
+        if not math.isfinite(loss) or not bool(self.network.backend.xp.isfinite(
+                self.network.params).all()):
             self.network.params[...] = self._last_good
             history.stop_reason = "diverged"
             warnings.warn(f"training diverged at epoch {history.n_iter + 1} (loss={loss}); "
                           "stopped and kept the weights of the last finite epoch. Lower "
                           "learning_rate_init or scale the inputs.", DivergenceWarning,
-                          stacklevel=3)
+                          stacklevel=4)
             return False
         self._last_good[...] = self.network.params
         history.n_iter += 1

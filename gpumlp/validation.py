@@ -54,6 +54,9 @@ def check_finite_numeric(y: np.ndarray, name: str = "y") -> np.ndarray:
 
 
 def _host_numeric(X: Any, name: str) -> np.ndarray:
+    if hasattr(X, "toarray") and type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a sparse {type(X).__name__}; sparse input is not "
+                        f"supported, pass a dense array ({name}.toarray())")
     try:
         array = np.asarray(X)
     except Exception as exc:

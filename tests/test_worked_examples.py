@@ -88,6 +88,7 @@ def planar_flower(m=400, seed=1):
     return X, y
 
 
+@pytest.mark.filterwarnings("ignore::gpumlp.ConvergenceWarning")  # fixed epoch budget
 def test_two_layer_tanh_sigmoid_classifier_on_planar_data():
     X, y = planar_flower()
     common = dict(solver="adam", learning_rate_init=0.05, max_iter=600, batch_size=400,

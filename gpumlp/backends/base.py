@@ -31,6 +31,12 @@ class Backend:
     def __init__(self, xp: Any):
         self.xp = xp
 
+    def __reduce__(self) -> tuple:
+        # Backends hold a module (xp); pickling by name lets fitted models be copied.
+        from . import get_backend
+
+        return (get_backend, (self.name,))
+
     def __repr__(self) -> str:
         return f"<gpumlp backend {self.name!r}>"
 

@@ -1,0 +1,49 @@
+"""Small synthetic data sets shared by the estimator, bad-input and save/load tests.
+
+Each one is tiny (a few hundred rows, a handful of features) so that training for a few
+epochs takes milliseconds on the CPU, yet separable enough that a fitted model is clearly
+better than chance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _blobs(n_per_class: int, n_classes: int, n_features: int, seed: int,
+           spread: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs around random centres ``spread`` apart (on average): easy to classify."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=spread, size=(n_classes, n_features))
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    X = centres[y] + rng.normal(size=(len(y), n_features))
+    order = rng.permutation(len(y))
+    return X[order].astype(np.float32), y[order]
+
+
+@pytest.fixture
+def binary_data() -> tuple[np.ndarray, np.ndarray]:
+    """120 rows, 4 features, labels 0/1."""
+    return _blobs(60, 2, 4, seed=1)
+
+
+@pytest.fixture
+def multiclass_data() -> tuple[np.ndarray, np.ndarray]:
+    """150 rows, 5 features, labels 0/1/2."""
+    return _blobs(50, 3, 5, seed=2)
+
+
+@pytest.fixture
+def regression_data() -> tuple[np.ndarray, np.ndarray]:
+    """200 rows, 3 features; y is a smooth function of X (R^2 near 1 is reachable)."""
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, size=(200, 3)).astype(np.float32)
+    y = (1.5 * X[:, 0] - 2.0 * X[:, 1] + 0.5 * X[:, 2] + 0.3).astype(np.float32)
+    return X, y
+
+
+@pytest.fixture
+def make_blobs():
+    """``make_blobs(n_per_class, n_classes, n_features, seed)`` -> ``(X float32, y int)``."""
+    return _blobs
