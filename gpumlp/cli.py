@@ -9,9 +9,11 @@ from typing import Sequence
 
 from . import __version__
 
-#: The default recipe of ``gpumlp train``: 784-512-512-10, ReLU, Adam, dropout, 30 epochs.
+#: The default recipe of ``gpumlp train``: 784-512-512-10, ReLU, Adam with a cosine-annealed
+#: step size (it settles the last epochs, where a constant step keeps the test accuracy
+#: wandering), dropout 0.2, 30 epochs.
 RECIPE = {"hidden": "512,512", "activation": "relu", "solver": "adam", "epochs": 30,
-          "batch_size": 128, "lr": 1e-3, "alpha": 1e-4, "dropout": 0.2}
+          "batch_size": 128, "lr": 1e-3, "schedule": "cosine", "alpha": 1e-4, "dropout": 0.2}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="training epochs")
     train.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     train.add_argument("--lr", type=float, default=RECIPE["lr"], help="initial learning rate")
+    train.add_argument("--schedule", default=RECIPE["schedule"],
+                       choices=("constant", "invscaling", "adaptive", "cosine"),
+                       help="step-size schedule over the epochs")
     train.add_argument("--alpha", type=float, default=RECIPE["alpha"], help="L2 penalty")
     train.add_argument("--dropout", type=float, default=RECIPE["dropout"],
                        help="dropout rate of the hidden layers (0 disables it)")
@@ -107,13 +112,14 @@ def _run_train(args: argparse.Namespace) -> int:
         X_train, y_train = X_train[:args.limit], y_train[:args.limit]
     clf = MLPClassifier(hidden, activation=args.activation, solver=args.solver,
                         alpha=args.alpha, batch_size=args.batch_size,
-                        learning_rate_init=args.lr, max_iter=args.epochs,
+                        learning_rate=args.schedule, learning_rate_init=args.lr,
+                        max_iter=args.epochs,
                         random_state=args.seed, backend=args.backend, dtype=args.dtype,
                         dropout=args.dropout, n_iter_no_change=args.epochs + 1)
     print(f"gpumlp {__version__}: {data.name} from {data.source}: "
           f"{len(X_train)} training / {len(data.X_test)} test samples; "
           f"784-{'-'.join(map(str, hidden))}-10, {args.activation}, {args.solver}, "
-          f"batch {args.batch_size}")
+          f"batch {args.batch_size}, {args.schedule} step from {args.lr}")
     progress = EpochProgress(args.epochs, lambda: clf.score(data.X_test, data.y_test),
                              enabled=not args.quiet)
     clf.set_params(callbacks=[progress])

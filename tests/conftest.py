@@ -47,3 +47,18 @@ def regression_data() -> tuple[np.ndarray, np.ndarray]:
 def make_blobs():
     """``make_blobs(n_per_class, n_classes, n_features, seed)`` -> ``(X float32, y int)``."""
     return _blobs
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.gpu`` tests, with the reason, where CuPy or a device is missing."""
+    from gpumlp.backends import cupy_unavailable_reason
+
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    reason = cupy_unavailable_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA device: {reason}")
+    for item in gpu_items:
+        item.add_marker(skip)

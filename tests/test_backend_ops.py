@@ -91,8 +91,8 @@ def test_philox_known_answer():
     """Random123's published known-answer vector for Philox4x32-10 (counter and key 0)."""
     from gpumlp.dropout import philox4x32
 
-    zero = np.zeros(1, dtype=np.uint64)
-    words = [int(w[0]) for w in philox4x32(np, zero, zero, zero, zero, 0, 0)]
+    counter = [np.zeros(1, dtype=np.uint64) for _ in range(4)]  # updated in place
+    words = [int(w[0]) for w in philox4x32(np, *counter, 0, 0)]
     assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
 
 
@@ -144,3 +144,12 @@ def test_importing_gpumlp_does_not_import_cupy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cupy_backend_module_imports_without_a_device():
+    """The GPU backend's module must import (and its helpers work) on any machine."""
+    from gpumlp.backends import cupy_backend
+
+    props = {"multiProcessorCount": 132, "clockRate": 1_980_000}  # H100 SXM: 132 SMs, 1.98 GHz
+    assert cupy_backend.fp32_peak_tflops(props, "90") == pytest.approx(66.9, rel=1e-3)
+    assert cupy_backend.fp32_peak_tflops(props, "unknown") is None

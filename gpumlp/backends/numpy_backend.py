@@ -17,6 +17,9 @@ from ..dropout import Dropout, keep_mask
 from .base import Backend
 
 
+_MASK_CACHE = 16
+
+
 class NumpyBackend(Backend):
     """CPU backend on NumPy; float32 and float64."""
 
@@ -25,6 +28,9 @@ class NumpyBackend(Backend):
     def __init__(self) -> None:
         super().__init__(np)
         self._scratch: dict[tuple, np.ndarray] = {}
+        # Forward dropout masks kept for the backward pass, which would otherwise regenerate
+        # them (Philox is cheap on a GPU, not in NumPy).  Bounded: oldest evicted first.
+        self._masks: dict[tuple, np.ndarray] = {}
 
     def scratch(self, tag: str, shape: tuple, dtype: Any) -> np.ndarray:
         """A reusable work array for one purpose and shape (made once, then reused)."""
@@ -71,8 +77,15 @@ class NumpyBackend(Backend):
 
     def _apply_dropout(self, a: np.ndarray, dropout: Dropout) -> None:
         mask = keep_mask(np, a.shape, dropout)
+        if len(self._masks) >= _MASK_CACHE:
+            del self._masks[next(iter(self._masks))]
+        self._masks[(dropout, a.shape)] = mask
         np.multiply(a, mask, out=a)
         a *= a.dtype.type(1.0 / dropout.keep)
+
+    def _dropout_mask(self, shape: tuple, dropout: Dropout) -> np.ndarray:
+        mask = self._masks.pop((dropout, shape), None)
+        return keep_mask(np, shape, dropout) if mask is None else mask
 
     def softmax(self, z, out):
         rows = self.scratch("rows", (z.shape[0], 1), z.dtype)
@@ -85,8 +98,8 @@ class NumpyBackend(Backend):
 
     # ---------------------------------------------------------------------------- backward
     def act_grad(self, delta, a, act, out, dropout: Dropout | None = None):
-        if dropout is not None:  # rare path: mask regeneration needs the generic code
-            return super().act_grad(delta, a, act, out, dropout)
+        if dropout is not None:
+            return self._act_grad_dropped(delta, a, act, out, dropout)
         if out is not delta:
             np.copyto(out, delta)
         if act == "identity":
@@ -111,6 +124,17 @@ class NumpyBackend(Backend):
         else:
             slope[...] = activations.derivative_from_output(np, act, a)
         out *= slope
+        return out
+
+    def _act_grad_dropped(self, delta, a, act, out, dropout: Dropout):
+        """``delta ⊙ mask / keep ⊙ phi'(A)`` where ``a = A ⊙ mask / keep`` is stored."""
+        keep = a.dtype.type(dropout.keep)
+        mask = self._dropout_mask(a.shape, dropout)
+        undropped = self.scratch("undropped", a.shape, a.dtype)
+        np.multiply(a, keep, out=undropped)  # A where kept; dropped entries are masked below
+        self.act_grad(delta, undropped, act, out)
+        np.multiply(out, mask, out=out)
+        out *= a.dtype.type(1.0 / dropout.keep)
         return out
 
     def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None):

@@ -1,0 +1,352 @@
+"""Run every CUDA kernel on the CPU (tests/kernels/harness.cpp) against the NumPy reference.
+
+The reference is the generic implementation in ``gpumlp.backends.base.Backend`` with NumPy.
+Every buffer sits between NaN guard bands: out-of-bounds reads turn results into NaN and
+out-of-bounds writes change the guards.  Outputs start as NaN, so unwritten elements fail.
+Tolerances: float64 rtol 1e-12; float32 rtol 1e-5 (sums accumulate in a different order
+than NumPy's BLAS and pairwise sums), both with atol = rtol * max(1, max |reference|).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpumlp import activations, kernels
+from gpumlp.backends.base import Backend
+from gpumlp.dropout import Dropout, keep_mask
+
+pytestmark = pytest.mark.kernels
+
+_spec = importlib.util.spec_from_file_location(
+    "gpumlp_kernel_harness", Path(__file__).parent / "kernels" / "harness.py")
+harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(harness)
+
+REF = Backend(np)
+DTYPES = (np.float64, np.float32)
+RTOL = {np.float64: 1e-12, np.float32: 1e-5}
+ACT_NAMES = {code: name for name, code in activations.CODES.items()}
+FORWARD_ACTS = kernels.KERNELS["gemm_bias_act"].acts
+BACKWARD_ACTS = kernels.KERNELS["gemm_backprop_act"].acts
+#: (rows, cols) of elementwise and row kernels; 97 rows is a multiple of no tile or group.
+SHAPES = [(1, 1), (3, 5), (17, 33), (65, 129), (130, 257), (97, 10)]
+#: (n, k, m) of the GEMMs: output (n, m) or (n, k) etc., inner sizes not multiples of 16.
+GEMM_SHAPES = [(1, 1, 1), (3, 7, 5), (17, 19, 33), (65, 31, 129), (130, 65, 257),
+               (97, 100, 10)]
+#: Seed and call counter above 2**32, so both halves of Philox's key and counter matter.
+SEED, COUNTER_BASE, COUNTER_OFFSET, KEEP = 0x1234_5678_9ABC_DEF0, 2**33 + 5, 3, 0.75
+GUARD = 37
+
+
+@pytest.fixture(scope="session")
+def host():
+    try:
+        return harness.Harness(harness.build())
+    except harness.HarnessUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def rng_for(*params) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(params).encode()))
+
+
+class Guarded:
+    """Arrays carved from the middle of NaN-guarded buffers; check() verifies the guards."""
+
+    def __init__(self):
+        self.buffers = []
+
+    def array(self, shape, dtype, values=None) -> np.ndarray:
+        size = int(np.prod(shape))
+        full = np.full(size + 2 * GUARD, np.nan, dtype=dtype)
+        inner = full[GUARD:GUARD + size].reshape(shape)
+        if values is not None:
+            inner[...] = values
+        self.buffers.append((full, full.copy()))
+        return inner
+
+    def check(self):
+        for full, original in self.buffers:
+            for sl in (slice(0, GUARD), slice(-GUARD, None)):
+                assert full[sl].tobytes() == original[sl].tobytes(), "write out of bounds"
+
+
+def random(rng, shape, dtype, scale=1.0):
+    x = rng.normal(0.0, scale, size=shape)
+    x[np.abs(x) < 1e-3] = 1e-3  # never zero: a zero would hide a dropped or skipped element
+    return x.astype(dtype)
+
+
+def assert_matches(got, want, dtype, dropout=False):
+    rtol = RTOL[dtype]
+    assert np.isfinite(got).all() == np.isfinite(want).all(), "element left unwritten"
+    if dropout:  # the dropout mask must match exactly, so must the pattern of zeros
+        np.testing.assert_array_equal(got == 0, want == 0)
+    atol = rtol * max(1.0, float(np.max(np.abs(want), initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+def dropout_args(dtype, dropout):
+    """Kernel arguments of a dropout call, and the matching reference Dropout (or None)."""
+    counter = np.array([COUNTER_BASE], dtype=np.int64)
+    args = dict(keep=dtype(KEEP), seed=SEED, counter_base=counter,
+                counter_offset=COUNTER_OFFSET)
+    return args, (Dropout(KEEP, SEED, COUNTER_BASE + COUNTER_OFFSET) if dropout else None)
+
+
+# ------------------------------------------------------------------------------ GEMMs
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("act", FORWARD_ACTS)
+@pytest.mark.parametrize("n,k,m", GEMM_SHAPES)
+def test_gemm_bias_act(host, n, k, m, act, dropout, dtype, grid=None):
+    rng, g = rng_for("fwd", n, k, m, act, dropout, dtype), Guarded()
+    x, w = g.array((n, k), dtype, random(rng, (n, k), dtype)), g.array((k, m), dtype,
+                                                                       random(rng, (k, m), dtype, 0.3))
+    b, out = g.array((m,), dtype, random(rng, (m,), dtype)), g.array((n, m), dtype)
+    args, drop = dropout_args(dtype, dropout)
+    config_grid, block = kernels.launch_config("gemm_bias_act", n, m)
+    host.launch("gemm_bias_act", dtype, grid or config_grid, block, act=act, dropout=dropout,
+                out=out, x=x, w=w, b=b, n=n, k=k, m=m, **args)
+    want = REF.affine_act(x, w, b, ACT_NAMES[act], np.empty_like(out), dropout=drop)
+    assert_matches(out, want, dtype, dropout)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("act", BACKWARD_ACTS)
+@pytest.mark.parametrize("n,k,m", GEMM_SHAPES)
+def test_gemm_backprop_act(host, n, k, m, act, dropout, dtype, grid=None):
+    rng, g = rng_for("bwd", n, k, m, act, dropout, dtype), Guarded()
+    h_next = g.array((n, m), dtype, random(rng, (n, m), dtype))
+    w_next = g.array((k, m), dtype, random(rng, (k, m), dtype, 0.3))
+    a = g.array((n, k), dtype, rng.uniform(-0.95, 0.95, (n, k)))
+    out = g.array((n, k), dtype)
+    args, drop = dropout_args(dtype, dropout)
+    config_grid, block = kernels.launch_config("gemm_backprop_act", n, k)
+    host.launch("gemm_backprop_act", dtype, grid or config_grid, block, act=act,
+                dropout=dropout, out=out, h_next=h_next, w_next=w_next, a=a, n=n, k=k, m=m,
+                **args)
+    want = REF.backprop_hidden(h_next, w_next, a, ACT_NAMES[act], np.empty_like(out), drop)
+    assert_matches(out, want, dtype, dropout)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+@pytest.mark.parametrize("n,k,m", GEMM_SHAPES)
+def test_gemm_weight_grads(host, n, k, m, decay, dtype, grid=None):
+    rng, g = rng_for("wgrad", n, k, m, decay, dtype), Guarded()
+    a_prev = g.array((n, k), dtype, random(rng, (n, k), dtype))
+    h = g.array((n, m), dtype, random(rng, (n, m), dtype))
+    w = g.array((k, m), dtype, random(rng, (k, m), dtype))
+    dw, db = g.array((k, m), dtype), g.array((m,), dtype)
+    config_grid, block = kernels.launch_config("gemm_weight_grads", k, m)
+    # Without decay w must not be read: pass a null pointer.
+    host.launch("gemm_weight_grads", dtype, grid or config_grid, block, dw=dw, db=db,
+                a_prev=a_prev, h=h, w=w if decay else None, n=n, k=k, m=m, decay=dtype(decay))
+    want_dw, want_db = np.empty_like(dw), np.empty_like(db)
+    REF.weight_grads(a_prev, h, want_dw, want_db, w, decay)
+    assert_matches(dw, want_dw, dtype)
+    assert_matches(db, want_db, dtype)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("grid", [(1, 1, 1), (2, 2, 1)])
+def test_gemms_stride_over_tiles_with_a_small_grid(host, grid, dtype):
+    n, k, m = GEMM_SHAPES[4]
+    test_gemm_bias_act(host, n, k, m, activations.CODES["tanh"], True, dtype, grid=grid)
+    test_gemm_backprop_act(host, n, k, m, activations.CODES["sigmoid"], True, dtype, grid=grid)
+    test_gemm_weight_grads(host, n, k, m, 0.01, dtype, grid=grid)
+
+
+# ------------------------------------------------------------------------ elementwise
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("act", FORWARD_ACTS)
+@pytest.mark.parametrize("n,m", SHAPES)
+def test_bias_act(host, n, m, act, dropout, dtype, grid=None):
+    rng, g = rng_for("bias_act", n, m, act, dropout, dtype), Guarded()
+    z0 = random(rng, (n, m), dtype, 2.0)
+    z, b = g.array((n, m), dtype, z0), g.array((m,), dtype, random(rng, (m,), dtype))
+    args, drop = dropout_args(dtype, dropout)
+    config_grid, block = kernels.launch_config("bias_act", n, m)
+    host.launch("bias_act", dtype, grid or config_grid, block, act=act, dropout=dropout, z=z,
+                b=b, n=n, m=m, **args)
+    # z @ I is exact, so affine_act is the reference of the epilogue alone.
+    want = REF.affine_act(z0, np.eye(m, dtype=dtype), b, ACT_NAMES[act], np.empty_like(z0),
+                          dropout=drop)
+    assert_matches(z, want, dtype, dropout)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("act", BACKWARD_ACTS)
+@pytest.mark.parametrize("n,m", SHAPES)
+def test_act_grad(host, n, m, act, dropout, dtype, grid=None, in_place=False):
+    rng, g = rng_for("act_grad", n, m, act, dropout, dtype), Guarded()
+    delta = g.array((n, m), dtype, random(rng, (n, m), dtype))
+    a = g.array((n, m), dtype, rng.uniform(-0.95, 0.95, (n, m)))
+    want = REF.act_grad(delta.copy(), a, ACT_NAMES[act], np.empty_like(a),
+                        dropout_args(dtype, dropout)[1])
+    out = delta if in_place else g.array((n, m), dtype)
+    args, _ = dropout_args(dtype, dropout)
+    config_grid, block = kernels.launch_config("act_grad", n, m)
+    host.launch("act_grad", dtype, grid or config_grid, block, act=act, dropout=dropout,
+                out=out, delta=delta, a=a, size=n * m, **args)
+    assert_matches(out, want, dtype, dropout)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise_grid_stride_and_in_place(host, dtype):
+    n, m = SHAPES[4]
+    test_bias_act(host, n, m, activations.CODES["leaky_relu"], True, dtype, grid=(1, 1, 1))
+    test_act_grad(host, n, m, activations.CODES["tanh"], True, dtype, grid=(3, 1, 1),
+                  in_place=True)
+
+
+@pytest.mark.parametrize("n,m", SHAPES)
+def test_dropout_mask_is_bit_identical_to_keep_mask(host, n, m):
+    """Identity activation of nonzero inputs: zero exactly where keep_mask drops."""
+    dtype = np.float32
+    z = random(rng_for("mask", n, m), (n, m), dtype) + dtype(10)
+    b = np.zeros(m, dtype)
+    args, drop = dropout_args(dtype, True)
+    grid, block = kernels.launch_config("bias_act", n, m)
+    host.launch("bias_act", dtype, grid, block, act=0, dropout=True, z=z, b=b, n=n, m=m, **args)
+    np.testing.assert_array_equal(z != 0, keep_mask(np, (n, m), drop))
+
+
+# ----------------------------------------------------------------------------- losses
+def loss_inputs(kind, rng, n, k, dtype):
+    z = random(rng, (n, k), dtype, 3.0)
+    if kind == "softmax_xent":  # soft targets: rows of a Dirichlet draw
+        t = rng.dirichlet(np.ones(k), size=n)
+    elif kind == "sigmoid_bce":
+        t = rng.uniform(0, 1, (n, k))
+    else:
+        t = rng.normal(size=(n, k))
+    return z, t.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["softmax_xent", "sigmoid_bce", "squared_error"])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_loss_accumulates_and_writes_h(host, n, k, kind, dtype, grid=None, in_place=False):
+    rng, g = rng_for(kind, n, k, dtype), Guarded()
+    z0, t0 = loss_inputs(kind, rng, n, k, dtype)
+    want_h = np.empty_like(z0)
+    want_loss = getattr(REF, kind)(z0, t0, want_h)
+    z, t = g.array((n, k), dtype, z0), g.array((n, k), dtype, t0)
+    h = z if in_place else g.array((n, k), dtype)
+    start = dtype(rng.normal())
+    acc = g.array((1,), dtype, start)
+    config_grid, block = kernels.launch_config(kind, n, k)
+    first = "a" if kind == "squared_error" else "z"
+    for call in range(2):  # the loss is added, so two calls add it twice
+        if in_place:
+            z[...] = z0
+        host.launch(kind, dtype, grid or config_grid, block, h=h, loss_acc=acc,
+                    **{first: z}, t=t, n=n, k=k)
+    assert_matches(h, want_h, dtype)
+    assert_matches(acc[0] - start, 2 * want_loss, dtype)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_losses_grid_stride_and_in_place(host, dtype):
+    n, k = SHAPES[4]
+    for kind in ("softmax_xent", "sigmoid_bce", "squared_error"):
+        test_loss_accumulates_and_writes_h(host, n, k, kind, dtype, grid=(2, 1, 1),
+                                           in_place=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_softmax_rows(host, n, k, in_place, dtype):
+    rng, g = rng_for("softmax", n, k, dtype, in_place), Guarded()
+    z0 = random(rng, (n, k), dtype, 3.0)
+    z = g.array((n, k), dtype, z0)
+    out = z if in_place else g.array((n, k), dtype)
+    grid, block = kernels.launch_config("softmax_rows", n, k)
+    grid = (1, 1, 1) if in_place else grid  # in-place runs also cover the row stride
+    host.launch("softmax_rows", dtype, grid, block, out=out, z=z, n=n, k=k)
+    assert_matches(out, REF.softmax(z0, np.empty_like(z0)), dtype)
+    g.check()
+
+
+# -------------------------------------------------------------------------- optimizers
+OPTIM_SIZES = [1, 7, 1003, 4099]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", OPTIM_SIZES)
+def test_adam_step(host, size, dtype):
+    rng, g = rng_for("adam", size, dtype), Guarded()
+    p0, grads = random(rng, size, dtype), random(rng, size, dtype)
+    m0, v0 = random(rng, size, dtype, 0.1), rng.uniform(0.01, 1, size).astype(dtype)
+    p, m, v = (g.array(size, dtype, x) for x in (p0, m0, v0))
+    grad = g.array(size, dtype, grads)
+    hyper = dict(beta1=0.9, beta2=0.999, eps=1e-8)
+    lr = np.array([0.05], dtype)  # large enough that an update error shows in params
+    want = [x.copy() for x in (p0, m0, v0)]
+    for step in (1, 2, 3):
+        grid, block = kernels.launch_config("adam_step", size)
+        host.launch("adam_step", dtype, grid if step < 3 else (1, 1, 1), block, params=p, m=m,
+                    v=v, grads=grad, size=size, lr=lr, step=np.array([step], np.int32),
+                    **hyper)
+        REF.adam_step(*want[:1], grads, *want[1:], 0.05, hyper["beta1"], hyper["beta2"],
+                      hyper["eps"], step)
+    for got, expected in zip((p, m, v), want):
+        assert_matches(got, expected, dtype)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("size", OPTIM_SIZES)
+def test_sgd_step(host, size, nesterov, dtype):
+    rng, g = rng_for("sgd", size, nesterov, dtype), Guarded()
+    p0, grads, vel0 = (random(rng, size, dtype) for _ in range(3))
+    p, vel, grad = (g.array(size, dtype, x) for x in (p0, vel0, grads))
+    want_p, want_vel = p0.copy(), vel0.copy()
+    for step in range(2):
+        grid, block = kernels.launch_config("sgd_step", size)
+        host.launch("sgd_step", dtype, grid if step else (1, 1, 1), block, nesterov=nesterov,
+                    params=p, velocity=vel, grads=grad, size=size,
+                    lr=np.array([0.05], dtype), momentum=0.9)
+        REF.sgd_step(want_p, grads, want_vel, 0.05, 0.9, nesterov)
+    assert_matches(p, want_p, dtype)
+    assert_matches(vel, want_vel, dtype)
+    g.check()
+
+
+# ------------------------------------------------------------------------------ gather
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [1, 5, 33])
+@pytest.mark.parametrize("start", [None, 0, 7])
+def test_gather_rows(host, cols, start, dtype):
+    rng, g = rng_for("gather", cols, start, dtype), Guarded()
+    total, rows = 50, 13
+    src = g.array((total, cols), dtype, random(rng, (total, cols), dtype))
+    perm = rng.permutation(total).astype(np.int64)
+    out = g.array((rows, cols), dtype)
+    grid, block = kernels.launch_config("gather_rows", rows, cols)
+    host.launch("gather_rows", dtype, grid, block, out=out, src=src, perm=perm,
+                start=None if start is None else np.array([start], np.int64), rows=rows,
+                cols=cols)
+    first = start or 0
+    np.testing.assert_array_equal(out, src[perm[first:first + rows]])
+    want = np.empty_like(out)
+    np.testing.assert_array_equal(out, REF.gather_rows(src, perm[first:first + rows], want))
+    g.check()
