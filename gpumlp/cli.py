@@ -97,6 +97,8 @@ def _runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"),
                         help="auto uses the GPU when CuPy and a device are present")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--cuda-graph", default="auto", choices=("auto", "on", "off"),
+                        help="replay whole training steps as CUDA graphs (CuPy backend)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling")
 
 
@@ -115,7 +117,8 @@ def _run_train(args: argparse.Namespace) -> int:
                         learning_rate=args.schedule, learning_rate_init=args.lr,
                         max_iter=args.epochs,
                         random_state=args.seed, backend=args.backend, dtype=args.dtype,
-                        dropout=args.dropout, n_iter_no_change=args.epochs + 1)
+                        dropout=args.dropout, n_iter_no_change=args.epochs + 1,
+                        cuda_graph=args.cuda_graph)
     print(f"gpumlp {__version__}: {data.name} from {data.source}: "
           f"{len(X_train)} training / {len(data.X_test)} test samples; "
           f"784-{'-'.join(map(str, hidden))}-10, {args.activation}, {args.solver}, "

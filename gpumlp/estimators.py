@@ -25,6 +25,7 @@ import numpy as np
 
 from . import activations
 from .backends import BACKEND_NAMES, Backend, backend_for
+from .graph import GRAPH_MODES
 from .network import Network, check_dtype
 from .optim import SCHEDULES, make_optimizer
 from .params import ParamsMixin
@@ -54,7 +55,7 @@ class BaseMLP(ParamsMixin):
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-8, n_iter_no_change: int = 10,
                  backend: str | Backend = "auto", dtype: Any = "float32", dropout: float = 0.0,
-                 callbacks: Any = None):
+                 callbacks: Any = None, cuda_graph: str = "auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -81,6 +82,7 @@ class BaseMLP(ParamsMixin):
         self.dtype = dtype
         self.dropout = dropout
         self.callbacks = callbacks
+        self.cuda_graph = cuda_graph
 
     # ------------------------------------------------------------------------ validation
     def _check_hyperparameters(self) -> list[int]:
@@ -117,6 +119,7 @@ class BaseMLP(ParamsMixin):
         check_int("n_iter_no_change", self.n_iter_no_change, 1)
         check_float("dropout", self.dropout, 0, 1, high_open=True)
         check_dtype(self.dtype)
+        check_choice("cuda_graph", self.cuda_graph, GRAPH_MODES)
         if not isinstance(self.backend, Backend):
             check_choice("backend", self.backend, BACKEND_NAMES)
         return [int(s) for s in sizes]
@@ -177,7 +180,8 @@ class BaseMLP(ParamsMixin):
         trainer = Trainer(net, optimizer, shuffle=self.shuffle,
                           seed=seed_from(self.random_state), tol=self.tol,
                           n_iter_no_change=self.n_iter_no_change,
-                          callbacks=list(self.callbacks or ()), verbose=bool(self.verbose))
+                          callbacks=list(self.callbacks or ()), verbose=bool(self.verbose),
+                          cuda_graph=self.cuda_graph)
         if previous is not None:  # warm start: keep the history, restart the optimizer
             trainer.history = previous.history
             trainer.history.stop_reason = None
@@ -275,8 +279,11 @@ class MLPClassifier(BaseMLP):
 
     Parameters are those of ``sklearn.neural_network.MLPClassifier`` (solvers ``"sgd"`` and
     ``"adam"``), plus ``backend`` (``"auto"``, ``"numpy"``, ``"cupy"``), ``dtype``
-    (``"float32"`` default), ``dropout`` (inverted-dropout rate of hidden layers) and
-    ``callbacks`` (``callback(epoch, history)``; a truthy return stops training).
+    (``"float32"`` default), ``dropout`` (inverted-dropout rate of hidden layers),
+    ``callbacks`` (``callback(epoch, history)``; a truthy return stops training) and
+    ``cuda_graph`` (``"auto"``: on the CuPy backend each step is a replayed CUDA graph;
+    ``"on"`` insists, ``"off"`` runs eagerly).  ``learning_rate`` also takes ``"cosine"``,
+    and every schedule applies to Adam as well as SGD.
     """
 
     _estimator_type = "classifier"

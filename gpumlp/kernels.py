@@ -122,6 +122,9 @@ KERNELS: dict[str, KernelSpec] = dict([
     _spec("gather_rows", "gather.cu", ("dtype",),
           ("T* out", "const T* src", "const long long* perm", "const long long* start",
            "long long rows", "long long cols"), "flat"),
+    _spec("advance_step", "step.cu", (),
+          ("long long* start", "long long rows", "long long* counter_base",
+           "long long counters_per_step", "int* step"), "single"),
 ])
 
 # Launch geometry; must agree with the constants in kernels/common.cuh and gemm_tile.cuh.
@@ -151,7 +154,7 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
-def name_expression(kernel: str, dtype: Any, **params: Any) -> str:
+def name_expression(kernel: str, dtype: Any = None, **params: Any) -> str:
     """The C++ name expression of one instantiation, e.g. ``'act_grad<double, 4, false>'``.
 
     ``act`` may be a code or a name (``"relu"``); boolean flags take any truthy value.
@@ -174,7 +177,7 @@ def name_expression(kernel: str, dtype: Any, **params: Any) -> str:
             args.append(str(int(code)))
         else:
             args.append("true" if params[p] else "false")
-    return f"{kernel}<{', '.join(args)}>"
+    return f"{kernel}<{', '.join(args)}>" if spec.template else kernel
 
 
 def name_expressions(source: str | None = None) -> list[str]:
@@ -215,6 +218,8 @@ def launch_config(kernel: str, *shape: int) -> tuple[tuple[int, int, int], tuple
         lanes = min(32, 1 << max(0, k - 1).bit_length())  # smallest power of two >= k
         rows_per_block = BLOCK // lanes
         return (blocks(n, rows_per_block), 1, 1), (lanes, rows_per_block, 1)
+    if spec.launch == "single":
+        return (1, 1, 1), (1, 1, 1)
     items = -(-size // 4) if spec.launch == "flat4" else size
     return (blocks(items, BLOCK), 1, 1), (BLOCK, 1, 1)
 
@@ -368,7 +373,7 @@ def load_module(source: str) -> Any:
         return module
 
 
-def get_kernel(kernel: str, dtype: Any, **params: Any) -> Any:
+def get_kernel(kernel: str, dtype: Any = None, **params: Any) -> Any:
     """The launchable ``cupy.RawKernel`` of one instantiation, e.g.
     ``get_kernel("act_grad", cupy.float32, act="relu", dropout=False)``.
 
@@ -378,7 +383,7 @@ def get_kernel(kernel: str, dtype: Any, **params: Any) -> Any:
     """
     if not kernels_enabled():
         raise KernelsUnavailable("disabled by GPUMLP_KERNELS=off")
-    key = (kernel, _dtype_name(dtype), tuple(sorted(params.items())))
+    key = (kernel, None if dtype is None else _dtype_name(dtype), tuple(sorted(params.items())))
     fn = _functions.get(key)
     if fn is None:
         expression = name_expression(kernel, dtype, **params)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .graph import GRAPH_MODES, GraphStepRunner, graph_unavailable_reason
 from .network import Network
 
 #: ``callback(epoch, history)`` runs after every epoch; returning True stops training.
@@ -74,6 +75,9 @@ class Trainer:
         ``validation(network) -> float``, a score on held-out data (higher is better);
         enables early stopping on it, and the best weights are restored at the end.
     callbacks : sequence of ``callback(epoch, history)``; a truthy return stops training.
+    cuda_graph : {"auto", "on", "off"}
+        Capture whole steps as CUDA graphs and replay them (CuPy backend, see
+        :mod:`gpumlp.graph`): ``auto`` where it applies, ``on`` insists, ``off`` runs eagerly.
     """
 
     def __init__(self, network: Network, optimizer: Any, batch_size: int = 200,
@@ -81,7 +85,7 @@ class Trainer:
                  seed: int | None = 0, tol: float = 1e-4, n_iter_no_change: int = 10,
                  validation: Callable[[Network], float] | None = None,
                  callbacks: Sequence[Callback] = (),
-                 verbose: bool = False):
+                 verbose: bool = False, cuda_graph: str = "auto"):
         self.network = network
         self.optimizer = optimizer
         self.batch_size = int(batch_size)
@@ -94,6 +98,11 @@ class Trainer:
         self.n_iter_no_change = n_iter_no_change
         self.callbacks = list(callbacks)
         self.verbose = verbose
+        if cuda_graph not in GRAPH_MODES:
+            raise ValueError(f"cuda_graph={cuda_graph!r} is not valid; choose one of "
+                             f"{GRAPH_MODES}")
+        self.cuda_graph = cuda_graph
+        self._graph_runner: tuple[tuple, GraphStepRunner] | None = None
         self.history = History()
         self.step_count = 0
         self._no_improvement = 0
@@ -161,6 +170,35 @@ class Trainer:
         return True
 
     def _train_one_epoch(self, X: Any, T: Any) -> float:
+        runner = self._graph_runner_for(X, T)
+        if runner is not None:
+            n = len(X)
+            return runner.run_epoch(self.rng.permutation(n) if self.shuffle else np.arange(n))
+        return self._train_one_epoch_eagerly(X, T)
+
+    def _graph_runner_for(self, X: Any, T: Any) -> GraphStepRunner | None:
+        """The captured-step runner for this data and these settings, if graphs apply."""
+        if self.cuda_graph == "off":
+            return None
+        reason = graph_unavailable_reason(self.network)
+        if reason is not None:
+            if self.cuda_graph == "on":
+                raise ValueError(f"cuda_graph='on' cannot be honoured: {reason}")
+            return None
+        key = (id(X), id(T), len(X), self.batch_size, self.alpha, self.dropout)
+        if self._graph_runner is None or self._graph_runner[0] != key:
+            try:
+                self._graph_runner = (key, GraphStepRunner(self, X, T))
+            except Exception as exc:  # a capture the driver refuses: run eagerly instead
+                if self.cuda_graph == "on":
+                    raise
+                warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); "
+                              "training eagerly", RuntimeWarning, stacklevel=4)
+                self.cuda_graph = "off"
+                return None
+        return self._graph_runner[1]
+
+    def _train_one_epoch_eagerly(self, X: Any, T: Any) -> float:
         backend, net = self.network.backend, self.network
         n = len(X)
         order = (backend.permutation(n, self.rng) if self.shuffle

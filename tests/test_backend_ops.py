@@ -153,3 +153,19 @@ def test_cupy_backend_module_imports_without_a_device():
     props = {"multiProcessorCount": 132, "clockRate": 1_980_000}  # H100 SXM: 132 SMs, 1.98 GHz
     assert cupy_backend.fp32_peak_tflops(props, "90") == pytest.approx(66.9, rel=1e-3)
     assert cupy_backend.fp32_peak_tflops(props, "unknown") is None
+
+
+def test_cuda_graph_mode_is_checked():
+    from gpumlp.training import Trainer
+
+    net = Network([3, 4, 2], backend="numpy")
+    with pytest.raises(ValueError, match="cuda_graph='always'"):
+        Trainer(net, gpumlp.Adam(net.backend, net.params), cuda_graph="always")
+    trainer = Trainer(net, gpumlp.Adam(net.backend, net.params), cuda_graph="on", batch_size=2)
+    X = np.ones((4, 3), np.float32)
+    T = np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]
+    with pytest.raises(ValueError, match="cuda_graph='on' cannot be honoured: the 'numpy'"):
+        trainer.fit(X, T, 1)
+    # "auto" quietly trains eagerly where graphs do not apply.
+    auto = Trainer(net, gpumlp.Adam(net.backend, net.params), batch_size=2)
+    assert len(auto.fit(X, T, 2).loss) == 2

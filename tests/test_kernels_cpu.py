@@ -350,3 +350,15 @@ def test_gather_rows(host, cols, start, dtype):
     want = np.empty_like(out)
     np.testing.assert_array_equal(out, REF.gather_rows(src, perm[first:first + rows], want))
     g.check()
+
+
+# ------------------------------------------------------------------------- step state
+def test_advance_step_moves_the_graph_state(host):
+    start = np.array([5], np.int64)
+    counter = np.array([2**40], np.int64)  # the counter crosses 32 bits: kept as 64-bit
+    step = np.array([7], np.int32)
+    grid, block = kernels.launch_config("advance_step", 1)
+    for _ in range(3):
+        host.launch("advance_step", np.float32, grid, block, start=start, rows=128,
+                    counter_base=counter, counters_per_step=3, step=step)
+    assert (start[0], counter[0], step[0]) == (5 + 3 * 128, 2**40 + 9, 10)

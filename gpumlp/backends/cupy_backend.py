@@ -46,9 +46,13 @@ class CupyBackend(Backend):
         self._path_choice: dict[tuple, str] = {}
         # Device scalars the kernels read (so a captured graph sees their current values).
         self._zero_counter = cupy.zeros((), dtype=cupy.int64)
+        self._counter_base = cupy.zeros((), dtype=cupy.int64)
         self._lr: dict[str, Any] = {}
         self._step = cupy.zeros((), dtype=cupy.int32)
-        self.capturing = False  # set by the graph runner: no cuBLAS, no timing, no fallback
+        # Set by gpumlp.graph while it records a step: only fused kernels, the step state read
+        # from device memory, and the loss added into `loss_accumulator` (no allocation).
+        self.capturing = False
+        self.loss_accumulator: Any = None
 
     # ----------------------------------------------------------------- arrays and devices
     def to_numpy(self, x: Any) -> np.ndarray:
@@ -101,9 +105,12 @@ class CupyBackend(Backend):
             return None
 
     def _dropout_args(self, dtype: Any, dropout: Dropout | None) -> tuple:
+        # Eager: the counter is all in `dropout.counter`; captured: it is an offset from the
+        # device-side base that the graph advances every step.
+        base = self._counter_base if self.capturing else self._zero_counter
         if dropout is None:
-            return (dtype.type(1), np.uint64(0), self._zero_counter, np.int64(0))
-        return (dtype.type(dropout.keep), np.uint64(dropout.seed), self._zero_counter,
+            return (dtype.type(1), np.uint64(0), base, np.int64(0))
+        return (dtype.type(dropout.keep), np.uint64(dropout.seed), base,
                 np.int64(dropout.counter))
 
     def _choose(self, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
@@ -229,7 +236,9 @@ class CupyBackend(Backend):
         fn = self._kernel(name, x.dtype)
         if fn is None:
             return getattr(super(), name)(x, t, h_out)
-        loss = self.xp.zeros((), dtype=x.dtype)  # the kernel adds into it
+        loss = self.loss_accumulator
+        if loss is None:
+            loss = self.xp.zeros((), dtype=x.dtype)  # the kernel adds into it
         shape = x.shape if name == "softmax_xent" else (x.size,)
         grid, block = kernels.launch_config(name, *shape)
         fn(grid, block, (h_out, loss, x, t, np.int64(x.shape[0]), np.int64(x.shape[1])))
@@ -246,12 +255,14 @@ class CupyBackend(Backend):
 
     # --------------------------------------------------------------------------- optimizer
     def _device_lr(self, dtype: Any, lr: float) -> Any:
+        """The device scalar holding the learning rate; written unless a step is captured
+        (a captured step reads the rate written once per epoch by :meth:`set_step_state`)."""
         key = np.dtype(dtype).str
         if key not in self._lr:
             self._lr[key] = self.xp.zeros((), dtype=dtype)
-        buffer = self._lr[key]
-        buffer.fill(dtype.type(lr))
-        return buffer
+        if not self.capturing:
+            self._lr[key].fill(np.dtype(dtype).type(lr))
+        return self._lr[key]
 
     def sgd_step(self, params, grads, velocity, lr, momentum, nesterov):
         fn = self._kernel("sgd_step", params.dtype, nesterov=bool(nesterov))
@@ -265,7 +276,8 @@ class CupyBackend(Backend):
         fn = self._kernel("adam_step", params.dtype)
         if fn is None:
             return super().adam_step(params, grads, m, v, lr, beta1, beta2, eps, step)
-        self._step.fill(np.int32(step))
+        if not self.capturing:  # a captured step's count is advanced on the device
+            self._step.fill(np.int32(step))
         grid, block = kernels.launch_config("adam_step", params.size)
         fn(grid, block, (params, m, v, grads, np.int64(params.size),
                          self._device_lr(params.dtype, lr), self._step, float(beta1),
@@ -280,6 +292,30 @@ class CupyBackend(Backend):
         grid, block = kernels.launch_config("gather_rows", rows * cols)
         fn(grid, block, (out, src, index, np.uint64(0), np.int64(rows), np.int64(cols)))
         return out
+
+    def gather_rows_at(self, src, perm, start, out):
+        """``out[i] = src[perm[start + i]]`` with ``start`` a device scalar (graph steps)."""
+        fn = kernels.get_kernel("gather_rows", src.dtype)
+        rows, cols = out.shape
+        grid, block = kernels.launch_config("gather_rows", rows * cols)
+        fn(grid, block, (out, src, perm, start, np.int64(rows), np.int64(cols)))
+        return out
+
+    def advance_step(self, start, rows: int, counters_per_step: int) -> None:
+        """Move the device step state on: batch start, dropout counter base, step count."""
+        fn = kernels.get_kernel("advance_step")
+        grid, block = kernels.launch_config("advance_step", 1)
+        fn(grid, block, (start, np.int64(rows), self._counter_base,
+                         np.int64(counters_per_step), self._step))
+
+    def set_step_state(self, counter_base: int, step: int, learning_rate: float,
+                       dtype: Any) -> None:
+        """Write the step state captured steps read (on the current stream)."""
+        self._counter_base.fill(np.int64(counter_base))
+        self._step.fill(np.int32(step))
+        capturing, self.capturing = self.capturing, False
+        self._device_lr(dtype, learning_rate)
+        self.capturing = capturing
 
     def permutation(self, n: int, rng: Any) -> Any:
         return self.xp.asarray(rng.permutation(n).astype(np.int64))

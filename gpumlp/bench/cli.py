@@ -36,7 +36,7 @@ def add_bench_command(commands) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from ..backends import available_backends
     from .environment import environment
-    from .report import markdown_table, ratios, write_outputs
+    from .report import markdown_table, percent_of_peak, ratios, write_outputs
     from .runner import PEERS, Plan, run_plan
 
     configs = _split(args.configs) or (list(CONFIGS) if args.full else ["mlp-256", "mlp-512"])
@@ -66,6 +66,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     env = environment(peer_modules)
+    percent_of_peak(results, env)
     print()
     print(markdown_table(results, env))
     paths = write_outputs(results, env, dataclasses.asdict(plan), args.out)

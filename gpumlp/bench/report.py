@@ -20,23 +20,33 @@ def ratios(results: list[dict[str, Any]], baseline: str = "gpumlp-numpy") -> Non
             r["vs_baseline"] = r["train_samples_per_s"] / base[key]
 
 
+def percent_of_peak(results: list[dict[str, Any]], environment: dict[str, Any]) -> None:
+    """Add ``percent_of_fp32_peak`` to GPU records when the device's peak is known."""
+    peak = environment.get("gpu", {}).get("fp32_peak_tflops")
+    for r in results:
+        if peak and r.get("device") == "gpu" and "error" not in r:
+            r["percent_of_fp32_peak"] = 100 * r["train_gflops"] / (peak * 1e3)
+
+
 def markdown_table(results: list[dict[str, Any]], environment: dict[str, Any]) -> str:
     gpu = environment.get("gpu", {}).get("device_name")
     lines = [f"Device: {gpu or 'no GPU'}; CPU: {environment['cpu']} "
              f"({environment['cpu_cores']} cores); {environment['date']}; "
              f"commit {environment['commit'][:12]}", "",
              "| config | batch | subject | train samples/s | infer samples/s | "
-             "train GFLOP/s | ms/epoch | vs gpumlp-numpy |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "train GFLOP/s | % FP32 peak | ms/epoch | host µs/step | vs gpumlp-numpy |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['config']} | {r['batch']} | {r['subject']} | failed: "
-                         f"{r['error'][:60]} | | | | |")
+                         f"{r['error'][:60]} | | | | | | |")
             continue
         ratio = f"{r['vs_baseline']:.2f}x" if "vs_baseline" in r else ""
+        peak = f"{r['percent_of_fp32_peak']:.1f}" if "percent_of_fp32_peak" in r else ""
         lines.append(f"| {r['config']} | {r['batch']} | {r['subject']} | "
                      f"{r['train_samples_per_s']:,.0f} | {r['infer_samples_per_s']:,.0f} | "
-                     f"{r['train_gflops']:.1f} | {r['ms_per_epoch']:.1f} | {ratio} |")
+                     f"{r['train_gflops']:.1f} | {peak} | {r['ms_per_epoch']:.1f} | "
+                     f"{r['host_us_per_step']:.1f} | {ratio} |")
     shares = [r for r in results if "outside_matmul_fraction" in r]
     if shares:
         lines.append("")

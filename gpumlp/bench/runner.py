@@ -18,7 +18,8 @@ import numpy as np
 
 from .protocol import (CONFIGS, EPOCH_SAMPLES, POOL_SIZE, inference_flops_per_sample,
                        train_flops_per_sample)
-from .subjects import GpumlpSubject, SklearnSubject, Subject, TorchSubject
+from .subjects import (GpumlpGraphSubject, GpumlpSubject, SklearnSubject, Subject,
+                       TorchSubject)
 
 PEERS = ("torch", "sklearn")
 
@@ -40,6 +41,8 @@ def make_subjects(plan: Plan, out: TextIO) -> list[Callable[[], Subject]]:
     """Factories for every subject that can run here; a missing peer is reported, not fatal."""
     factories: list[Callable[[], Subject]] = [
         (lambda b=b: GpumlpSubject(b)) for b in plan.backends]
+    if "cupy" in plan.backends:
+        factories.append(GpumlpGraphSubject)
     if "torch" in plan.peers:
         try:
             import torch
@@ -60,9 +63,20 @@ def make_subjects(plan: Plan, out: TextIO) -> list[Callable[[], Subject]]:
     return factories
 
 
+@dataclass
+class Timing:
+    """Median samples/s, every repeat's rate, steps per repeat, and the host's share."""
+
+    rate: float
+    rates: list[float]
+    steps: int
+    host_us_per_step: float
+
+
 def measure(run: Callable[[int], None], sync: Callable[[], None], batch: int,
-            max_steps: int, repeats: int, min_time: float) -> tuple[float, list[float], int]:
-    """Median samples/s of ``run(steps)``, every repeat's rate, and the steps per repeat."""
+            max_steps: int, repeats: int, min_time: float) -> Timing:
+    """Time ``run(steps)``: the host time per step is until ``run`` returns (launches
+    queued), the rate until the device has finished too."""
     warm = min(3, max_steps)
     run(warm)  # first calls compile, allocate and (for torch.compile) record graphs
     sync()
@@ -71,14 +85,16 @@ def measure(run: Callable[[int], None], sync: Callable[[], None], batch: int,
     sync()
     per_step = (time.perf_counter() - start) / warm
     steps = max(1, min(max_steps, math.ceil(min_time / max(per_step, 1e-9))))
-    rates = []
+    rates, host = [], []
     for _ in range(repeats):
         sync()
         start = time.perf_counter()
         run(steps)
+        queued = time.perf_counter()
         sync()
         rates.append(steps * batch / (time.perf_counter() - start))
-    return statistics.median(rates), rates, steps
+        host.append(1e6 * (queued - start) / steps)
+    return Timing(statistics.median(rates), rates, steps, statistics.median(host))
 
 
 def run_plan(plan: Plan, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
@@ -108,23 +124,24 @@ def run_one(factory: Callable[[], Subject], sizes: list[int], batch: int, X: np.
         subject = factory()
         subject.prepare(sizes, batch, X, y)
         max_steps = len(X) // batch
-        train, train_rates, steps = measure(subject.train, subject.sync, batch, max_steps,
-                                            plan.repeats, plan.min_time)
-        infer, infer_rates, _ = measure(subject.infer, subject.sync, batch, max_steps,
-                                        plan.repeats, plan.min_time)
+        train = measure(subject.train, subject.sync, batch, max_steps, plan.repeats,
+                        plan.min_time)
+        infer = measure(subject.infer, subject.sync, batch, max_steps, plan.repeats,
+                        plan.min_time)
     except Exception as exc:  # one failing subject must not lose the others' results
         name = getattr(subject, "name", "subject")
         return {"subject": name, "error": f"{type(exc).__name__}: {exc}"}
     record = {
         "subject": subject.name, "device": subject.device, "settings": subject.settings(),
-        "train_samples_per_s": train, "train_repeats": train_rates, "steps_per_repeat": steps,
-        "infer_samples_per_s": infer, "infer_repeats": infer_rates,
-        "train_gflops": train * train_flops_per_sample(sizes) / 1e9,
-        "infer_gflops": infer * inference_flops_per_sample(sizes) / 1e9,
-        "ms_per_epoch": 1e3 * EPOCH_SAMPLES / train,
+        "train_samples_per_s": train.rate, "train_repeats": train.rates,
+        "steps_per_repeat": train.steps, "host_us_per_step": train.host_us_per_step,
+        "infer_samples_per_s": infer.rate, "infer_repeats": infer.rates,
+        "train_gflops": train.rate * train_flops_per_sample(sizes) / 1e9,
+        "infer_gflops": infer.rate * inference_flops_per_sample(sizes) / 1e9,
+        "ms_per_epoch": 1e3 * EPOCH_SAMPLES / train.rate,
     }
     if subject.name == "gpumlp-numpy" and batch >= 1024:
-        record["outside_matmul_fraction"] = outside_matmul_fraction(subject, train, plan)
+        record["outside_matmul_fraction"] = outside_matmul_fraction(subject, train.rate, plan)
     return record
 
 
@@ -150,9 +167,9 @@ def outside_matmul_fraction(subject: GpumlpSubject, train_rate: float, plan: Pla
                     np.matmul(ws.h[layer + 1], net.weights[layer].T, out=ws.h[layer])
 
     batch = x.shape[0]
-    product_rate, _, _ = measure(products, subject.sync, batch, len(subject.batches),
-                                 plan.repeats, plan.min_time)
-    return max(0.0, 1.0 - train_rate / product_rate)
+    products_only = measure(products, subject.sync, batch, len(subject.batches), plan.repeats,
+                            plan.min_time)
+    return max(0.0, 1.0 - train_rate / products_only.rate)
 
 
 def load_pool(dataset: str | None) -> tuple[np.ndarray, np.ndarray]:

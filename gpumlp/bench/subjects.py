@@ -79,6 +79,37 @@ class GpumlpSubject(Subject):
         self.backend.synchronize()
 
 
+class GpumlpGraphSubject(GpumlpSubject):
+    """gpumlp on the GPU with each step a replayed CUDA graph (see :mod:`gpumlp.graph`)."""
+
+    def __init__(self, steps_per_graph: int = 8):
+        super().__init__("cupy")
+        self.name = "gpumlp-cupy-graph"
+        self.steps_per_graph = steps_per_graph
+
+    def prepare(self, sizes, batch, X, y):
+        from ..graph import GraphStepRunner
+        from ..training import Trainer
+
+        super().prepare(sizes, batch, X, y)
+        rows = len(self.batches) * batch
+        X_d = self.backend.xp.concatenate([x for x, _ in self.batches])[:rows]
+        T_d = self.backend.xp.concatenate([t for _, t in self.batches])[:rows]
+        trainer = Trainer(self.net, self.optimizer, batch_size=batch, shuffle=False,
+                          cuda_graph="on")
+        self.runner = GraphStepRunner(trainer, X_d, T_d, self.steps_per_graph)
+
+    def train(self, steps):
+        self.runner.run_steps(steps)
+
+    def sync(self):
+        self.runner.synchronize()
+        self.backend.synchronize()
+
+    def settings(self):
+        return {"steps_per_graph": self.runner.steps_per_graph}
+
+
 class TorchSubject(Subject):
     """PyTorch ``nn.Sequential`` with Adam (foreach), eager or ``torch.compile``d."""
 

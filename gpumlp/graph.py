@@ -1,0 +1,180 @@
+"""Whole training steps captured as CUDA graphs and replayed (CuPy backend).
+
+At MNIST-sized batches a step is launch-bound: its arithmetic takes microseconds while each
+eager launch costs several.  Every operation of a gpumlp step is one of our own kernels
+(CuPy refuses cuBLAS during capture, so the fused GEMMs are used), so the whole step —
+gather the batch, forward, loss, backward, optimizer update — is captured once per batch
+size and replayed.  What changes from step to step lives in device memory: the batch's first
+row, the dropout counter and the optimizer's step count (moved on by the ``advance_step``
+kernel inside the graph), the learning rate (written once per epoch) and the loss (summed on
+the device and read once per epoch).  A step therefore makes no allocation, no host
+synchronisation and one graph launch per ``steps_per_graph`` steps.
+
+The permutation of each epoch comes from the trainer's host generator, copied to the device
+once per epoch (480 kB for 60,000 rows): the graph and eager paths then see the same batches,
+so their weights agree to float32 rounding and either can be checked against the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+GRAPH_MODES = ("auto", "on", "off")
+
+
+def graph_unavailable_reason(network: Any) -> str | None:
+    """``None`` when ``network``'s steps can be captured, else why not."""
+    backend = network.backend
+    if backend.name != "cupy":
+        return f"the {backend.name!r} backend has no CUDA graphs (use backend='cupy')"
+    if not getattr(backend, "use_kernels", False):
+        return "the fused kernels are unavailable, and cuBLAS cannot be captured"
+    return None
+
+
+class GraphStepRunner:
+    """Replays captured training steps of ``trainer`` over device-resident ``X``, ``T``.
+
+    Built once per (data, batch size, hyper-parameters); :meth:`run_epoch` trains one epoch
+    and returns its mean loss; :meth:`run_steps` replays full-batch steps (for benchmarks).
+    """
+
+    def __init__(self, trainer: Any, X: Any, T: Any, steps_per_graph: int = 8):
+        self.trainer = trainer
+        self.net = trainer.network
+        self.backend = self.net.backend
+        cupy = self.backend.xp
+        self.cupy = cupy
+        self.X, self.T = X, T
+        self.n = len(X)
+        self.batch = min(trainer.batch_size, self.n)
+        self.full_steps, self.rest = divmod(self.n, self.batch)
+        dtype = self.net.dtype
+        self.perm = cupy.arange(self.n, dtype=cupy.int64)
+        self.start = cupy.zeros((), dtype=cupy.int64)
+        self.loss_full = cupy.zeros((), dtype=dtype)
+        self.loss_rest = cupy.zeros((), dtype=dtype)
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
+        self._warm_up()
+        self.graph_many = self._capture(self.batch, self.steps_per_graph, self.loss_full)
+        self.graph_one = (self._capture(self.batch, 1, self.loss_full)
+                          if self.steps_per_graph > 1 else self.graph_many)
+        self.graph_rest = self._capture(self.rest, 1, self.loss_rest) if self.rest else None
+
+    # ----------------------------------------------------------------------------- capture
+    def _step_ops(self, rows: int) -> None:
+        """The launches of one step, reading the batch start from device memory."""
+        backend, net, trainer = self.backend, self.net, self.trainer
+        xb, tb = trainer._buffers(rows, self.X, self.T)
+        backend.gather_rows_at(self.X, self.perm, self.start, xb)
+        backend.gather_rows_at(self.T, self.perm, self.start, tb)
+        # step=0: the dropout counters are offsets from the device-side counter base.
+        net.loss_and_gradients(xb, tb, net.workspace(rows), decay=trainer.alpha / rows,
+                               dropout=trainer.dropout, seed=trainer.dropout_seed, step=0)
+        backend.advance_step(self.start, rows, net.n_layers)
+        trainer.optimizer.step(net.params, net.grads)
+
+    def _warm_up(self) -> None:
+        """Run each step shape once eagerly (loads every kernel, makes every buffer), then
+        restore the parameters and optimizer state it changed."""
+        saved = self._snapshot()
+        self.backend.capturing = True
+        self.backend.loss_accumulator = self.loss_full
+        try:
+            with self.stream:
+                self._set_device_state(0)
+                for rows in {self.batch, self.rest} - {0}:
+                    self._step_ops(rows)
+                self.stream.synchronize()
+        finally:
+            self.backend.capturing = False
+            self.backend.loss_accumulator = None
+            self._restore(saved)
+
+    def _capture(self, rows: int, steps: int, loss_acc: Any) -> Any:
+        saved_t = getattr(self.trainer.optimizer, "t", None)
+        self.backend.capturing = True
+        self.backend.loss_accumulator = loss_acc
+        try:
+            with self.stream:
+                self.stream.begin_capture()
+                try:
+                    for _ in range(steps):
+                        self._step_ops(rows)
+                finally:
+                    graph = self.stream.end_capture()
+        finally:
+            self.backend.capturing = False
+            self.backend.loss_accumulator = None
+            if saved_t is not None:  # capture is not a step: the host count stays
+                self.trainer.optimizer.t = saved_t
+        graph.upload(self.stream)
+        return graph
+
+    def _snapshot(self) -> tuple[list[tuple[Any, Any]], int | None]:
+        optimizer = self.trainer.optimizer
+        buffers = [self.net.params] + [getattr(optimizer, name) for name in ("m", "v", "velocity")
+                                       if hasattr(optimizer, name)]
+        return [(buffer, buffer.copy()) for buffer in buffers], getattr(optimizer, "t", None)
+
+    def _restore(self, saved: tuple[list[tuple[Any, Any]], int | None]) -> None:
+        copies, t = saved
+        for buffer, copy in copies:
+            buffer[...] = copy
+        if t is not None:
+            self.trainer.optimizer.t = t
+        self.loss_full.fill(0)
+        self.loss_rest.fill(0)
+
+    # ------------------------------------------------------------------------------ replay
+    def _set_device_state(self, start: int) -> None:
+        """Write the step state the graphs read, on the graphs' stream."""
+        trainer, optimizer = self.trainer, self.trainer.optimizer
+        self.start.fill(start)
+        self.backend.set_step_state(counter_base=trainer.step_count * self.net.n_layers,
+                                    step=getattr(optimizer, "t", 0),
+                                    learning_rate=optimizer.learning_rate,
+                                    dtype=self.net.dtype)
+
+    def _advance_host(self, steps: int) -> None:
+        self.trainer.step_count += steps
+        if hasattr(self.trainer.optimizer, "t"):
+            self.trainer.optimizer.t += steps
+
+    def run_epoch(self, order: Any) -> float:
+        """Train one epoch over the rows in ``order``; returns the mean loss (one sync)."""
+        with self.stream:
+            self.perm[...] = order
+            self._set_device_state(0)
+            self.loss_full.fill(0)
+            self.loss_rest.fill(0)
+            many, one = divmod(self.full_steps, self.steps_per_graph)
+            for _ in range(many):
+                self.graph_many.launch(self.stream)
+            for _ in range(one):
+                self.graph_one.launch(self.stream)
+            if self.graph_rest is not None:
+                self.graph_rest.launch(self.stream)
+            total = self.loss_full * self.batch + self.loss_rest * self.rest
+            loss = float(total) / self.n  # the epoch's one synchronisation
+        self._advance_host(self.full_steps + (1 if self.rest else 0))
+        return loss
+
+    def run_steps(self, steps: int) -> None:
+        """Replay ``steps`` full-batch steps from the first row (no sync; for benchmarks)."""
+        if steps > self.full_steps:
+            raise ValueError(f"steps={steps} exceeds the {self.full_steps} full batches")
+        with self.stream:
+            self._set_device_state(0)
+            many, one = divmod(steps, self.steps_per_graph)
+            for _ in range(many):
+                self.graph_many.launch(self.stream)
+            for _ in range(one):
+                self.graph_one.launch(self.stream)
+        self._advance_host(steps)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+

@@ -1,0 +1,75 @@
+"""The CUDA-graph training path against the eager path (needs a GPU; skipped without one)."""
+
+import numpy as np
+import pytest
+
+from gpumlp.network import Network
+from gpumlp.optim import SGD, Adam
+from gpumlp.training import Trainer
+
+pytestmark = pytest.mark.gpu
+
+
+def make_trainer(cuda_graph, dropout, solver, n_features=40, seed=0):
+    net = Network([n_features, 64, 32, 5], activation="relu", backend="cupy", seed=seed)
+    optimizer = (Adam(net.backend, net.params, 1e-3) if solver == "adam"
+                 else SGD(net.backend, net.params, 0.05, momentum=0.9, nesterov=True))
+    return Trainer(net, optimizer, batch_size=64, alpha=1e-4, dropout=dropout, seed=seed,
+                   cuda_graph=cuda_graph)
+
+
+def data(cp, n=1000, n_features=40):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n, n_features)).astype(np.float32)
+    T = np.eye(5, dtype=np.float32)[rng.integers(0, 5, n)]
+    return cp.asarray(X), cp.asarray(T)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_graph_and_eager_epochs_give_the_same_weights(solver, dropout):
+    import cupy as cp
+
+    X, T = data(cp)  # 1000 rows, batch 64: 15 full batches and a partial one of 40
+    eager = make_trainer("off", dropout, solver)
+    graph = make_trainer("on", dropout, solver)
+    for _ in range(2):
+        loss_eager = eager.run_epoch(X, T)
+        loss_graph = graph.run_epoch(X, T)
+        assert loss_graph == pytest.approx(loss_eager, rel=1e-4)
+    assert graph._graph_runner is not None  # the graph path really ran
+    np.testing.assert_allclose(graph.network.get_flat_params(),
+                               eager.network.get_flat_params(), rtol=1e-4, atol=1e-5)
+    assert graph.step_count == eager.step_count == 32
+    if solver == "adam":
+        assert graph.optimizer.t == eager.optimizer.t == 32
+
+
+def test_replayed_steps_allocate_nothing():
+    import cupy as cp
+
+    X, T = data(cp)
+    trainer = make_trainer("on", 0.2, "adam")
+    trainer.run_epoch(X, T)
+    runner = trainer._graph_runner[1]
+    pool = cp.get_default_memory_pool()
+    runner.synchronize()
+    before = pool.used_bytes()
+    runner.run_steps(runner.full_steps)
+    runner.synchronize()
+    assert pool.used_bytes() == before
+
+
+def test_classifier_uses_graphs_and_learns():
+    import cupy as cp
+
+    from gpumlp import MLPClassifier
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(3000, 20)).astype(np.float32)
+    y = (X[:, :3].sum(axis=1) > 0).astype(int) + 2 * (X[:, 3] > 0)
+    clf = MLPClassifier((64,), max_iter=30, batch_size=128, random_state=0, backend="cupy",
+                        cuda_graph="on").fit(cp.asarray(X), y)
+    assert clf._trainer_._graph_runner is not None
+    assert clf.score(X, y) > 0.9
+    assert np.all(np.isfinite(clf.loss_curve_)) and clf.loss_curve_[-1] < clf.loss_curve_[0]
