@@ -136,7 +136,7 @@ def _run_train(args: argparse.Namespace) -> int:
         clf.fit(X_train, y_train)
     seconds = time.perf_counter() - start
     accuracy = clf.score(data.X_test, data.y_test)
-    print(f"backend {clf.network_.backend.name}: {clf.n_iter_} epochs in {seconds:.1f} s "
+    print(f"backend {clf.network_.backend.name}: {clf.n_iter_} epoch(s) in {seconds:.1f} s "
           f"({clf.n_iter_ * len(X_train) / seconds:,.0f} samples/s, including the per-epoch "
           f"evaluation)")
     print(f"test accuracy: {accuracy:.4f}")
