@@ -3,7 +3,8 @@
 Every fast path writes through ``out=`` arguments and a small per-shape scratch workspace, so
 a training step at a fixed batch size allocates nothing after its first call; matrix products
 go to BLAS on contiguous (or transposed-contiguous) operands, which NumPy passes through
-without copying.
+without copying, and the elementwise work between them is split over the cores
+(:mod:`gpumlp.backends.threads`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from .. import activations
 from ..dropout import Dropout, keep_mask
 from .base import Backend
+from .threads import RowChunks
 
 
 _MASK_CACHE = 16
@@ -25,8 +27,9 @@ class NumpyBackend(Backend):
 
     name = "numpy"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         super().__init__(np)
+        self.chunks = RowChunks(threads)
         self._scratch: dict[tuple, np.ndarray] = {}
         # Forward dropout masks kept for the backward pass, which would otherwise regenerate
         # them (Philox is cheap on a GPU, not in NumPy).  Bounded: oldest evicted first.
@@ -43,24 +46,31 @@ class NumpyBackend(Backend):
     def describe(self) -> dict:
         info = super().describe()
         info["blas"] = _blas_name()
+        info["elementwise_threads"] = self.chunks.threads
         return info
 
     # ----------------------------------------------------------------------------- forward
     def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None):
         np.matmul(x, w, out=out)
-        out += b
-        self._activate_in_place(act, out)
+        tmp = self.scratch("act", out.shape, out.dtype) if act == "leaky_relu" else None
+
+        def epilogue(start: int, stop: int) -> None:
+            rows = out[start:stop]
+            rows += b
+            self._activate_in_place(act, rows, None if tmp is None else tmp[start:stop])
+
+        self.chunks.run(epilogue, out.shape[0], out.shape[1])
         if dropout is not None:
             self._apply_dropout(out, dropout)
         return out
 
-    def _activate_in_place(self, act: str, z: np.ndarray) -> None:
+    @staticmethod
+    def _activate_in_place(act: str, z: np.ndarray, tmp: np.ndarray | None) -> None:
         if act == "identity":
             return
         if act == "relu":
             np.maximum(z, 0, out=z)
         elif act == "leaky_relu":
-            tmp = self.scratch("act", z.shape, z.dtype)
             np.multiply(z, z.dtype.type(activations.LEAKY_SLOPE), out=tmp)
             np.maximum(z, tmp, out=z)
         elif act == "sigmoid":
@@ -100,20 +110,29 @@ class NumpyBackend(Backend):
     def act_grad(self, delta, a, act, out, dropout: Dropout | None = None):
         if dropout is not None:
             return self._act_grad_dropped(delta, a, act, out, dropout)
+        slope = self.scratch("slope", a.shape, a.dtype)
+
+        def rows(start: int, stop: int) -> None:
+            self._act_grad_rows(delta[start:stop], a[start:stop], act, out[start:stop],
+                                slope[start:stop])
+
+        self.chunks.run(rows, a.shape[0], a.shape[1] if a.ndim > 1 else 1)
+        return out
+
+    @staticmethod
+    def _act_grad_rows(delta, a, act, out, slope) -> None:
+        # Slopes are built in a's dtype: a boolean mask would make NumPy cast through a
+        # temporary buffer on every call.
         if out is not delta:
             np.copyto(out, delta)
         if act == "identity":
-            return out
+            return
         if act == "relu":
-            positive = self.scratch("mask", a.shape, np.bool_)
-            np.greater(a, 0, out=positive)
-            np.multiply(out, positive, out=out)
-            return out
-        slope = self.scratch("slope", a.shape, a.dtype)
-        if act == "leaky_relu":
-            positive = self.scratch("mask", a.shape, np.bool_)
-            np.greater(a, 0, out=positive)
-            np.multiply(positive, a.dtype.type(1 - activations.LEAKY_SLOPE), out=slope)
+            np.sign(a, out=slope)  # a = max(z, 0) >= 0, so sign(a) is relu'(z)
+        elif act == "leaky_relu":
+            np.sign(a, out=slope)  # 1 where z > 0, -1 where z < 0 (a has z's sign)
+            np.maximum(slope, 0, out=slope)
+            slope *= a.dtype.type(1 - activations.LEAKY_SLOPE)
             slope += a.dtype.type(activations.LEAKY_SLOPE)
         elif act == "sigmoid":
             np.subtract(1, a, out=slope)
@@ -124,7 +143,6 @@ class NumpyBackend(Backend):
         else:
             slope[...] = activations.derivative_from_output(np, act, a)
         out *= slope
-        return out
 
     def _act_grad_dropped(self, delta, a, act, out, dropout: Dropout):
         """``delta ⊙ mask / keep ⊙ phi'(A)`` where ``a = A ⊙ mask / keep`` is stored."""
@@ -147,7 +165,10 @@ class NumpyBackend(Backend):
             tmp = self.scratch("decay", w.shape, w.dtype)
             np.multiply(w, w.dtype.type(decay), out=tmp)
             dw += tmp
-        np.sum(h, axis=0, out=db)
+        # Column sums as a BLAS product with a ones vector: multithreaded, unlike np.sum.
+        ones = self.scratch("ones", (h.shape[0],), h.dtype)
+        ones.fill(1)
+        np.matmul(ones, h, out=db)
 
     # ------------------------------------------------------------------------------ losses
     def softmax_xent(self, z, t, h_out):
@@ -180,33 +201,43 @@ class NumpyBackend(Backend):
     # --------------------------------------------------------------------------- optimizer
     def sgd_step(self, params, grads, velocity, lr, momentum, nesterov):
         dt = params.dtype.type
-        tmp = self.scratch("optim", params.shape, params.dtype)
-        velocity *= dt(momentum)
-        np.multiply(grads, dt(lr), out=tmp)
-        velocity -= tmp
-        if nesterov:
-            params -= tmp
-            np.multiply(velocity, dt(momentum), out=tmp)
-        else:
-            np.copyto(tmp, velocity)
-        params += tmp
+        scratch = self.scratch("optim", params.shape, params.dtype)
+
+        def update(start: int, stop: int) -> None:
+            p, g, vel, tmp = (a[start:stop] for a in (params, grads, velocity, scratch))
+            vel *= dt(momentum)
+            np.multiply(g, dt(lr), out=tmp)
+            vel -= tmp
+            if nesterov:
+                p -= tmp
+                np.multiply(vel, dt(momentum), out=tmp)
+            else:
+                np.copyto(tmp, vel)
+            p += tmp
+
+        self.chunks.run(update, params.shape[0], 1)
 
     def adam_step(self, params, grads, m, v, lr, beta1, beta2, eps, step):
         dt = params.dtype.type
-        tmp = self.scratch("optim", params.shape, params.dtype)
-        m *= dt(beta1)
-        np.multiply(grads, dt(1 - beta1), out=tmp)
-        m += tmp
-        v *= dt(beta2)
-        np.multiply(grads, grads, out=tmp)
-        tmp *= dt(1 - beta2)
-        v += tmp
+        scratch = self.scratch("optim", params.shape, params.dtype)
         lr_t = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
-        np.sqrt(v, out=tmp)
-        tmp += dt(eps)
-        np.divide(m, tmp, out=tmp)
-        tmp *= dt(lr_t)
-        params -= tmp
+
+        def update(start: int, stop: int) -> None:
+            p, g, m_, v_, tmp = (a[start:stop] for a in (params, grads, m, v, scratch))
+            m_ *= dt(beta1)
+            np.multiply(g, dt(1 - beta1), out=tmp)
+            m_ += tmp
+            v_ *= dt(beta2)
+            np.multiply(g, g, out=tmp)
+            tmp *= dt(1 - beta2)
+            v_ += tmp
+            np.sqrt(v_, out=tmp)
+            tmp += dt(eps)
+            np.divide(m_, tmp, out=tmp)
+            tmp *= dt(lr_t)
+            p -= tmp
+
+        self.chunks.run(update, params.shape[0], 1)
 
 
 def _blas_name() -> str:

@@ -43,10 +43,12 @@ def markdown_table(results: list[dict[str, Any]], environment: dict[str, Any]) -
             continue
         ratio = f"{r['vs_baseline']:.2f}x" if "vs_baseline" in r else ""
         peak = f"{r['percent_of_fp32_peak']:.1f}" if "percent_of_fp32_peak" in r else ""
+        # On the CPU the host time is the whole step; it tells something only for a GPU.
+        host = f"{r['host_us_per_step']:.1f}" if r.get("device") == "gpu" else ""
         lines.append(f"| {r['config']} | {r['batch']} | {r['subject']} | "
                      f"{r['train_samples_per_s']:,.0f} | {r['infer_samples_per_s']:,.0f} | "
                      f"{r['train_gflops']:.1f} | {peak} | {r['ms_per_epoch']:.1f} | "
-                     f"{r['host_us_per_step']:.1f} | {ratio} |")
+                     f"{host} | {ratio} |")
     shares = [r for r in results if "outside_matmul_fraction" in r]
     if shares:
         lines.append("")
