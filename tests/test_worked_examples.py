@@ -62,6 +62,7 @@ def test_perceptron_learns_linearly_separable_gates(name, y):
     assert clf.predict(XOR_X).tolist() == y
 
 
+@pytest.mark.filterwarnings("ignore::gpumlp.ConvergenceWarning")  # fixed epoch budget
 def test_perceptron_cannot_learn_xor_but_an_mlp_can():
     perceptron = Perceptron(max_iter=200, random_state=0).fit(XOR_X, XOR_Y)
     assert not perceptron.converged_
