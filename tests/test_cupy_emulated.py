@@ -1,0 +1,226 @@
+"""The CuPy backend and the CUDA-graph path, run where there is no GPU.
+
+CuPy is replaced by ``tests/kernels/emulated_cupy.py``: NumPy memory, kernels executed by the
+CPU build of the same CUDA sources, and stream capture recorded and replayed.  This checks
+what the real GPU run relies on — argument order and types of every launch, launch
+geometry, the fused and cuBLAS paths, the fallback, and the graph path's device-side step
+state — against the NumPy backend.  Device speed and CUDA's own behaviour still need a GPU
+(``tests/test_gpu_*.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpumlp import kernels
+from gpumlp.backends import get_backend
+from gpumlp.dropout import Dropout
+from gpumlp.network import Network
+from gpumlp.optim import SGD, Adam
+from gpumlp.training import Trainer
+
+pytestmark = pytest.mark.kernels
+
+HERE = Path(__file__).resolve().parent / "kernels"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"gpumlp_test_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _load("harness")
+emulated = _load("emulated_cupy")
+CPU = get_backend("numpy")
+
+
+@pytest.fixture(scope="module")
+def host():
+    try:
+        return harness.Harness(harness.build())
+    except harness.HarnessUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def cp(host, monkeypatch):
+    module, get_kernel = emulated.make_cupy(host)
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
+    monkeypatch.setattr(kernels, "load_module", lambda source: None)
+    yield module
+    emulated.STATE.capture = None
+
+
+def gpu_backend(path: str):
+    from gpumlp.backends.cupy_backend import CupyBackend
+
+    return CupyBackend(gemm_path=path)
+
+
+def close(got, want, dtype):
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    got = np.asarray(got)
+    assert np.isfinite(got).all(), "an output element was not written"
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))
+
+
+ACTS = ["relu", "tanh", "leaky_relu", "sigmoid", "identity"]
+DROPS = [None, Dropout(keep=0.8, seed=5, counter=9)]
+# Every activation on the fused path in both dtypes; the cuBLAS and measured ("auto") paths
+# share the epilogue kernels, so two activations cover their own code.
+CASES = ([("fused", dtype, act, drop) for dtype in (np.float32, np.float64) for act in ACTS
+          for drop in DROPS]
+         + [(path, np.float32, act, drop) for path in ("cublas", "auto")
+            for act in ("relu", "tanh") for drop in DROPS])
+
+
+@pytest.mark.parametrize("path, dtype, act, drop", CASES)
+def test_backend_operations_match_numpy(cp, path, dtype, act, drop):
+    gpu = gpu_backend(path)
+    rng = np.random.default_rng(1)
+    n, k, m = 37, 19, 23
+    x, w, b = (rng.normal(size=s).astype(dtype) for s in ((n, k), (k, m), (m,)))
+    a = CPU.affine_act(x, w, b, act, np.empty((n, m), dtype), drop)
+    a_d = gpu.affine_act(cp.asarray(x), cp.asarray(w), cp.asarray(b), act,
+                         cp.full((n, m), np.nan, dtype), drop)
+    close(a_d, a, dtype)
+    h_next, w_next = rng.normal(size=(n, 7)).astype(dtype), rng.normal(size=(m, 7)).astype(dtype)
+    h = CPU.backprop_hidden(h_next, w_next, a, act, np.empty((n, m), dtype), drop)
+    h_d = gpu.backprop_hidden(cp.asarray(h_next), cp.asarray(w_next), cp.asarray(a), act,
+                              cp.full((n, m), np.nan, dtype), drop)
+    close(h_d, h, dtype)
+    dw, db = np.empty((k, m), dtype), np.empty(m, dtype)
+    CPU.weight_grads(x, h, dw, db, w, 0.01)
+    dw_d, db_d = cp.full((k, m), np.nan, dtype), cp.full(m, np.nan, dtype)
+    gpu.weight_grads(cp.asarray(x), cp.asarray(h), dw_d, db_d, cp.asarray(w), 0.01)
+    close(dw_d, dw, dtype)
+    close(db_d, db, dtype)
+
+
+@pytest.mark.parametrize("loss", ["softmax_xent", "sigmoid_bce", "squared_error"])
+def test_losses_accumulate_on_the_device(cp, loss):
+    gpu = gpu_backend("fused")
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(29, 10)).astype(np.float32) * 3
+    t = (np.eye(10)[rng.integers(0, 10, 29)] if loss == "softmax_xent"
+         else rng.uniform(size=(29, 10))).astype(np.float32)
+    h = np.empty_like(z)
+    want = float(getattr(CPU, loss)(z, t, h))
+    h_d = cp.full(z.shape, np.nan, np.float32)
+    got = getattr(gpu, loss)(cp.asarray(z), cp.asarray(t), h_d)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    close(h_d, h, np.float32)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_optimizer_steps_match_numpy(cp, solver):
+    gpu = gpu_backend("fused")
+    rng = np.random.default_rng(3)
+    p, g = rng.normal(size=1001), rng.normal(size=1001)
+    state = [np.zeros(1001), np.zeros(1001)]
+    p_d, g_d = cp.asarray(p), cp.asarray(g)
+    state_d = [cp.zeros(1001), cp.zeros(1001)]
+    for step in (1, 2, 3):
+        if solver == "adam":
+            CPU.adam_step(p, g, *state, 0.01, 0.9, 0.999, 1e-8, step)
+            gpu.adam_step(p_d, g_d, *state_d, 0.01, 0.9, 0.999, 1e-8, step)
+        else:
+            CPU.sgd_step(p, g, state[0], 0.01, 0.9, True)
+            gpu.sgd_step(p_d, g_d, state_d[0], 0.01, 0.9, True)
+    close(p_d, p, np.float64)
+
+
+def test_disabled_kernels_fall_back_to_generic_code(cp, monkeypatch):
+    monkeypatch.setenv("GPUMLP_KERNELS", "off")
+    gpu = gpu_backend("auto")
+    assert not gpu.use_kernels
+    rng = np.random.default_rng(4)
+    x, w, b = (rng.normal(size=s).astype(np.float32) for s in ((9, 4), (4, 3), (3,)))
+    out = gpu.affine_act(cp.asarray(x), cp.asarray(w), cp.asarray(b), "tanh",
+                         cp.empty((9, 3), np.float32))
+    close(out, CPU.affine_act(x, w, b, "tanh", np.empty((9, 3), np.float32)), np.float32)
+
+
+def make_trainer(backend, cuda_graph, solver, dropout):
+    net = Network([12, 16, 8, 3], activation="relu", backend=backend, seed=0,
+                  dtype=np.float64)
+    optimizer = (Adam(backend, net.params, 1e-2) if solver == "adam"
+                 else SGD(backend, net.params, 0.05, momentum=0.9))
+    return Trainer(net, optimizer, batch_size=16, alpha=1e-3, dropout=dropout, seed=0,
+                   cuda_graph=cuda_graph)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_graph_epochs_equal_eager_epochs(cp, solver, dropout):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(70, 12))  # 4 full batches of 16 and a partial one of 6
+    T = np.eye(3)[rng.integers(0, 3, 70)]
+    eager = make_trainer(gpu_backend("fused"), "off", solver, dropout)
+    graph = make_trainer(gpu_backend("fused"), "on", solver, dropout)
+    reference = make_trainer(CPU, "off", solver, dropout)
+    for _ in range(2):
+        losses = [t.run_epoch(cp.asarray(X) if t is not reference else X,
+                              cp.asarray(T) if t is not reference else T)
+                  for t in (eager, graph, reference)]
+        assert losses[1] == pytest.approx(losses[0], rel=1e-10)
+        assert losses[2] == pytest.approx(losses[0], rel=1e-10)
+    runner = graph._graph_runner[1]
+    assert (runner.full_steps, runner.rest, runner.steps_per_graph) == (4, 6, 4)
+    for other in (eager, reference):
+        np.testing.assert_allclose(graph.network.get_flat_params(),
+                                   other.network.get_flat_params(), rtol=1e-10, atol=1e-12)
+    assert graph.step_count == eager.step_count == 10
+    if solver == "adam":
+        assert graph.optimizer.t == eager.optimizer.t == 10
+
+
+def test_graph_replays_launch_only_recorded_kernels(cp):
+    trainer = make_trainer(gpu_backend("fused"), "on", "adam", 0.1)
+    rng = np.random.default_rng(6)
+    X, T = cp.asarray(rng.normal(size=(64, 12))), cp.asarray(np.eye(3)[rng.integers(0, 3, 64)])
+    trainer.run_epoch(X, T)
+    runner = trainer._graph_runner[1]
+    # One step: 2 gathers, 3 forward GEMMs, the loss, 3 weight-gradient and 2 backward GEMMs,
+    # the step bookkeeping and the optimizer: 13 launches, nothing else.
+    assert len(runner.graph_one.launches) == 13
+    assert len(runner.graph_many.launches) == 13 * runner.steps_per_graph
+    names = [kernel.name for kernel, *_ in runner.graph_one.launches]
+    assert names[:2] == ["gather_rows", "gather_rows"] and names[-2:] == ["advance_step",
+                                                                         "adam_step"]
+
+
+def test_capture_refuses_what_a_graph_cannot_hold(cp):
+    gpu = gpu_backend("auto")
+    stream = cp.cuda.Stream()
+    stream.begin_capture()
+    try:
+        with pytest.raises(emulated.CaptureViolation, match="cuBLAS"):
+            cp.matmul(np.ones((2, 2)), np.ones((2, 2)))
+        with pytest.raises(emulated.CaptureViolation, match="allocation"):
+            gpu.xp.zeros(3)
+    finally:
+        stream.end_capture()
+
+
+@pytest.mark.filterwarnings("ignore::gpumlp.ConvergenceWarning")  # fixed epoch budget
+def test_estimator_on_the_emulated_gpu_uses_graphs(cp):
+    from gpumlp import MLPClassifier
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    clf = MLPClassifier((16,), max_iter=8, batch_size=40, learning_rate_init=0.05,
+                        random_state=0, backend=gpu_backend("fused"), cuda_graph="on")
+    clf.fit(cp.asarray(X), y)
+    assert clf._trainer_._graph_runner is not None
+    assert clf.score(X, y) > 0.9
+    assert isinstance(clf.predict_proba(cp.asarray(X)), cp.ndarray)
