@@ -1,8 +1,9 @@
 """Runs the benchmark protocol: every subject x configuration x batch size, timed alike.
 
 Timing: a warm-up, then the number of steps per repeat is calibrated so one repeat lasts at
-least ``min_time`` seconds, then ``repeats`` repeats; the median rate is reported, with every
-repeat kept in the results.  Device work is synchronised before and after each repeat.
+least ``min_time`` seconds, then ``repeats`` repeats, interleaved across the subjects of a
+cell; the median rate is reported, with every repeat kept in the results.  Device work is
+synchronised before and after each repeat.
 """
 
 from __future__ import annotations
@@ -73,10 +74,9 @@ class Timing:
     host_us_per_step: float
 
 
-def measure(run: Callable[[int], None], sync: Callable[[], None], batch: int,
-            max_steps: int, repeats: int, min_time: float) -> Timing:
-    """Time ``run(steps)``: the host time per step is until ``run`` returns (launches
-    queued), the rate until the device has finished too."""
+def calibrate(run: Callable[[int], None], sync: Callable[[], None], max_steps: int,
+              min_time: float) -> int:
+    """Warm up, then choose the steps per repeat so that one repeat lasts ``min_time``."""
     warm = min(3, max_steps)
     run(warm)  # first calls compile, allocate and (for torch.compile) record graphs
     sync()
@@ -84,16 +84,30 @@ def measure(run: Callable[[int], None], sync: Callable[[], None], batch: int,
     run(warm)
     sync()
     per_step = (time.perf_counter() - start) / warm
-    steps = max(1, min(max_steps, math.ceil(min_time / max(per_step, 1e-9))))
-    rates, host = [], []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        run(steps)
-        queued = time.perf_counter()
-        sync()
-        rates.append(steps * batch / (time.perf_counter() - start))
-        host.append(1e6 * (queued - start) / steps)
+    return max(1, min(max_steps, math.ceil(min_time / max(per_step, 1e-9))))
+
+
+def time_once(run: Callable[[int], None], sync: Callable[[], None], steps: int,
+              batch: int) -> tuple[float, float]:
+    """Samples/s of one repeat, and host µs per step (until ``run`` returns, launches
+    queued; the rate counts until the device has finished too)."""
+    sync()
+    start = time.perf_counter()
+    run(steps)
+    queued = time.perf_counter()
+    sync()
+    return steps * batch / (time.perf_counter() - start), 1e6 * (queued - start) / steps
+
+
+def measure(run: Callable[[int], None], sync: Callable[[], None], batch: int,
+            max_steps: int, repeats: int, min_time: float) -> Timing:
+    """Calibrate, then time ``repeats`` repeats of ``run`` on its own."""
+    steps = calibrate(run, sync, max_steps, min_time)
+    timings = [time_once(run, sync, steps, batch) for _ in range(repeats)]
+    return _timing([t[0] for t in timings], [t[1] for t in timings], steps)
+
+
+def _timing(rates: list[float], host: list[float], steps: int) -> Timing:
     return Timing(statistics.median(rates), rates, steps, statistics.median(host))
 
 
@@ -102,35 +116,64 @@ def run_plan(plan: Plan, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
     X, y = load_pool(plan.dataset)
     factories = make_subjects(plan, out)
     results: list[dict[str, Any]] = []
-    total = len(plan.configs) * len(plan.batches) * len(factories)
+    cells = len(plan.configs) * len(plan.batches)
     done = 0
     for config in plan.configs:
-        sizes = CONFIGS[config]
         for batch in plan.batches:
-            for factory in factories:
-                done += 1
-                record = run_one(factory, sizes, batch, X, y, plan)
+            done += 1
+            records = run_cell(factories, CONFIGS[config], batch, X, y, plan)
+            for record in records:
                 record.update(config=config, batch=batch)
-                results.append(record)
-                print(f"[{done:>2}/{total}] {config} batch {batch:>5} "
+                print(f"[{done:>2}/{cells}] {config} batch {batch:>5} "
                       f"{record['subject']:<22} {_summary(record)}", file=out, flush=True)
+            results += records
     return results
 
 
-def run_one(factory: Callable[[], Subject], sizes: list[int], batch: int, X: np.ndarray,
-            y: np.ndarray, plan: Plan) -> dict[str, Any]:
-    subject = None
-    try:
-        subject = factory()
-        subject.prepare(sizes, batch, X, y)
-        max_steps = len(X) // batch
-        train = measure(subject.train, subject.sync, batch, max_steps, plan.repeats,
-                        plan.min_time)
-        infer = measure(subject.infer, subject.sync, batch, max_steps, plan.repeats,
-                        plan.min_time)
-    except Exception as exc:  # one failing subject must not lose the others' results
-        name = getattr(subject, "name", "subject")
-        return {"subject": name, "error": f"{type(exc).__name__}: {exc}"}
+def run_cell(factories: list[Callable[[], Subject]], sizes: list[int], batch: int,
+             X: np.ndarray, y: np.ndarray, plan: Plan) -> list[dict[str, Any]]:
+    """Every subject at one configuration and batch size, their repeats interleaved.
+
+    Interleaving (A B C A B C ...) spreads drift in the machine's speed — other tenants,
+    clocks, heat — over all subjects alike instead of favouring whichever ran first.
+    """
+    subjects, failed = [], []
+    for factory in factories:
+        subject = None
+        try:
+            subject = factory()
+            subject.prepare(sizes, batch, X, y)
+            subjects.append(subject)
+        except Exception as exc:  # one failing subject must not lose the others' results
+            failed.append({"subject": getattr(subject, "name", "subject"),
+                           "error": f"{type(exc).__name__}: {exc}"})
+    max_steps = len(X) // batch
+    timings: dict[str, Timing] = {}
+    for phase in ("train", "infer"):
+        steps = {}
+        for subject in list(subjects):
+            try:
+                steps[subject.name] = calibrate(getattr(subject, phase), subject.sync,
+                                                max_steps, plan.min_time)
+            except Exception as exc:
+                subjects.remove(subject)
+                failed.append({"subject": subject.name,
+                               "error": f"{type(exc).__name__}: {exc}"})
+        samples: dict[str, list[tuple[float, float]]] = {s.name: [] for s in subjects}
+        for _ in range(plan.repeats):
+            for subject in subjects:
+                samples[subject.name].append(time_once(getattr(subject, phase), subject.sync,
+                                                       steps[subject.name], batch))
+        for subject in subjects:
+            rates, host = zip(*samples[subject.name])
+            timings[(subject.name, phase)] = _timing(list(rates), list(host),
+                                                     steps[subject.name])
+    return [_record(s, sizes, batch, timings[(s.name, "train")], timings[(s.name, "infer")],
+                    plan) for s in subjects] + failed
+
+
+def _record(subject: Subject, sizes: list[int], batch: int, train: Timing, infer: Timing,
+            plan: Plan) -> dict[str, Any]:
     record = {
         "subject": subject.name, "device": subject.device, "settings": subject.settings(),
         "train_samples_per_s": train.rate, "train_repeats": train.rates,
