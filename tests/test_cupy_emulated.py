@@ -224,3 +224,15 @@ def test_estimator_on_the_emulated_gpu_uses_graphs(cp):
     assert clf._trainer_._graph_runner is not None
     assert clf.score(X, y) > 0.9
     assert isinstance(clf.predict_proba(cp.asarray(X)), cp.ndarray)
+
+
+def test_kernel_benchmark_times_every_variant(cp):
+    from gpumlp.bench.kernel_bench import markdown, run_kernel_bench, speedups
+
+    results = run_kernel_bench(shapes=((5, 3),), batches=(4,), repeats=2, min_ms=0.0)
+    assert {(r["operation"], r["variant"]) for r in results} == {
+        (op, v) for op in ("forward", "backward", "weight_grads")
+        for v in ("fused", "cublas", "cupy")}
+    rows = speedups(results)
+    assert len(rows) == 3 and all(r["fused_vs_cupy"] > 0 for r in rows)
+    assert "| forward | 5→3 | 4 |" in markdown(rows, results)

@@ -29,11 +29,49 @@ def add_bench_command(commands) -> None:
                        help="seconds per repeat at least (default 0.2, --full 0.5)")
     bench.add_argument("--dataset", default=None,
                        help="time on a real dataset (e.g. fashion-mnist) instead of synthetic")
+    bench.add_argument("--kernels", action="store_true",
+                       help="instead: time each layer operation as fused kernel, cuBLAS + "
+                            "fused epilogue and plain CuPy at the protocol's layer shapes "
+                            "(needs a GPU)")
     bench.add_argument("--out", default=".", help="folder for the JSON, markdown and PNG")
     bench.set_defaults(run=_run_bench)
 
 
+def _run_kernel_bench(args: argparse.Namespace) -> int:
+    import json
+    import re
+    import sys
+    from pathlib import Path
+
+    from ..atomic import atomic_write
+    from ..backends import cupy_unavailable_reason
+    from .environment import environment
+    from .kernel_bench import BATCHES, markdown, run_kernel_bench, speedups
+
+    reason = cupy_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"--kernels needs a CUDA GPU: {reason}")
+    batches = ([_positive_int("--batches", b) for b in _split(args.batches)] if args.batches
+               else list(BATCHES))
+    env = environment({})
+    results = run_kernel_bench(batches=batches, repeats=args.repeats, out=sys.stdout)
+    rows = speedups(results)
+    table = markdown(rows, results)
+    print(table)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"]["device_name"]).strip("-").lower()[:40]
+    stem = Path(args.out) / f"kernels-{env['date'][:10]}-{slug}"
+    with atomic_write(f"{stem}.json") as handle:
+        handle.write(json.dumps({"environment": env, "results": results, "speedups": rows},
+                                indent=2).encode())
+    with atomic_write(f"{stem}.md") as handle:
+        handle.write(table.encode())
+    print(f"json: {stem}.json\nmarkdown: {stem}.md")
+    return 0
+
+
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.kernels:
+        return _run_kernel_bench(args)
     from ..backends import available_backends
     from .environment import environment
     from .report import markdown_table, percent_of_peak, ratios, write_outputs
@@ -57,15 +95,15 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats={args.repeats} must be at least 1")
     plan = Plan(configs, batches, backends, peers, args.repeats,
                 args.min_time or (0.5 if args.full else 0.2), args.dataset)
-    results = run_plan(plan)
-    ratios(results)
     peer_modules = {}
     for name in peers:
         try:
             peer_modules[name] = __import__(name)
         except ImportError:
             pass
-    env = environment(peer_modules)
+    env = environment(peer_modules)  # before the run: the commit and tree it measures
+    results = run_plan(plan)
+    ratios(results)
     percent_of_peak(results, env)
     print()
     print(markdown_table(results, env))
