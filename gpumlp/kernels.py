@@ -10,8 +10,10 @@ Two ways to compile:
 * :func:`nvrtc_compile_all` drives NVRTC directly (through CuPy's low-level binding). It needs
   neither a GPU nor a driver, which is how CI proves every instantiation compiles.
 * :func:`get_kernel` is the GPU path: it builds one :class:`cupy.RawModule` per source file,
-  lazily, once per process (CuPy >= 14.2 also caches templated modules on disk), and returns
-  the launchable function.  Any failure warns once and raises :class:`KernelsUnavailable`, so
+  lazily, once per process, and returns the launchable function.  CuPy 14.2.0 and later
+  also cache modules built with ``name_expressions`` on disk, so the next process loads the
+  CUBIN instead of compiling; 14.1.1 and earlier recompile every process (their compiler
+  skips the disk cache for ``name_expressions``), which is why the extras ask for >= 14.2.  Any failure warns once and raises :class:`KernelsUnavailable`, so
   the backend can fall back to its generic path; ``GPUMLP_KERNELS=off`` forces that fallback.
 
 Importing this module never imports CuPy.
