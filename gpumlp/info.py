@@ -23,7 +23,7 @@ def collect_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        "cpu_cores": os.cpu_count(),
         "numpy": np.__version__,
         "blas": _blas_name(),
         "backends": available_backends(),
@@ -32,7 +32,7 @@ def collect_info() -> dict[str, Any]:
     if info["backends"]["cupy"] is None:
         from .backends import get_backend
 
-        info["cupy"] = get_backend("cupy").describe()
+        info["gpu"] = get_backend("cupy").describe()
     return info
 
 
@@ -50,12 +50,12 @@ def cpu_model() -> str:
 
 def format_info(info: dict[str, Any]) -> str:
     lines = [f"gpumlp {info['gpumlp']} (Python {info['python']}, {info['platform']})",
-             f"CPU: {info['cpu']} ({info['cpu_count']} logical cores)",
+             f"CPU: {info['cpu']} ({info['cpu_cores']} logical cores)",
              f"NumPy {info['numpy']}, BLAS: {info['blas']}", "backends:"]
     for name, reason in info["backends"].items():
         lines.append(f"  {name:6} {'available' if reason is None else 'unavailable: ' + reason}")
-    for key, value in info.get("cupy", {}).items():
-        lines.append(f"  cupy {key}: {value}")
+    for key, value in info.get("gpu", {}).items():
+        lines.append(f"  gpu {key}: {value}")
     lines.append("datasets:")
     for name, where in info["datasets"].items():
         lines.append(f"  {name:14} {where or 'not found (downloaded on first use if online)'}")

@@ -129,17 +129,10 @@ class CupyBackend(Backend):
         (fused if choice == "fused" else cublas)()
 
     def _time_paths(self, fused: Callable[[], None], cublas: Callable[[], None]) -> str:
-        cupy = self.xp
         timings = {}
         for name, run in (("fused", fused), ("cublas", cublas)):
             run()  # warm-up: module load, cuBLAS handle, caches
-            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record()
-            for _ in range(_TIMING_REPEATS):
-                run()
-            stop.record()
-            stop.synchronize()
-            timings[name] = cupy.cuda.get_elapsed_time(start, stop)
+            timings[name] = elapsed_ms(self.xp, run, _TIMING_REPEATS)
         return min(timings, key=timings.get)
 
     def path_choices(self) -> dict[tuple, str]:
@@ -319,6 +312,17 @@ class CupyBackend(Backend):
 
     def permutation(self, n: int, rng: Any) -> Any:
         return self.xp.asarray(rng.permutation(n).astype(np.int64))
+
+
+def elapsed_ms(cupy: Any, run: Callable[[], Any], calls: int) -> float:
+    """Device milliseconds of ``calls`` back-to-back calls of ``run``, by CUDA events."""
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(calls):
+        run()
+    stop.record()
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop)
 
 
 def fp32_peak_tflops(props: dict, capability: str) -> float | None:

@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ..info import collect_info
 
-from .. import __version__
-from ..backends import available_backends
-from ..backends.numpy_backend import _blas_name
-from ..info import cpu_model
+
 
 
 def environment(peers: dict[str, Any]) -> dict[str, Any]:
-    """Device, versions, threads and commit for a results file."""
+    """Device, versions, threads and commit for a results file: ``gpumlp info``'s facts
+    (without the datasets) plus the date, the commit and the thread settings."""
     env: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "gpumlp": __version__,
         "commit": git_commit(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "numpy": np.__version__,
-        "blas": _blas_name(),
         "threads": thread_counts(),
-        "backends": available_backends(),
     }
-    if env["backends"]["cupy"] is None:
-        from ..backends import get_backend
-
-        env["gpu"] = get_backend("cupy").describe()
+    env.update({k: v for k, v in collect_info().items() if k != "datasets"})
     for name, module in peers.items():
         env[name] = getattr(module, "__version__", "unknown")
     return env

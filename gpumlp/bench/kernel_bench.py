@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..backends.cupy_backend import elapsed_ms
+
 #: The layer shapes (inputs, outputs) of mlp-256 and mlp-512.
 LAYER_SHAPES = ((784, 256), (256, 256), (256, 10), (784, 512), (512, 512), (512, 10))
 BATCHES = (64, 256, 1024, 8192)
@@ -61,22 +63,12 @@ def time_call(cupy: Any, call: Callable[[], Any], repeats: int = 5,
     cupy.cuda.get_current_stream().synchronize()
     calls = 1
     while True:  # double the calls until one run lasts min_ms
-        elapsed = _elapsed_ms(cupy, call, calls)
+        elapsed = elapsed_ms(cupy, call, calls)
         if elapsed >= min_ms or calls >= 1 << 16:
             break
         calls *= 2
-    runs = [1e3 * _elapsed_ms(cupy, call, calls) / calls for _ in range(repeats)]
+    runs = [1e3 * elapsed_ms(cupy, call, calls) / calls for _ in range(repeats)]
     return statistics.median(runs), runs
-
-
-def _elapsed_ms(cupy: Any, call: Callable[[], Any], calls: int) -> float:
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    for _ in range(calls):
-        call()
-    stop.record()
-    stop.synchronize()
-    return cupy.cuda.get_elapsed_time(start, stop)
 
 
 def run_kernel_bench(shapes=LAYER_SHAPES, batches=BATCHES, repeats: int = 5,
