@@ -7,6 +7,9 @@ better than chance.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -62,3 +65,22 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=f"needs a CUDA device: {reason}")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+def load_support(name: str):
+    """A module of ``tests/kernels/`` (loaded by path: the name ``kernels`` is the CUDA folder)."""
+    path = Path(__file__).parent / "kernels" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gpumlp_test_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def host():
+    """The CPU build of the CUDA kernels (tests/kernels/harness.cpp), built once a session."""
+    harness = load_support("harness")
+    try:
+        return harness.Harness(harness.build())
+    except harness.HarnessUnavailable as exc:
+        pytest.skip(str(exc))

@@ -10,9 +10,7 @@ state — against the NumPy backend.  Device speed and CUDA's own behaviour stil
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,29 +22,12 @@ from gpumlp.network import Network
 from gpumlp.optim import SGD, Adam
 from gpumlp.training import Trainer
 
+from conftest import load_support
+
 pytestmark = pytest.mark.kernels
 
-HERE = Path(__file__).resolve().parent / "kernels"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gpumlp_test_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load("harness")
-emulated = _load("emulated_cupy")
+emulated = load_support("emulated_cupy")
 CPU = get_backend("numpy")
-
-
-@pytest.fixture(scope="module")
-def host():
-    try:
-        return harness.Harness(harness.build())
-    except harness.HarnessUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ than NumPy's BLAS and pairwise sums), both with atol = rtol * max(1, max |refere
 
 from __future__ import annotations
 
-import importlib.util
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +19,6 @@ from gpumlp.backends.base import Backend
 from gpumlp.dropout import Dropout, keep_mask
 
 pytestmark = pytest.mark.kernels
-
-_spec = importlib.util.spec_from_file_location(
-    "gpumlp_kernel_harness", Path(__file__).parent / "kernels" / "harness.py")
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
 
 REF = Backend(np)
 DTYPES = (np.float64, np.float32)
@@ -41,14 +34,6 @@ GEMM_SHAPES = [(1, 1, 1), (3, 7, 5), (17, 19, 33), (65, 31, 129), (130, 65, 257)
 #: Seed and call counter above 2**32, so both halves of Philox's key and counter matter.
 SEED, COUNTER_BASE, COUNTER_OFFSET, KEEP = 0x1234_5678_9ABC_DEF0, 2**33 + 5, 3, 0.75
 GUARD = 37
-
-
-@pytest.fixture(scope="session")
-def host():
-    try:
-        return harness.Harness(harness.build())
-    except harness.HarnessUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 def rng_for(*params) -> np.random.Generator:
