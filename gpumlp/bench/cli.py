@@ -34,7 +34,9 @@ def add_bench_command(commands) -> None:
                             "fused epilogue and plain CuPy at the protocol's layer shapes "
                             "(needs a GPU)")
     bench.add_argument("--out", default=".", help="folder for the JSON, markdown and PNG")
-    bench.set_defaults(run=_run_bench)
+    from .tta import add_tta_arguments
+
+    add_tta_arguments(bench, otherwise=_run_bench)  # --tta: time to accuracy instead
 
 
 def _run_kernel_bench(args: argparse.Namespace) -> int:
