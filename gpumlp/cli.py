@@ -76,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backend", default=None, help="override the saved backend")
     evaluate.set_defaults(run=_run_evaluate)
 
+    export = commands.add_parser(
+        "export", help="convert a saved model to ONNX (needs the onnx extra)",
+        description="Write a model saved by gpumlp as an ONNX file that returns predict_proba "
+                    "and predict (classifiers) or predict (regressors), for ONNX Runtime.")
+    export.add_argument("model", help="a model file written by `gpumlp train --output`")
+    export.add_argument("output", help="the .onnx file to write")
+    export.set_defaults(run=_run_export)
+
     info = commands.add_parser("info", help="versions, backends, devices, BLAS and datasets")
     info.set_defaults(run=_run_info)
 
@@ -157,6 +165,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(f"{args.model}: test accuracy on {data.name}: {accuracy:.4f} "
           f"({len(data.X_test) / seconds:,.0f} samples/s inference)")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .io import load
+    from .onnx_export import export_onnx, summarize
+
+    model = load(args.model)
+    try:
+        proto = export_onnx(model, args.output)
+    except (ImportError, OSError) as exc:  # missing onnx package, unwritable output
+        raise RuntimeError(str(exc)) from None
+    print(f"{args.output}: {summarize(proto)}")
     return 0
 
 

@@ -273,6 +273,16 @@ class BaseMLP(ParamsMixin):
 
         save(self, path)
 
+    def to_onnx(self, path: str) -> None:
+        """Export the fitted model as an ONNX file (needs ``gpumlp[onnx]``; atomic write).
+
+        The graph takes ``X`` in the model's dtype and returns ``predict_proba`` and
+        ``predict`` (classifier) or ``predict`` (regressor); see :mod:`gpumlp.onnx_export`.
+        """
+        from .onnx_export import export_onnx
+
+        export_onnx(self, path)
+
 
 class MLPClassifier(BaseMLP):
     """Multilayer perceptron classifier (softmax + cross-entropy; sigmoid for binary).

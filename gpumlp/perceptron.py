@@ -137,3 +137,10 @@ class Perceptron(ParamsMixin):
         from .io import save
 
         save(self, path)
+
+    def to_onnx(self, path: str) -> None:
+        """Export as an ONNX file (needs ``gpumlp[onnx]``): float64 ``X`` in, ``predict``'s
+        labels and the hard-limit unit outputs out; see :mod:`gpumlp.onnx_export`."""
+        from .onnx_export import export_onnx
+
+        export_onnx(self, path)
