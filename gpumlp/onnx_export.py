@@ -138,11 +138,12 @@ def export_onnx(model: Any, path: str | os.PathLike) -> Any:
 def to_onnx_model(model: Any) -> Any:
     """The ONNX ``ModelProto`` of ``model`` (see :func:`export_onnx`), checked by ``onnx.checker``."""
     onnx = _import_onnx()
-    if isinstance(model, Network):
+    kind = _model_kind(model)
+    if kind == "network":
         graph, estimator = _network_graph(onnx, model), "Network"
-    elif hasattr(model, "hidden_layer_sizes"):  # a constructor parameter: fitted or not
+    elif kind == "mlp":
         graph, estimator = _mlp_graph(onnx, model), type(model).__name__
-    elif hasattr(model, "eta0"):
+    elif kind == "perceptron":
         graph, estimator = _perceptron_graph(onnx, model), type(model).__name__
     else:
         raise TypeError("model must be a fitted gpumlp MLPClassifier, MLPRegressor, Perceptron "
@@ -155,6 +156,22 @@ def to_onnx_model(model: Any) -> Any:
     onnx.helper.set_model_props(proto, {"gpumlp_estimator": estimator})
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def _model_kind(model: Any) -> str | None:
+    """``"network"``, ``"mlp"``, ``"perceptron"`` or None (not a gpumlp model, e.g. sklearn's).
+
+    The estimator classes are recognised by where they are defined rather than imported, so
+    this module stays below them in the import order (they import it lazily in ``to_onnx``).
+    """
+    if isinstance(model, Network):
+        return "network"
+    for cls in type(model).__mro__:
+        if (cls.__module__, cls.__name__) == ("gpumlp.estimators", "BaseMLP"):
+            return "mlp"
+        if (cls.__module__, cls.__name__) == ("gpumlp.perceptron", "Perceptron"):
+            return "perceptron"
+    return None
 
 
 def _import_onnx() -> Any:

@@ -120,6 +120,19 @@ def test_network_every_hidden_activation(tmp_path, X, dtype, loss, output_activa
     np.testing.assert_allclose(output, net.predict_output(X), rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("labels", [[False, True], [0.5, 1.5, 2.5], [-3, 7]])
+def test_classifier_labels_of_other_dtypes(tmp_path, X, labels):
+    index = (X[:, 0] > 0).astype(int) + (len(labels) == 3) * (X[:, 1] > 0.6)
+    y = np.asarray(labels)[index]
+    clf = fit_quietly(MLPClassifier((4,), max_iter=3, backend="numpy", random_state=0), X, y)
+    path = tmp_path / "clf.onnx"
+    clf.to_onnx(path)
+    proba, label = run_onnx(path, X)
+    np.testing.assert_allclose(proba, clf.predict_proba(X), rtol=0, atol=TOLERANCE)
+    assert label.dtype == clf.classes_.dtype
+    np.testing.assert_array_equal(label, clf.predict(X))
+
+
 def test_graph_declares_dtype_shape_and_versions(X):
     clf = fit_quietly(MLPClassifier((4,), max_iter=2, dtype="float64", backend="numpy"),
                       X, targets("multiclass", X))
@@ -167,6 +180,9 @@ def test_bad_arguments_name_the_problem(tmp_path, X):
     with pytest.raises(TypeError, match="model must be a fitted gpumlp"):
         export_onnx({"weights": [1, 2]}, tmp_path / "x.onnx")
     assert sorted(os.listdir(tmp_path)) == ["a_file"]
+    sklearn_mlp = pytest.importorskip("sklearn.neural_network")
+    with pytest.raises(TypeError, match="got MLPClassifier"):  # scikit-learn's, not gpumlp's
+        export_onnx(sklearn_mlp.MLPClassifier(), tmp_path / "x.onnx")
 
 
 def test_missing_onnx_package_says_how_to_install(tmp_path, X, monkeypatch):
