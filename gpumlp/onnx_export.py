@@ -22,10 +22,10 @@ Examples
 --------
 >>> import numpy as np, gpumlp
 >>> X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
->>> clf = gpumlp.MLPClassifier((8,), max_iter=5, backend="numpy").fit(X, X[:, 0] > 0)  # doctest: +SKIP
+>>> clf = gpumlp.MLPClassifier((8,), max_iter=5).fit(X, X[:, 0] > 0)  # doctest: +SKIP
 >>> clf.to_onnx("model.onnx")  # doctest: +SKIP
 >>> import onnxruntime as ort  # doctest: +SKIP
->>> session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])  # doctest: +SKIP
+>>> session = ort.InferenceSession("model.onnx")  # doctest: +SKIP
 >>> proba, label = session.run(None, {"X": X})  # doctest: +SKIP
 """
 
@@ -136,7 +136,7 @@ def export_onnx(model: Any, path: str | os.PathLike) -> Any:
 
 
 def to_onnx_model(model: Any) -> Any:
-    """The ONNX ``ModelProto`` of ``model`` (see :func:`export_onnx`), checked by ``onnx.checker``."""
+    """The ONNX ``ModelProto`` of ``model`` (see :func:`export_onnx`), checked by onnx.checker."""
     onnx = _import_onnx()
     kind = _model_kind(model)
     if kind == "network":
