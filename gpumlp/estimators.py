@@ -26,6 +26,7 @@ import numpy as np
 from . import activations
 from .backends import BACKEND_NAMES, Backend, backend_for
 from .graph import GRAPH_MODES
+from .model_registry import register_model
 from .network import Network, check_dtype
 from .optim import SCHEDULES, make_optimizer
 from .params import ParamsMixin
@@ -284,6 +285,7 @@ class BaseMLP(ParamsMixin):
         export_onnx(self, path)
 
 
+@register_model
 class MLPClassifier(BaseMLP):
     """Multilayer perceptron classifier (softmax + cross-entropy; sigmoid for binary).
 
@@ -385,6 +387,7 @@ class MLPClassifier(BaseMLP):
         return float(np.average(correct, weights=sample_weight))
 
 
+@register_model
 class MLPRegressor(BaseMLP):
     """Multilayer perceptron regressor: identity output and squared error.
 

@@ -1,7 +1,17 @@
 """Saving and loading fitted models: NumPy arrays plus JSON metadata in one ``.npz`` file.
 
-No pickle is written or read (``allow_pickle=False``), so loading a file cannot run code.
-Files are written atomically: an interrupted save leaves the previous file untouched.
+No pickle is written or read, so loading a file cannot run code. Files are written
+atomically: an interrupted save leaves the previous file untouched.
+
+A model file may come from anyone, so :func:`load` treats it as hostile until proven
+otherwise. It first reads only the zip directory and the ``.npy`` headers, then checks every
+size, dtype, count and flag of the metadata against each other and against the arrays'
+declared shapes (which must agree with the bytes the archive really holds) and against fixed
+caps, and only then reads the arrays and builds the estimator. A 2 KB file declaring a
+network of billions of parameters is therefore rejected before anything of that size exists.
+
+This module knows the estimators only through :mod:`gpumlp.model_registry` (by name), never
+by import, so it sits below them in the import order.
 
 Examples
 --------
@@ -14,8 +24,12 @@ Examples
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
+import numbers
 import os
+import reprlib
 import zipfile
 from typing import Any
 
@@ -23,6 +37,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .backends import BACKEND_NAMES, Backend
+from .model_registry import model_class, registered_models
 from .validation import check_choice
 
 FORMAT = "gpumlp-model"
@@ -31,20 +46,55 @@ _META = "metadata_json"
 #: JSON-safe constructor parameters kept in the file (callbacks and backend objects are not).
 _SKIPPED_PARAMS = ("callbacks",)
 
+#: Most parameter values (weights and biases of all layers) a file may declare: 2**31 is
+#: 8 GiB of float32, far above any model this library trains, far below a denial of service.
+MAX_PARAMETERS = 2**31
+#: Most bytes of JSON metadata (loss curves of 100k epochs fit in a few MB).
+MAX_METADATA_BYTES = 64 * 2**20
+#: Most bytes of the class-label array.
+MAX_LABEL_BYTES = 64 * 2**20
+#: Deflate cannot expand data by more than about 1032:1; a zip member claiming more lies.
+_MAX_DEFLATE_RATIO = 1032
+#: The arrays a model file may hold, by layout.
+_ARRAYS = {"mlp": {"params", "classes"}, "linear": {"coef", "intercept", "classes"}}
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_LABEL_KINDS = "biufUS"  # bool, integers, floats, str, bytes; never objects
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 80, 80, 8, 8
 
+
+# =============================================================================== saving
 def save(model: Any, path: str | os.PathLike) -> None:
-    """Write a fitted ``MLPClassifier``, ``MLPRegressor`` or ``Perceptron`` to ``path``."""
-    from .estimators import BaseMLP
-    from .perceptron import Perceptron
+    """Write a fitted ``MLPClassifier``, ``MLPRegressor`` or ``Perceptron`` to ``path``.
 
-    if isinstance(model, BaseMLP):
+    Parameters
+    ----------
+    model : estimator
+        A fitted estimator of a class registered with
+        :func:`gpumlp.model_registry.register_model`.
+    path : str or os.PathLike
+        Destination ``.npz`` file. Written atomically; an existing file keeps its permission
+        mode (a new one gets the umask's), and a symbolic link is written through to its
+        target and stays a link.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a fitted gpumlp estimator, or its labels cannot be stored
+        without pickle (objects other than all-``str`` or all-``int``).
+    """
+    cls = type(model)
+    if registered_models().get(cls.__name__) is not cls:
+        raise TypeError(f"model must be a fitted gpumlp estimator; got {cls.__name__}")
+    if _layout(cls) == "mlp":
         model._check_fitted()
         arrays, state = _mlp_state(model)
-    elif isinstance(model, Perceptron) and hasattr(model, "coef_"):
+    elif hasattr(model, "coef_"):
         arrays = {"coef": model.coef_, "intercept": model.intercept_}
         state = {"n_iter": model.n_iter_, "converged": model.converged_}
     else:
-        raise TypeError(f"model must be a fitted gpumlp estimator; got {type(model).__name__}")
+        raise TypeError(f"model must be a fitted gpumlp estimator; this {cls.__name__} is "
+                        "not fitted yet")
     params = {k: v for k, v in model.get_params().items() if k not in _SKIPPED_PARAMS}
     # JSON has no tuples or NumPy types: keep how each such parameter was given, so that
     # get_params() of the loaded model equals the saved one's.
@@ -65,69 +115,30 @@ def save(model: Any, path: str | os.PathLike) -> None:
         params["random_state"] = int(params["random_state"])
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None
-    metadata = {"format": FORMAT, "version": VERSION, "estimator": type(model).__name__,
+    classes = np.asarray(model.classes_) if hasattr(model, "classes_") else np.zeros(0)
+    if classes.dtype.kind == "O":
+        classes = _object_labels(classes)
+        state["classes_object"] = True  # load turns them back into an object array
+    arrays["classes"] = classes
+    metadata = {"format": FORMAT, "version": VERSION, "estimator": cls.__name__,
                 "params": params, "param_kinds": kinds, "state": state}
-    arrays["classes"] = np.asarray(model.classes_) if hasattr(model, "classes_") else np.zeros(0)
-    if arrays["classes"].dtype.kind == "O":
-        raise TypeError("classes_ of dtype object cannot be saved without pickle; use "
-                        "integer or string labels")
     arrays[_META] = np.frombuffer(json.dumps(metadata, default=_json_scalar).encode(),
                                   dtype=np.uint8)
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
 
 
-def load(path: str | os.PathLike, backend: str | None = None) -> Any:
-    """Load a model saved by :func:`save`; ``backend`` overrides the saved one.
-
-    Raises ``ValueError`` when the file is not a gpumlp model (or is damaged).
-    """
-    arrays, metadata = _read(path)
-    from .estimators import MLPClassifier, MLPRegressor
-    from .perceptron import Perceptron
-
-    classes = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor,
-               "Perceptron": Perceptron}
-    name = metadata.get("estimator")
-    if name not in classes:
-        raise ValueError(f"{path}: unknown estimator {name!r} in a gpumlp model file")
-    if backend is not None and not isinstance(backend, Backend):  # not the file's fault
-        check_choice("backend", backend, BACKEND_NAMES)
-    try:
-        return _rebuild(classes[name], arrays, metadata, backend)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise ValueError(f"{path}: damaged gpumlp model file ({type(exc).__name__}: "
-                         f"{exc})") from None
-
-
-def _rebuild(cls: type, arrays: dict, metadata: dict, backend: str | None) -> Any:
-    """The estimator described by a file's arrays and metadata."""
-    params = dict(metadata["params"])
-    kinds = metadata.get("param_kinds", {})
-    if kinds.get("hidden_layer_sizes") == "int":
-        params["hidden_layer_sizes"] = params["hidden_layer_sizes"][0]
-    elif kinds.get("hidden_layer_sizes") == "tuple":
-        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-    if kinds.get("dtype") == "dtype":
-        params["dtype"] = np.dtype(params["dtype"])
-    elif kinds.get("dtype") == "type":
-        params["dtype"] = np.dtype(params["dtype"]).type
-    if backend is not None:
-        params["backend"] = backend
-    model = cls(**params)
-    name = cls.__name__
-    state = metadata["state"]
-    if arrays["classes"].size:
-        model.classes_ = arrays["classes"]
-    if name == "Perceptron":
-        model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
-        model.n_iter_, model.converged_ = state["n_iter"], state["converged"]
-        model.n_features_in_ = model.coef_.shape[1]
-        model._n_units = model.coef_.shape[0]
-        model._rng = np.random.default_rng(model.random_state)
-        return model
-    _restore_mlp(model, arrays, state)
-    return model
+def _object_labels(classes: np.ndarray) -> np.ndarray:
+    """Object-dtype labels (a pandas column of str, say) as a fixed-width array that
+    ``.npy`` stores without pickle: unicode for all-``str``, int64 for all-``int``."""
+    values = classes.tolist()
+    if all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=str)
+    if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        return np.array(values, dtype=np.int64)
+    types = sorted({type(v).__name__ for v in values})
+    raise TypeError(f"classes_ of dtype object holding {', '.join(types)} cannot be saved "
+                    "without pickle; allowed: labels that are all str or all int")
 
 
 def _json_scalar(value: Any) -> Any:
@@ -149,12 +160,370 @@ def _mlp_state(model: Any) -> tuple[dict, dict]:
     return arrays, state
 
 
+def _layout(cls: type) -> str:
+    """``"mlp"`` for network estimators (one flat parameter buffer, a ``_build`` method),
+    ``"linear"`` for the single-layer perceptron (``coef_`` and ``intercept_``)."""
+    return "mlp" if callable(getattr(cls, "_build", None)) else "linear"
+
+
+# ============================================================================== loading
+def load(path: str | os.PathLike, backend: str | None = None) -> Any:
+    """Load a model saved by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` model file.
+    backend : str or Backend, optional
+        Overrides the backend saved in the file (``"auto"``, ``"numpy"``, ``"cupy"``).
+
+    Returns
+    -------
+    estimator
+        The fitted estimator, of the class the file names.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a gpumlp model, is damaged, or declares anything inconsistent or
+        beyond the caps (:data:`MAX_PARAMETERS`, :data:`MAX_METADATA_BYTES`,
+        :data:`MAX_LABEL_BYTES`). The message names the file, the field, its value and what
+        is allowed. Nothing the file declares is allocated before it has been checked.
+    FileNotFoundError
+        If ``path`` does not exist.
+    """
+    if backend is not None and not isinstance(backend, Backend):  # not the file's fault
+        check_choice("backend", backend, BACKEND_NAMES)
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable gpumlp model file (not a zip archive "
+                         f"of .npy arrays: {exc})") from None
+    with archive:
+        return _ModelFile(path, archive).load(backend)
+
+
+class _BadFile(ValueError):
+    """A check failed; :meth:`_ModelFile.load` adds the path to the message."""
+
+
+def _bad(field: str, value: Any, allowed: str) -> _BadFile:
+    return _BadFile(f"{field}={_short.repr(value)} is not valid; {allowed}")
+
+
+class _ModelFile:
+    """One model file: the checks, in order, and the rebuild."""
+
+    def __init__(self, path: str | os.PathLike, archive: zipfile.ZipFile):
+        self.path = path
+        self.archive = archive
+        self.headers: dict[str, tuple[zipfile.ZipInfo, tuple, np.dtype, bool]] = {}
+
+    def load(self, backend: Any) -> Any:
+        try:
+            self._read_headers()
+            metadata = self._read_metadata()
+            try:
+                cls = model_class(metadata.get("estimator"))
+            except ValueError as exc:
+                raise _BadFile(str(exc)) from None
+            layout = _layout(cls)
+            self._check_array_names(layout)
+            state = _mapping(metadata, "state")
+            if layout == "mlp":
+                self._check_mlp(cls, metadata, state)
+            else:
+                self._check_linear(state)
+            model = self._construct(cls, metadata, backend)
+            arrays = {key: self._read_array(key) for key in _ARRAYS[layout]}
+            self._check_values(arrays, state)
+            if state.get("classes_object") is True:
+                arrays["classes"] = arrays["classes"].astype(object)
+            elif "classes_object" in state:
+                raise _bad("state.classes_object", state["classes_object"], "allowed: true")
+            if layout == "mlp":
+                _restore_mlp(model, arrays, state)
+            else:
+                _restore_linear(model, arrays, state)
+            return model
+        except _BadFile as exc:
+            raise ValueError(f"{self.path}: {exc}") from None
+        except (zipfile.BadZipFile, OSError, EOFError, KeyError, TypeError, ValueError,
+                AttributeError, IndexError) as exc:
+            raise ValueError(f"{self.path}: damaged gpumlp model file ({type(exc).__name__}: "
+                             f"{exc})") from None
+
+    # ------------------------------------------------------------------- the archive
+    def _read_headers(self) -> None:
+        """The name, shape and dtype of every array, from the zip directory and the ``.npy``
+        headers only; each must agree with the bytes the archive really holds."""
+        size = os.fstat(self.archive.fp.fileno()).st_size if _has_fileno(self.archive) else None
+        for info in self.archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise _BadFile(f"is not a gpumlp model file: member {info.filename!r} is not "
+                               "a .npy array")
+            key = info.filename[:-4]
+            if key in self.headers:
+                raise _BadFile(f"is not a gpumlp model file: array {key!r} appears twice")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise _BadFile(f"array {key!r} uses zip compression method "
+                               f"{info.compress_type}; allowed: stored or deflated")
+            stored = info.compress_type == zipfile.ZIP_STORED
+            if (stored and info.compress_size != info.file_size) or (
+                    info.file_size > info.compress_size * _MAX_DEFLATE_RATIO + 1024) or (
+                    size is not None and info.header_offset + info.compress_size > size):
+                raise _BadFile(f"array {key!r} declares {info.file_size} bytes, more than the "
+                               f"{info.compress_size} stored bytes can hold")
+            with self.archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f".npy format version {version}; allowed: 1.0, 2.0")
+                except ValueError as exc:
+                    # NumPy's own message here may advise allow_pickle=True: never pass that on.
+                    raise _BadFile(f"array {key!r} has an unreadable .npy header "
+                                   f"({str(exc).split(';')[0][:200]})") from None
+                header_bytes = member.tell()
+            if dtype.hasobject:
+                raise _bad(f"dtype of array {key!r}", str(dtype), "object arrays need pickle, "
+                           "which gpumlp model files never contain")
+            count = math.prod(shape)  # Python ints: no overflow
+            if header_bytes + count * dtype.itemsize != info.file_size:
+                raise _BadFile(f"array {key!r} declares shape {shape} of {dtype}, which "
+                               f"disagrees with its {info.file_size} bytes in the archive")
+            self.headers[key] = (info, shape, dtype, fortran)
+
+    def _read_metadata(self) -> dict:
+        if _META not in self.headers:
+            raise _BadFile("is not a gpumlp model file (no metadata)")
+        _, shape, dtype, _ = self.headers[_META]
+        if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_METADATA_BYTES:
+            raise _bad("metadata", f"{dtype} array of shape {shape}",
+                       f"allowed: uint8 bytes, at most {MAX_METADATA_BYTES}")
+        raw = self._read_array(_META).tobytes()
+        try:
+            metadata = json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise _BadFile(f"damaged gpumlp metadata ({exc})") from None
+        if not isinstance(metadata, dict):
+            raise _BadFile(f"damaged gpumlp metadata (a JSON {type(metadata).__name__}, "
+                           "not an object)")
+        if metadata.get("format") != FORMAT:
+            raise _BadFile(f"is not a gpumlp model file (format {metadata.get('format')!r}; "
+                           f"allowed: {FORMAT!r})")
+        if metadata.get("version") != VERSION:
+            raise _BadFile(f"was written by format version {metadata.get('version')!r}; "
+                           f"this gpumlp reads version {VERSION}")
+        return metadata
+
+    def _check_array_names(self, layout: str) -> None:
+        names = set(self.headers) - {_META}
+        if names != _ARRAYS[layout]:
+            raise _bad("arrays", sorted(names), f"allowed: exactly {sorted(_ARRAYS[layout])}")
+
+    def _read_array(self, key: str) -> np.ndarray:
+        """The array ``key``, whose header has been checked: one allocation of the declared
+        size, filled from the member, then the member's CRC is verified."""
+        info, shape, dtype, fortran = self.headers[key]
+        array = np.empty(math.prod(shape), dtype=dtype)
+        target = array.view(np.uint8) if array.size else memoryview(b"")
+        with self.archive.open(info) as member:
+            member.seek(info.file_size - array.nbytes)
+            filled = 0
+            while filled < array.nbytes:
+                got = member.readinto(target[filled:])
+                if not got:
+                    raise _BadFile(f"array {key!r} is truncated")
+                filled += got
+            member.read(1)  # reaching the end makes zipfile check the CRC
+        array = array.reshape(shape, order="F" if fortran else "C")
+        return array.astype(dtype.newbyteorder("="), copy=False)
+
+    # ------------------------------------------------------------------- the checks
+    def _header(self, key: str) -> tuple[tuple, np.dtype]:
+        _, shape, dtype, _ = self.headers[key]
+        return shape, dtype
+
+    def _check_labels(self, n_expected: int | None) -> int:
+        """The class-label array's header; returns the number of labels."""
+        shape, dtype = self._header("classes")
+        if len(shape) != 1 or dtype.kind not in _LABEL_KINDS:
+            raise _bad("classes", f"{dtype} array of shape {shape}", "allowed: a 1-D array of "
+                       "bool, integer, float, str or bytes labels")
+        if shape[0] * dtype.itemsize > MAX_LABEL_BYTES:
+            raise _bad("classes", f"{dtype} array of shape {shape}",
+                       f"allowed: at most {MAX_LABEL_BYTES} bytes of labels")
+        if n_expected is not None and shape[0] != n_expected:
+            raise _bad("classes", f"{shape[0]} labels", f"the outputs need {n_expected}")
+        return shape[0]
+
+    def _check_mlp(self, cls: type, metadata: dict, state: dict) -> None:
+        sizes = state.get("sizes")
+        if not (isinstance(sizes, list) and 2 <= len(sizes) <= MAX_PARAMETERS
+                and all(_is_int(s) and 1 <= s <= MAX_PARAMETERS for s in sizes)):
+            raise _bad("state.sizes", sizes, "allowed: a list of at least two positive "
+                       "integers [inputs, hidden..., outputs]")
+        n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        if n_params > MAX_PARAMETERS:
+            raise _bad("state.sizes", sizes, f"it declares {n_params} parameters; allowed: "
+                       f"at most MAX_PARAMETERS={MAX_PARAMETERS}")
+        shape, dtype = self._header("params")
+        if shape != (n_params,):
+            raise _bad("state.sizes", sizes, f"it declares {n_params} parameters but the "
+                       f"params array has shape {shape}; they must agree")
+        if dtype.newbyteorder("=") not in _FLOAT_DTYPES:
+            raise _bad("dtype of array 'params'", str(dtype), "allowed: float32 or float64")
+        params = _mapping(metadata, "params")
+        declared = params.get("dtype", "float32")
+        if declared not in ("float32", "float64") or np.dtype(declared) != dtype:
+            raise _bad("params.dtype", declared, f"it must name the params array's dtype "
+                       f"({dtype.newbyteorder('=').name})")
+        hidden = params.get("hidden_layer_sizes", sizes[1:-1])
+        if hidden != sizes[1:-1]:
+            raise _bad("params.hidden_layer_sizes", hidden,
+                       f"it must equal the hidden sizes of state.sizes, {sizes[1:-1]}")
+        for key in ("n_iter", "samples_seen"):
+            if not _is_int(state.get(key)) or state[key] < 0:
+                raise _bad(f"state.{key}", state.get(key), "allowed: an integer >= 0")
+        for key in ("loss_curve", "validation_scores"):
+            values = state.get(key)
+            if not isinstance(values, list) or not all(map(_is_real, values)):
+                raise _bad(f"state.{key}", values, "allowed: a list of numbers")
+        for key in ("best_loss", "best_validation_score"):
+            if state.get(key) is not None and not _is_real(state.get(key)):
+                raise _bad(f"state.{key}", state.get(key), "allowed: a number or null")
+        flags = _mapping(state, "flags")
+        outputs = sizes[-1]
+        if cls._estimator_type == "classifier":
+            self._check_classifier_flags(flags, outputs)
+        else:
+            if set(flags) != {"_y_1d"} or not isinstance(flags["_y_1d"], bool):
+                raise _bad("state.flags", flags, "allowed: {'_y_1d': true or false}")
+            if flags["_y_1d"] and outputs != 1:
+                raise _bad("state.flags._y_1d", True, f"a 1-D target needs one output, the "
+                           f"network has {outputs}")
+            shape, _ = self._header("classes")
+            if math.prod(shape) != 0:
+                raise _bad("classes", f"shape {shape}", "a regressor has no classes (empty)")
+
+    def _check_classifier_flags(self, flags: dict, outputs: int) -> None:
+        if set(flags) != {"_multiclass", "_multilabel"} or not all(
+                isinstance(v, bool) for v in flags.values()):
+            raise _bad("state.flags", flags, "allowed: {'_multiclass': true or false, "
+                       "'_multilabel': true or false}")
+        if flags["_multilabel"]:
+            if flags["_multiclass"]:
+                raise _bad("state.flags._multiclass", True, "a multilabel model is not "
+                           "multiclass (must be false)")
+            self._check_labels(outputs)
+            return
+        n_classes = self._check_labels(None)
+        if n_classes < 2:
+            raise _bad("classes", f"{n_classes} labels", "a classifier needs at least two")
+        if flags["_multiclass"] != (n_classes > 2):
+            raise _bad("state.flags._multiclass", flags["_multiclass"], f"with {n_classes} "
+                       f"classes it must be {str(n_classes > 2).lower()}")
+        needed = n_classes if n_classes > 2 else 1
+        if outputs != needed:
+            raise _bad("classes", f"{n_classes} labels", f"the network has {outputs} outputs; "
+                       f"{n_classes} classes need {needed}")
+
+    def _check_linear(self, state: dict) -> None:
+        coef, coef_dtype = self._header("coef")
+        intercept, intercept_dtype = self._header("intercept")
+        if len(coef) != 2 or min(coef) < 1 or math.prod(coef) > MAX_PARAMETERS:
+            raise _bad("coef", f"shape {coef}", "allowed: (units, features), both >= 1, at "
+                       f"most MAX_PARAMETERS={MAX_PARAMETERS} values")
+        if intercept != coef[:1]:
+            raise _bad("intercept", f"shape {intercept}", f"it must be ({coef[0]},) to match "
+                       f"coef of shape {coef}")
+        for name, dtype in (("coef", coef_dtype), ("intercept", intercept_dtype)):
+            if dtype.newbyteorder("=") not in _FLOAT_DTYPES:
+                raise _bad(f"dtype of array {name!r}", str(dtype), "allowed: float32 or float64")
+        n_classes = self._check_labels(None)
+        if n_classes < 2:
+            raise _bad("classes", f"{n_classes} labels", "a perceptron needs at least two")
+        units = 1 if n_classes == 2 else n_classes
+        if coef[0] != units:
+            raise _bad("coef", f"shape {coef}", f"{n_classes} classes need {units} units")
+        if not _is_int(state.get("n_iter")) or state["n_iter"] < 0:
+            raise _bad("state.n_iter", state.get("n_iter"), "allowed: an integer >= 0")
+        if not isinstance(state.get("converged"), bool):
+            raise _bad("state.converged", state.get("converged"), "allowed: true or false")
+
+    def _construct(self, cls: type, metadata: dict, backend: Any) -> Any:
+        """The estimator with the file's parameters, each checked against the constructor's
+        signature and the estimator's own hyper-parameter checks; nothing large is built."""
+        params = dict(_mapping(metadata, "params"))
+        signature = inspect.signature(cls.__init__).parameters
+        for key, value in params.items():
+            if key not in signature or key == "self" or key in _SKIPPED_PARAMS:
+                raise _bad("params", key, f"{cls.__name__} has no such saved parameter")
+            default = signature[key].default
+            if key == "hidden_layer_sizes":
+                if not (isinstance(value, list) and all(map(_is_int, value))):
+                    raise _bad("params.hidden_layer_sizes", value,
+                               "allowed: a list of positive integers")
+            elif isinstance(value, (list, dict)):
+                raise _bad(f"params.{key}", value, "allowed: a number, a string, true, false "
+                           "or null")
+            elif isinstance(default, bool) and not isinstance(value, bool):
+                raise _bad(f"params.{key}", value, "allowed: true or false")
+            elif (isinstance(default, numbers.Real) and not isinstance(default, bool)
+                  and not _is_real(value)):
+                raise _bad(f"params.{key}", value, "allowed: a number")
+        kinds = metadata.get("param_kinds", {})
+        if not isinstance(kinds, dict):
+            raise _bad("param_kinds", kinds, "allowed: a JSON object")
+        if kinds.get("hidden_layer_sizes") == "int" and len(params["hidden_layer_sizes"]) == 1:
+            params["hidden_layer_sizes"] = params["hidden_layer_sizes"][0]
+        elif kinds.get("hidden_layer_sizes") == "tuple":
+            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        if kinds.get("dtype") == "dtype":
+            params["dtype"] = np.dtype(params["dtype"])
+        elif kinds.get("dtype") == "type":
+            params["dtype"] = np.dtype(params["dtype"]).type
+        if backend is not None:
+            params["backend"] = backend
+        model = cls(**params)
+        check = getattr(model, "_check_hyperparameters", None)
+        if callable(check):
+            try:
+                check()
+            except (TypeError, ValueError) as exc:
+                raise _BadFile(f"params: {exc}") from None
+        return model
+
+    def _check_values(self, arrays: dict, state: dict) -> None:
+        """Checks that need the data: finite parameters, sorted distinct labels."""
+        for key in ("params", "coef", "intercept"):
+            if key in arrays and not np.isfinite(arrays[key]).all():
+                bad = int(np.size(arrays[key]) - np.count_nonzero(np.isfinite(arrays[key])))
+                raise _bad(f"array {key!r}", f"{bad} non-finite values",
+                           "allowed: finite numbers only (NaN or infinity means a diverged "
+                           "or damaged model)")
+        classes = arrays["classes"]
+        if classes.dtype.kind == "f" and not np.isfinite(classes).all():
+            raise _bad("classes", classes, "allowed: finite labels")
+        if classes.size > 1 and not (classes[1:] > classes[:-1]).all():
+            raise _bad("classes", classes, "allowed: distinct labels in increasing order")
+        if state.get("flags", {}).get("_multilabel") and not np.array_equal(classes, np.arange(classes.size)):
+            raise _bad("classes", classes, f"a multilabel model's labels are 0..{classes.size - 1}")
+
+
 def _restore_mlp(model: Any, arrays: dict, state: dict) -> None:
     from .backends import get_backend
 
     for key, value in state["flags"].items():
         setattr(model, key, value)
-    model._check_hyperparameters()
+    if arrays["classes"].size:
+        model.classes_ = arrays["classes"]
     model._build(get_backend(model.backend), np.dtype(model.dtype), state["sizes"])
     model.network_.set_flat_params(arrays["params"])
     model._trainer_ = model._make_trainer(previous=None)
@@ -167,29 +536,34 @@ def _restore_mlp(model: Any, arrays: dict, state: dict) -> None:
     history.samples_seen = state["samples_seen"]
 
 
-def _read(path: str | os.PathLike) -> tuple[dict, dict]:
+def _restore_linear(model: Any, arrays: dict, state: dict) -> None:
+    model.classes_ = arrays["classes"]
+    model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
+    model.n_iter_, model.converged_ = state["n_iter"], state["converged"]
+    model.n_features_in_ = model.coef_.shape[1]
+    model._n_units = model.coef_.shape[0]
+    model._rng = np.random.default_rng(model.random_state)
+
+
+# ============================================================================== helpers
+def _mapping(container: dict, key: str) -> dict:
+    value = container.get(key)
+    if not isinstance(value, dict):
+        raise _bad(key, value, "allowed: a JSON object")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _has_fileno(archive: zipfile.ZipFile) -> bool:
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):  # a single .npy array
-            raise ValueError(f"a single {type(archive).__name__}, not an .npz archive")
-        with archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise ValueError(f"{path} is not a readable gpumlp model file ({exc})") from None
-    if _META not in arrays:
-        raise ValueError(f"{path} is not a gpumlp model file (no metadata)")
-    try:
-        metadata = json.loads(arrays.pop(_META).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: damaged gpumlp metadata ({exc})") from None
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: damaged gpumlp metadata (a JSON {type(metadata).__name__}, "
-                         "not an object)")
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a gpumlp model file (format {metadata.get('format')!r})")
-    if metadata.get("version") != VERSION:
-        raise ValueError(f"{path} was written by format version {metadata.get('version')}; "
-                         f"this gpumlp reads version {VERSION}")
-    return arrays, metadata
+        archive.fp.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True

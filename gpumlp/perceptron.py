@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from .backends import get_backend
+from .model_registry import register_model
 from .params import ParamsMixin
 from .validation import check_float, check_int, check_targets, check_X, seed_from
 
 
+@register_model
 class Perceptron(ParamsMixin):
     """Single-layer perceptron with the perceptron learning rule.
 

@@ -26,7 +26,7 @@ from typing import BinaryIO, Mapping
 import numpy as np
 
 from gpumlp.atomic import atomic_write
-from gpumlp.data.idx import read_idx
+from gpumlp.data.idx import read_idx, read_idx_header
 
 #: The four files of every dataset, by role, without the ``.gz`` suffix.
 FILES: dict[str, str] = {
@@ -257,17 +257,16 @@ def _load_split(
     """Read and validate one split; return ``X`` float32 ``(n, pixels)`` and ``y`` int64."""
     images_file = _file_in(directory, FILES[f"{split}_images"])
     labels_file = _file_in(directory, FILES[f"{split}_labels"])
+    # Headers first: a file declaring the wrong shape is rejected before its payload is read.
+    for file, kind, shape in ((images_file, "images", (n, *spec.image_shape)),
+                              (labels_file, "labels", (n,))):
+        found_shape, found_dtype = read_idx_header(file)
+        if found_dtype != np.uint8 or found_shape != shape:
+            raise ValueError(
+                f"{file}: expected uint8 {kind} of shape {shape} for {spec.name}, "
+                f"found {found_dtype} {found_shape}"
+            )
     images, labels = read_idx(images_file), read_idx(labels_file)
-    if images.dtype != np.uint8 or images.shape != (n, *spec.image_shape):
-        raise ValueError(
-            f"{images_file}: expected uint8 images of shape {(n, *spec.image_shape)} for "
-            f"{spec.name}, found {images.dtype} {images.shape}"
-        )
-    if labels.dtype != np.uint8 or labels.shape != (n,):
-        raise ValueError(
-            f"{labels_file}: expected uint8 labels of shape {(n,)} for {spec.name}, "
-            f"found {labels.dtype} {labels.shape}"
-        )
     if labels.max(initial=0) >= spec.n_classes:
         raise ValueError(
             f"{labels_file}: label {int(labels.max())} out of range; "

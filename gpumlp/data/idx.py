@@ -13,6 +13,7 @@ import math
 import os
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -45,20 +46,48 @@ def _check_path(path: object, argument: str = "path") -> Path:
     return Path(path)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Return the file's content, decompressed when it starts with the gzip magic bytes."""
-    raw = path.read_bytes()
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        # A truncated download usually fails here, before any IDX check can.
-        raise ValueError(f"{path}: gzip data is corrupt or truncated ({exc})") from exc
+#: Bytes read from the (decompressed) stream at a time.
+_CHUNK = 1 << 20
+#: Trailing bytes counted (then discarded) to report how many there are; beyond this the
+#: message says "at least", so a gzip bomb after a valid payload costs no more than this.
+_TRAILING_COUNT_LIMIT = 1 << 16
+
+
+def _open_stream(path: Path, raw: BinaryIO) -> tuple[BinaryIO, int | None]:
+    """The file's content stream (decompressing when it starts with the gzip magic bytes)
+    and its size in bytes when known without decompressing (plain files)."""
+    compressed = raw.read(2) == _GZIP_MAGIC
+    raw.seek(0)
+    if compressed:
+        return gzip.GzipFile(fileobj=raw, mode="rb"), None
+    return raw, os.fstat(raw.fileno()).st_size
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytearray:
+    """Up to ``size`` bytes (fewer only at the end of the stream), read in chunks so that a
+    stream shorter than announced never costs more memory than it holds."""
+    buffer = bytearray()
+    while len(buffer) < size:
+        chunk = stream.read(min(_CHUNK, size - len(buffer)))
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer
+
+
+def _count_trailing(stream: BinaryIO) -> tuple[int, bool]:
+    """How many bytes remain (at most the count limit) and whether that is all of them."""
+    count = len(stream.read(_TRAILING_COUNT_LIMIT))
+    return count, not stream.read(1)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (gzipped or raw) into a native-endian NumPy array.
+
+    The header is read first, then exactly the number of bytes it declares, then a probe for
+    trailing data (up to 64 KiB are counted for the message). A gzip file is decompressed as
+    it is read, so one whose header declares 10 images followed by hundreds of MB of zeros is
+    rejected after inflating about 72 KB, and memory never exceeds the declared payload.
 
     Parameters
     ----------
@@ -75,8 +104,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ------
     ValueError
         If the file is not a valid IDX file: bad magic bytes, unknown type code, ``ndim``
-        outside 1..4, a short header, or a payload whose size differs from the one the
-        dimensions give (truncated or trailing bytes). The message names the file.
+        outside 1..4, a short header, a payload whose size differs from the one the
+        dimensions give (truncated or trailing bytes), or corrupt gzip data. The message
+        names the file.
     FileNotFoundError
         If the file does not exist.
 
@@ -87,12 +117,59 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ((60000, 28, 28), dtype('uint8'))
     """
     path = _check_path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
+    with open(path, "rb") as raw:
+        stream, file_size = _open_stream(path, raw)
+        try:
+            with stream:
+                return _read_idx_stream(path, stream, file_size)
+        except (OSError, EOFError, zlib.error) as exc:
+            if file_size is not None:  # a plain file: a real I/O error, not bad content
+                raise
+            # A truncated download usually fails here, before any IDX check can.
+            raise ValueError(f"{path}: gzip data is corrupt or truncated ({exc})") from exc
+
+
+def read_idx_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and (native) element type an IDX file declares, read from its header only.
+
+    Lets a caller that knows what it needs (60000 images of 28x28 uint8, say) reject a file
+    before its payload is read or decompressed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file, gzipped or raw.
+
+    Returns
+    -------
+    shape : tuple of int
+    dtype : numpy.dtype
+
+    Raises
+    ------
+    ValueError
+        If the header is not a valid IDX header (see :func:`read_idx`).
+    """
+    path = _check_path(path)
+    with open(path, "rb") as raw:
+        stream, file_size = _open_stream(path, raw)
+        try:
+            with stream:
+                shape, dtype, _ = _read_header(path, stream)
+        except (OSError, EOFError, zlib.error) as exc:
+            if file_size is not None:
+                raise
+            raise ValueError(f"{path}: gzip data is corrupt or truncated ({exc})") from exc
+    return shape, dtype.newbyteorder("=")
+
+
+def _read_header(path: Path, stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, big-endian dtype and header size in bytes, read from the start of ``stream``."""
+    magic = _read_exactly(stream, 4)
+    if len(magic) < 4:
         raise ValueError(
-            f"{path} is not an IDX file: {len(data)} bytes, too short for the 4-byte magic number"
+            f"{path} is not an IDX file: {len(magic)} bytes, too short for the 4-byte magic number"
         )
-    magic = data[:4]
     if magic[0] != 0 or magic[1] != 0:
         raise ValueError(
             f"{path} is not an IDX file: magic bytes 0x{magic.hex()}, expected 0x0000 followed by "
@@ -105,28 +182,38 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if not 1 <= ndim <= MAX_NDIM:
         raise ValueError(f"{path}: IDX header gives ndim={ndim}; allowed: 1 to {MAX_NDIM}")
     header_size = 4 + 4 * ndim
-    if len(data) < header_size:
+    dims = _read_exactly(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
         raise ValueError(
             f"{path}: truncated header: {ndim} dimensions need {header_size} header bytes, "
-            f"found {len(data)}"
+            f"found {4 + len(dims)}"
         )
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = IDX_DTYPES[type_code]
+    shape = tuple(int(d) for d in np.frombuffer(bytes(dims), dtype=">u4"))
+    return shape, IDX_DTYPES[type_code], header_size
+
+
+def _read_idx_stream(path: Path, stream: BinaryIO, file_size: int | None) -> np.ndarray:
+    shape, dtype, header_size = _read_header(path, stream)
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    found = len(data) - header_size
-    if found < expected:
-        raise ValueError(
-            f"{path}: truncated: header says {expected} bytes of data (shape {shape}, "
-            f"{dtype.name}), found {found}"
-        )
-    if found > expected:
-        raise ValueError(
-            f"{path}: {found - expected} trailing bytes: header says {expected} bytes of data "
-            f"(shape {shape}, {dtype.name}), found {found}"
-        )
-    flat = np.frombuffer(data, dtype=dtype, offset=header_size)
-    # astype copies, which also makes the result writable (frombuffer over bytes is not).
-    return flat.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    described = f"header says {expected} bytes of data (shape {shape}, {dtype.name})"
+    if file_size is not None and file_size - header_size != expected:
+        found = file_size - header_size  # a plain file: decide before reading anything
+        if found < expected:
+            raise ValueError(f"{path}: truncated: {described}, found {found}")
+        raise ValueError(f"{path}: {found - expected} trailing bytes: {described}, found {found}")
+    payload = _read_exactly(stream, expected)
+    if len(payload) < expected:
+        raise ValueError(f"{path}: truncated: {described}, found {len(payload)}")
+    extra, complete = _count_trailing(stream)
+    if extra:
+        count = f"{extra}" if complete else f"at least {extra + 1}"
+        raise ValueError(f"{path}: {count} trailing bytes: {described}, found "
+                         f"{'' if complete else 'at least '}{expected + extra + (not complete)}")
+    # A view of the bytearray, which is writable; swap to native byte order in place.
+    flat = np.frombuffer(payload, dtype=dtype)
+    if not dtype.isnative:
+        flat = flat.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return flat.reshape(shape)
 
 
 def write_idx(
