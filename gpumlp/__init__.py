@@ -9,16 +9,29 @@ Examples
 
 from .backends import (Backend, BackendUnavailable, available_backends, get_backend,
                        use_backend)
-from .estimators import ConvergenceWarning, MLPClassifier, MLPRegressor
+from .estimators import MLPClassifier, MLPRegressor
 from .io import load
 from .network import Network
 from .optim import SGD, Adam
 from .perceptron import Perceptron
-from .training import DivergenceWarning, History, Trainer
+from .training import DivergenceError, DivergenceWarning, History, Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "Backend", "BackendUnavailable", "ConvergenceWarning", "DivergenceWarning",
-           "History", "MLPClassifier", "MLPRegressor", "Network", "Perceptron", "SGD",
+
+def __getattr__(name: str):
+    # scikit-learn's NotFittedError, ConvergenceWarning and DataConversionWarning when it is
+    # installed (gpumlp's own otherwise), resolved on first use: see gpumlp.exceptions.
+    from . import exceptions
+
+    if name in exceptions.NAMES:
+        return getattr(exceptions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Adam", "Backend", "BackendUnavailable", "ConvergenceWarning", "DivergenceError",
+           "DivergenceWarning", "DataConversionWarning",
+           "History", "MLPClassifier", "MLPRegressor", "Network", "NotFittedError",
+           "Perceptron", "SGD",
            "Trainer", "available_backends", "get_backend", "load", "use_backend",
            "__version__"]

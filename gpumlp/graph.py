@@ -67,11 +67,12 @@ class GraphStepRunner:
     def _step_ops(self, rows: int) -> None:
         """The launches of one step, reading the batch start from device memory."""
         backend, net, trainer = self.backend, self.net, self.trainer
-        xb, tb = trainer._buffers(rows, self.X, self.T)
+        buffers = trainer.step_buffers(rows, self.X, self.T)
+        xb, tb = buffers.x, buffers.t
         backend.gather_rows_at(self.X, self.perm, self.start, xb)
         backend.gather_rows_at(self.T, self.perm, self.start, tb)
         # step=0: the dropout counters are offsets from the device-side counter base.
-        net.loss_and_gradients(xb, tb, net.workspace(rows), decay=trainer.alpha / rows,
+        net.loss_and_gradients(xb, tb, buffers.workspace, decay=trainer.alpha / rows,
                                dropout=trainer.dropout, seed=trainer.dropout_seed, step=0)
         backend.advance_step(self.start, rows, net.n_layers)
         trainer.optimizer.step(net.params, net.grads)

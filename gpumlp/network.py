@@ -1,9 +1,14 @@
 """The multilayer perceptron: layer sizes, one flat parameter buffer, forward and backward.
 
 All parameters live in one contiguous buffer (``W_1, b_1, W_2, b_2, ...``) and all gradients
-in another of the same layout; layers hold views.  The optimizer then updates every layer in
-one backend call.  Per-batch-size work buffers are made once and reused, so a training step
-allocates nothing in steady state.
+in another of the same layout; layers hold views, each starting on a 16-byte boundary (the
+gaps hold zeros) so the GPU kernels can use 128-bit loads on every view.  The optimizer then
+updates every layer in one backend call.
+
+A network holds no work buffers: whoever runs it owns them (:meth:`Network.new_workspace`).
+The trainer keeps one per batch size it trains at, and each inference call makes its own, so
+a model can be used from several threads at once and its memory does not grow with the batch
+sizes it has seen.
 
 Examples
 --------
@@ -27,6 +32,8 @@ from .init import init_layer
 from .losses import get_loss
 
 DTYPES = (np.float32, np.float64)
+#: Every weight and bias view starts at a multiple of this many elements (16 bytes in float32).
+ALIGN_ELEMENTS = 4
 
 
 def check_dtype(dtype: Any) -> np.dtype:
@@ -41,13 +48,24 @@ def check_dtype(dtype: Any) -> np.dtype:
 
 
 class Workspace:
-    """Activation and sensitivity buffers for one batch size."""
+    """Activation and sensitivity buffers for up to ``batch`` rows."""
 
-    def __init__(self, backend: Backend, sizes: Sequence[int], batch: int, dtype: np.dtype):
+    def __init__(self, backend: Backend | None, sizes: Sequence[int], batch: int,
+                 dtype: np.dtype, arrays: tuple[list, list] | None = None):
         self.batch = batch
         # a[l] is the output of layer l (a[0] is unused: the input is passed in).
-        self.a = [None] + [backend.empty((batch, d), dtype) for d in sizes[1:]]
-        self.h = [None] + [backend.empty((batch, d), dtype) for d in sizes[1:]]
+        self.a, self.h = arrays or (
+            [None] + [backend.empty((batch, d), dtype) for d in sizes[1:]],
+            [None] + [backend.empty((batch, d), dtype) for d in sizes[1:]])
+
+    def rows(self, n: int) -> "Workspace":
+        """The first ``n`` rows of every buffer (contiguous views, no copy)."""
+        if n == self.batch:
+            return self
+        if not 0 < n <= self.batch:
+            raise ValueError(f"a workspace for {self.batch} rows cannot hold {n}")
+        return Workspace(None, (), n, None, ([None] + [a[:n] for a in self.a[1:]],
+                                             [None] + [h[:n] for h in self.h[1:]]))
 
 
 class Network:
@@ -87,12 +105,28 @@ class Network:
         self.dtype = check_dtype(dtype)
         self.backend = get_backend(backend)
         self._layout = _layout(self.sizes)
-        self.params = self.backend.zeros(self._layout[-1][-1], self.dtype)
-        self.grads = self.backend.zeros(self._layout[-1][-1], self.dtype)
+        size = self._layout[-1][1] + self.sizes[-1]
+        self.params = self.backend.zeros(size, self.dtype)
+        self.grads = self.backend.zeros(size, self.dtype)
         self.weights, self.biases = self._views(self.params)
         self.weight_grads, self.bias_grads = self._views(self.grads)
-        self._workspaces: dict[int, Workspace] = {}
         self.initialize(seed)
+
+    def __getstate__(self) -> dict:
+        # Views would be pickled as copies and gradients are scratch: keep the parameters only.
+        state = self.__dict__.copy()
+        for name in ("grads", "weights", "biases", "weight_grads", "bias_grads"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        params = self.params  # may be a read-only memory map: train on an owned copy
+        self.params = self.backend.empty(params.shape, self.dtype)
+        self.params[...] = params
+        self.grads = self.backend.zeros(params.shape, self.dtype)
+        self.weights, self.biases = self._views(self.params)
+        self.weight_grads, self.bias_grads = self._views(self.grads)
 
     # ------------------------------------------------------------------------- parameters
     @property
@@ -107,34 +141,48 @@ class Network:
 
     def _views(self, flat: Any) -> tuple[list, list]:
         weights, biases = [], []
-        for (d_in, d_out), (w0, w1, b1) in zip(zip(self.sizes[:-1], self.sizes[1:]),
-                                               self._layout):
-            weights.append(flat[w0:w1].reshape(d_in, d_out))
-            biases.append(flat[w1:b1])
+        for (d_in, d_out), (w0, b0) in zip(zip(self.sizes[:-1], self.sizes[1:]), self._layout):
+            weights.append(flat[w0:w0 + d_in * d_out].reshape(d_in, d_out))
+            biases.append(flat[b0:b0 + d_out])
         return weights, biases
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters (weights and biases, without the alignment gaps)."""
+        return sum(d_in * d_out + d_out for d_in, d_out in zip(self.sizes[:-1], self.sizes[1:]))
 
     def initialize(self, seed: int | None) -> None:
         """Draw fresh weights (He or Glorot uniform, zero biases) from ``seed``."""
         rng = np.random.default_rng(seed)
-        host = np.empty(self.params.shape, self.dtype)
-        for layer, (w0, w1, b1) in enumerate(self._layout):
+        parts = []
+        for layer in range(self.n_layers):
             act = self.hidden_activations[layer] if layer < self.n_layers - 1 else "identity"
             w, b = init_layer(rng, self.sizes[layer], self.sizes[layer + 1], act, self.dtype)
-            host[w0:w1] = w.ravel()
-            host[w1:b1] = b
-        self.set_flat_params(host)
+            parts += [w.ravel(), b]
+        self.set_flat_params(np.concatenate(parts))
 
     def set_flat_params(self, values: Any) -> None:
-        """Copy ``values`` (any array of the right size) into the parameter buffer."""
+        """Copy ``values`` (``W_1, b_1, W_2, b_2, ...`` packed, :attr:`n_params` of them) in."""
         values = self.backend.asarray(values, self.dtype).reshape(-1)
-        if values.shape != self.params.shape:
+        if values.shape != (self.n_params,):
             raise ValueError(f"parameter vector has {values.shape[0]} values; "
-                             f"this network needs {self.params.shape[0]}")
-        self.params[...] = values
+                             f"this network needs {self.n_params}")
+        pos = 0
+        for start, size in self._spans():
+            self.params[start:start + size] = values[pos:pos + size]
+            pos += size
 
     def get_flat_params(self) -> np.ndarray:
-        """A host copy of the parameter buffer."""
-        return np.array(self.backend.to_numpy(self.params), copy=True)
+        """A host copy of the parameters, packed as ``W_1, b_1, W_2, b_2, ...``."""
+        host = self.backend.to_numpy(self.params)
+        return np.concatenate([host[start:start + size] for start, size in self._spans()])
+
+    def _spans(self) -> list[tuple[int, int]]:
+        """``(offset, size)`` of each weight and bias view in the flat buffer, in order."""
+        spans = []
+        for (d_in, d_out), (w0, b0) in zip(zip(self.sizes[:-1], self.sizes[1:]), self._layout):
+            spans += [(w0, d_in * d_out), (b0, d_out)]
+        return spans
 
     def l2_penalty(self) -> float:
         """``sum ||W_l||^2`` over all layers (biases excluded), as a host float."""
@@ -142,12 +190,9 @@ class Network:
         return float(sum(float(xp.vdot(w, w)) for w in self.weights))
 
     # ----------------------------------------------------------------------------- buffers
-    def workspace(self, batch: int) -> Workspace:
-        """Work buffers for ``batch`` rows, made on first use."""
-        ws = self._workspaces.get(batch)
-        if ws is None:
-            ws = self._workspaces[batch] = Workspace(self.backend, self.sizes, batch, self.dtype)
-        return ws
+    def new_workspace(self, batch: int) -> Workspace:
+        """New work buffers for up to ``batch`` rows; the caller owns (and keeps) them."""
+        return Workspace(self.backend, self.sizes, batch, self.dtype)
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: Any, ws: Workspace, dropout: float = 0.0, seed: int = 0,
@@ -171,10 +216,10 @@ class Network:
         x = self.backend.asarray(x, self.dtype)
         n = x.shape[0]
         out = self.backend.empty((n, self.sizes[-1]), self.dtype)
+        workspace = self.new_workspace(max(1, min(n, chunk)))  # this call's own buffers
         for start in range(0, n, chunk):
             rows = x[start:start + chunk]
-            ws = self.workspace(rows.shape[0])
-            logits = self.forward(rows, ws)
+            logits = self.forward(rows, workspace.rows(rows.shape[0]))
             self._output_activation(logits, out[start:start + rows.shape[0]])
         return out
 
@@ -224,11 +269,17 @@ def _check_sizes(layer_sizes: Sequence[int]) -> list[int]:
     return sizes
 
 
-def _layout(sizes: list[int]) -> list[tuple[int, int, int]]:
-    """Offsets ``(weights start, weights end = bias start, bias end)`` of each layer."""
+def _layout(sizes: list[int]) -> list[tuple[int, int]]:
+    """Offsets ``(weights start, bias start)`` of each layer, each a multiple of
+    :data:`ALIGN_ELEMENTS`."""
     offsets, pos = [], 0
     for d_in, d_out in zip(sizes[:-1], sizes[1:]):
-        w_end = pos + d_in * d_out
-        offsets.append((pos, w_end, w_end + d_out))
-        pos = w_end + d_out
+        w_start = pos
+        b_start = _align(w_start + d_in * d_out)
+        offsets.append((w_start, b_start))
+        pos = _align(b_start + d_out)
     return offsets
+
+
+def _align(offset: int) -> int:
+    return -(-offset // ALIGN_ELEMENTS) * ALIGN_ELEMENTS

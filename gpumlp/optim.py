@@ -73,6 +73,15 @@ class Optimizer:
     def epoch_end(self, samples_seen: int, epoch: int = 0) -> None:
         self.schedule.epoch_end(samples_seen, epoch)
 
+    def __setstate__(self, state: dict) -> None:
+        # State buffers may come back as read-only memory maps (joblib): train on owned copies.
+        self.__dict__.update(state)
+        for name in ("velocity", "m", "v"):
+            if name in state:
+                buffer = self.backend.empty(state[name].shape, state[name].dtype)
+                buffer[...] = state[name]
+                setattr(self, name, buffer)
+
     def on_plateau(self) -> bool:
         """React to a plateau; return True when training should stop."""
         return self.schedule.on_plateau()

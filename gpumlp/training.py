@@ -1,8 +1,9 @@
 """The training loop: minibatches, loss history, early stopping, divergence and callbacks.
 
 The step itself (gather a batch, forward, loss, backward, update) allocates nothing and never
-waits for the device: batch buffers are made once per batch size and the epoch's loss is
-summed on the device and read once at the end of the epoch.  Everything that needs a host
+waits for the device: the trainer owns its batch and work buffers, made once per batch size
+(at most the two sizes of the current epoch are kept, and none is pickled), and the epoch's
+loss is summed on the device and read once at the end of the epoch.  Everything that needs a host
 decision (schedules, early stopping, callbacks, divergence) happens at epoch granularity.
 
 Examples
@@ -30,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .graph import GRAPH_MODES, GraphStepRunner, graph_unavailable_reason
-from .network import Network
+from .network import Network, Workspace
 
 #: ``callback(epoch, history)`` runs after every epoch; returning True stops training.
 Callback = Callable[[int, "History"], Any]
@@ -38,6 +39,23 @@ Callback = Callable[[int, "History"], Any]
 
 class DivergenceWarning(RuntimeWarning):
     """Training stopped because the loss became NaN or infinite."""
+
+
+class DivergenceError(FloatingPointError):
+    """The loss became NaN or infinite before any epoch of the run completed.
+
+    The parameters are left as they were before the run (untrained, for a fresh network):
+    there is no finite epoch whose weights could be kept.
+    """
+
+
+@dataclass
+class StepBuffers:
+    """What one step at a given batch size writes: the gathered batch and the work buffers."""
+
+    x: Any
+    t: Any
+    workspace: Workspace
 
 
 @dataclass
@@ -106,7 +124,7 @@ class Trainer:
         self.history = History()
         self.step_count = 0
         self._no_improvement = 0
-        self._batch_buffers: dict[int, tuple[Any, Any]] = {}
+        self._step_buffers: dict[int, StepBuffers] = {}
         backend, dtype = network.backend, network.dtype
         self._last_good = backend.empty(network.params.shape, dtype)
         self._last_good[...] = network.params
@@ -123,15 +141,40 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- fit
     def fit(self, X: Any, T: Any, epochs: int) -> History:
-        """Train for up to ``epochs`` epochs on backend arrays ``X`` and targets ``T``."""
-        for _ in range(epochs):
-            if not self.run_epoch(X, T):
-                break
-        else:
-            self.history.stop_reason = self.history.stop_reason or "max_iter"
-        if self._best is not None and self.history.validation_score:
-            self.network.params[...] = self._best
+        """Train for up to ``epochs`` epochs on backend arrays ``X`` and targets ``T``.
+
+        The batch and work buffers are released at the end (see :meth:`release`).
+        """
+        try:
+            for _ in range(epochs):
+                if not self.run_epoch(X, T):
+                    break
+            else:
+                self.history.stop_reason = self.history.stop_reason or "max_iter"
+            if self._best is not None and self.history.validation_score:
+                self.network.params[...] = self._best
+        finally:
+            self.release()
         return self.history
+
+    def release(self) -> None:
+        """Free the batch and work buffers (and captured graphs); the next step remakes them."""
+        self._step_buffers.clear()
+        self._graph_runner = None
+
+    def __getstate__(self) -> dict:
+        # Work buffers and captured graphs are caches of a running fit, not model state.
+        state = self.__dict__.copy()
+        state["_step_buffers"] = {}
+        state["_graph_runner"] = None
+        state["_last_good"] = None  # the network's parameters, copied again on unpickling
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        params = self.network.params
+        self._last_good = self.network.backend.empty(params.shape, self.network.dtype)
+        self._last_good[...] = params
 
     def run_epoch(self, X: Any, T: Any) -> bool:
         """One pass over the data; returns False when training should stop."""
@@ -144,6 +187,10 @@ class Trainer:
                 self.network.params).all()):
             self.network.params[...] = self._last_good
             history.stop_reason = "diverged"
+            if history.n_iter == 0:
+                raise DivergenceError(
+                    f"training diverged in its first epoch (loss={loss}); no epoch finished "
+                    "with finite weights. Lower learning_rate_init or scale the inputs.")
             warnings.warn(f"training diverged at epoch {history.n_iter + 1} (loss={loss}); "
                           "stopped and kept the weights of the last finite epoch. Lower "
                           "learning_rate_init or scale the inputs.", DivergenceWarning,
@@ -207,24 +254,32 @@ class Trainer:
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size]
             rows = index.shape[0]
-            xb, tb = self._buffers(rows, X, T)
-            backend.gather_rows(X, index, xb)
-            backend.gather_rows(T, index, tb)
+            buffers = self.step_buffers(rows, X, T)
+            backend.gather_rows(X, index, buffers.x)
+            backend.gather_rows(T, index, buffers.t)
             batch_loss = net.loss_and_gradients(
-                xb, tb, net.workspace(rows), decay=self.alpha / rows,
+                buffers.x, buffers.t, buffers.workspace, decay=self.alpha / rows,
                 dropout=self.dropout, seed=self.dropout_seed, step=self.step_count)
             self.optimizer.step(net.params, net.grads)
             self.step_count += 1
             total = total + batch_loss * rows  # stays on the device until the epoch ends
         return float(total) / n
 
-    def _buffers(self, rows: int, X: Any, T: Any) -> tuple[Any, Any]:
-        buffers = self._batch_buffers.get(rows)
-        if buffers is None:
+    def step_buffers(self, rows: int, X: Any, T: Any) -> StepBuffers:
+        """The buffers of a step of ``rows`` rows, made on first use.
+
+        Only the sizes of the current epoch (full batches and the remainder) are kept, so
+        ``partial_fit`` on data of ever-changing lengths does not accumulate buffers.
+        """
+        buffers = self._step_buffers.get(rows)
+        if buffers is None or buffers.x.shape[1] != X.shape[1] or buffers.t.shape[1] != T.shape[1]:
             backend, dtype = self.network.backend, self.network.dtype
-            buffers = (backend.empty((rows, X.shape[1]), dtype),
-                       backend.empty((rows, T.shape[1]), dtype))
-            self._batch_buffers[rows] = buffers
+            full, rest = min(self.batch_size, len(X)), len(X) % self.batch_size
+            for stale in set(self._step_buffers) - {full, rest}:
+                del self._step_buffers[stale]
+            buffers = self._step_buffers[rows] = StepBuffers(
+                backend.empty((rows, X.shape[1]), dtype), backend.empty((rows, T.shape[1]), dtype),
+                self.network.new_workspace(rows))
         return buffers
 
     # ----------------------------------------------------------------- stopping criteria

@@ -105,7 +105,7 @@ def test_steady_state_training_step_allocates_nothing():
     opt = gpumlp.Adam(net.backend, net.params, 1e-3)
     x = rng.normal(size=(8192, 64)).astype(np.float32)
     t = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8192)]
-    ws = net.workspace(8192)
+    ws = net.new_workspace(8192)
 
     def step():
         net.loss_and_gradients(x, t, ws, decay=1e-4 / 8192)

@@ -337,23 +337,33 @@ def test_divergence_keeps_last_finite_epoch(make, target):
         np.testing.assert_array_equal(now, last_good)
 
 
-def test_divergence_in_the_first_epoch_keeps_the_initial_weights(binary_data):
+def test_divergence_in_the_first_epoch_raises_and_leaves_the_model_unfitted(binary_data):
     X, y = binary_data
     model = classifier(alpha=1e30, solver="sgd", learning_rate_init=1.0, max_iter=20)
-    snapshots, categories = _diverge(model, X, y)
-    assert DivergenceWarning in categories
-    assert model.n_iter_ == 0 and snapshots == [] and model.loss_curve_ == []
-    # the initial weights: the same seed through the lower-level API
-    initial = gpumlp.Network([X.shape[1], 8, 1], activation="relu", loss="sigmoid_bce",
-                             backend="numpy", seed=0)
-    for now, start in zip(model.coefs_ + model.intercepts_, initial.weights + initial.biases):
-        np.testing.assert_array_equal(now, start)
+    with pytest.raises(gpumlp.DivergenceError, match="diverged in its first epoch"):
+        model.fit(X, y)
+    assert not hasattr(model, "network_")
+    with pytest.raises(AttributeError, match="not fitted"):
+        model.predict(X)
+
+
+def test_divergence_in_the_first_epoch_of_the_trainer_keeps_the_initial_weights(binary_data):
+    X, y = binary_data
+    net = gpumlp.Network([X.shape[1], 8, 1], activation="relu", loss="sigmoid_bce",
+                         backend="numpy", seed=0)
+    initial = net.get_flat_params()
+    trainer = gpumlp.Trainer(net, gpumlp.SGD(net.backend, net.params, 1.0), alpha=1e30)
+    with pytest.raises(gpumlp.DivergenceError):
+        trainer.fit(X.astype(np.float32), y[:, None].astype(np.float32), 5)
+    np.testing.assert_array_equal(net.get_flat_params(), initial)
+    assert trainer.history.n_iter == 0
 
 
 def test_divergence_message_says_what_happened(binary_data):
     X, y = binary_data
+    model = classifier(solver="sgd", learning_rate_init=1e6, max_iter=50)
     with pytest.warns(DivergenceWarning, match=r"diverged at epoch \d+.*last finite epoch"):
-        classifier(alpha=1e30, solver="sgd", learning_rate_init=1.0).fit(X, y)
+        model.fit(X, y)
 
 
 def test_overflow_in_the_last_step_of_an_epoch_leaves_finite_weights():
@@ -363,6 +373,11 @@ def test_overflow_in_the_last_step_of_an_epoch_leaves_finite_weights():
     X = (rng.normal(size=(100, 3)) * 1e3).astype(np.float32)
     model = regressor(solver="sgd", learning_rate_init=1e35, batch_size=100, alpha=0.0,
                       momentum=0.0, max_iter=20)
-    _, categories = _diverge(model, X, X[:, 0])
-    assert DivergenceWarning in categories
-    assert all(np.all(np.isfinite(w)) for w in weights(model))
+    with pytest.raises(gpumlp.DivergenceError):  # the first epoch's update overflows
+        model.fit(X, X[:, 0])
+    net = gpumlp.Network([3, 100, 1], loss="squared_error", backend="numpy", seed=0)
+    trainer = gpumlp.Trainer(net, gpumlp.SGD(net.backend, net.params, 1e35, momentum=0.0),
+                             batch_size=100)
+    with pytest.raises(gpumlp.DivergenceError):
+        trainer.fit(X, X[:, :1], 20)
+    assert np.all(np.isfinite(net.params))

@@ -193,8 +193,14 @@ def test_capture_refuses_what_a_graph_cannot_hold(cp):
 
 
 @pytest.mark.filterwarnings("ignore::gpumlp.ConvergenceWarning")  # fixed epoch budget
-def test_estimator_on_the_emulated_gpu_uses_graphs(cp):
+def test_estimator_on_the_emulated_gpu_uses_graphs(cp, monkeypatch):
     from gpumlp import MLPClassifier
+    from gpumlp.graph import GraphStepRunner
+
+    replayed = []
+    run_epoch = GraphStepRunner.run_epoch
+    monkeypatch.setattr(GraphStepRunner, "run_epoch",
+                        lambda self, order: replayed.append(1) or run_epoch(self, order))
 
     rng = np.random.default_rng(7)
     X = rng.normal(size=(120, 6)).astype(np.float32)
@@ -202,7 +208,8 @@ def test_estimator_on_the_emulated_gpu_uses_graphs(cp):
     clf = MLPClassifier((16,), max_iter=8, batch_size=40, learning_rate_init=0.05,
                         random_state=0, backend=gpu_backend("fused"), cuda_graph="on")
     clf.fit(cp.asarray(X), y)
-    assert clf._trainer_._graph_runner is not None
+    assert len(replayed) == clf.n_iter_ == 8
+    assert clf._trainer_._graph_runner is None  # captured graphs are released with the buffers
     assert clf.score(X, y) > 0.9
     assert isinstance(clf.predict_proba(cp.asarray(X)), cp.ndarray)
 

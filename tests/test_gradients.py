@@ -55,7 +55,7 @@ def test_backprop_matches_finite_differences(activation, loss, depth):
     randomize_biases(net, rng)
     x = rng.normal(size=(6, 4)) * 1.5
     t = targets(rng, loss, 6, k)
-    ws = net.workspace(6)
+    ws = net.new_workspace(6)
     net.loss_and_gradients(x, t, ws)
     analytic = net.grads.copy()
     numeric = numeric_gradient(net, x, t, ws, decay=0.0)
@@ -70,7 +70,7 @@ def test_l2_decay_gradient(loss):
     net = Network([3, 4, k], activation="tanh", loss=loss, dtype=np.float64,
                   backend="numpy", seed=1)
     x, t = rng.normal(size=(5, 3)), targets(rng, loss, 5, k)
-    ws = net.workspace(5)
+    ws = net.new_workspace(5)
     decay = 0.3
     net.loss_and_gradients(x, t, ws, decay=decay)
     analytic = net.grads.copy()
@@ -83,7 +83,7 @@ def test_squared_error_with_nonlinear_output():
     net = Network([3, 4, 2], activation="relu", loss="squared_error",
                   output_activation="sigmoid", dtype=np.float64, backend="numpy", seed=2)
     x, t = rng.normal(size=(5, 3)), rng.uniform(size=(5, 2))
-    ws = net.workspace(5)
+    ws = net.new_workspace(5)
     net.loss_and_gradients(x, t, ws)
     analytic = net.grads.copy()
     numeric = numeric_gradient(net, x, t, ws, decay=0.0)
@@ -98,7 +98,7 @@ def test_dropout_gradient_for_fixed_mask(activation):
                   dtype=np.float64, backend="numpy", seed=4)
     randomize_biases(net, rng)
     x, t = rng.normal(size=(7, 4)), targets(rng, "softmax_xent", 7, 3)
-    ws = net.workspace(7)
+    ws = net.new_workspace(7)
     kwargs = dict(dropout=0.4, seed=1234, step=5)
     net.loss_and_gradients(x, t, ws, **kwargs)
     analytic = net.grads.copy()

@@ -44,7 +44,7 @@ def test_one_sgd_step_of_the_backprop_example():
     net.weights[1][...] = np.ones((2, 1))
     net.biases[1][...] = 0
     x, y = np.array([[1.0, 1.0]]), np.array([[0.0]])
-    net.loss_and_gradients(x, y, net.workspace(1))
+    net.loss_and_gradients(x, y, net.new_workspace(1))
     # Our squared error is (a - y)^2 / 2; the example's loss (y - a)^2 has twice its gradient.
     net.grads *= 2
     SGD(net.backend, net.params, learning_rate_init=0.1, momentum=0.0).step(net.params,

@@ -1,7 +1,9 @@
 """The NumPy (CPU) backend: the generic operations rewritten in place, without temporaries.
 
-Every fast path writes through ``out=`` arguments and a small per-shape scratch workspace, so
-a training step at a fixed batch size allocates nothing after its first call; matrix products
+Every fast path writes through ``out=`` arguments and small work arrays from a per-thread,
+bounded pool (:mod:`gpumlp.backends.scratch`), so a training step at a fixed batch size
+allocates nothing after its first call, threads never share a temporary, and memory stays
+bounded whatever batch sizes are seen; matrix products
 go to BLAS on contiguous (or transposed-contiguous) operands, which NumPy passes through
 without copying, and the elementwise work between them is split over the cores
 (:mod:`gpumlp.backends.threads`).
@@ -16,10 +18,8 @@ import numpy as np
 from .. import activations
 from ..dropout import Dropout, keep_mask
 from .base import Backend
+from .scratch import ScratchPool
 from .threads import RowChunks
-
-
-_MASK_CACHE = 16
 
 
 class NumpyBackend(Backend):
@@ -30,18 +30,14 @@ class NumpyBackend(Backend):
     def __init__(self, threads: int | None = None) -> None:
         super().__init__(np)
         self.chunks = RowChunks(threads)
-        self._scratch: dict[tuple, np.ndarray] = {}
-        # Forward dropout masks kept for the backward pass, which would otherwise regenerate
-        # them (Philox is cheap on a GPU, not in NumPy).  Bounded: oldest evicted first.
-        self._masks: dict[tuple, np.ndarray] = {}
+        self._scratch = ScratchPool(lambda shape, dtype: np.empty(shape, dtype=dtype))
+        # Forward dropout masks kept (per thread, bounded) for the backward pass, which would
+        # otherwise regenerate them: Philox is cheap on a GPU, not in NumPy.
+        self._masks = ScratchPool(max_entries=16)
 
     def scratch(self, tag: str, shape: tuple, dtype: Any) -> np.ndarray:
-        """A reusable work array for one purpose and shape (made once, then reused)."""
-        key = (tag, tuple(shape), np.dtype(dtype).str)
-        buf = self._scratch.get(key)
-        if buf is None:
-            buf = self._scratch[key] = np.empty(shape, dtype=dtype)
-        return buf
+        """A work array for one purpose and shape, from the calling thread's bounded pool."""
+        return self._scratch.get(tag, shape, np.dtype(dtype).str)
 
     def describe(self) -> dict:
         info = super().describe()
@@ -87,14 +83,12 @@ class NumpyBackend(Backend):
 
     def _apply_dropout(self, a: np.ndarray, dropout: Dropout) -> None:
         mask = keep_mask(np, a.shape, dropout)
-        if len(self._masks) >= _MASK_CACHE:
-            del self._masks[next(iter(self._masks))]
-        self._masks[(dropout, a.shape)] = mask
+        self._masks.put((dropout, a.shape), mask)
         np.multiply(a, mask, out=a)
         a *= a.dtype.type(1.0 / dropout.keep)
 
     def _dropout_mask(self, shape: tuple, dropout: Dropout) -> np.ndarray:
-        mask = self._masks.pop((dropout, shape), None)
+        mask = self._masks.pop((dropout, shape))
         return keep_mask(np, shape, dropout) if mask is None else mask
 
     def softmax(self, z, out):

@@ -61,7 +61,7 @@ class GpumlpSubject(Subject):
         self.batches = [(self.backend.asarray(X[i * batch:(i + 1) * batch]),
                          self.backend.asarray(T[i * batch:(i + 1) * batch]))
                         for i in range(n_batches)]
-        self.workspace = self.net.workspace(batch)
+        self.workspace = self.net.new_workspace(batch)
         self.probabilities = self.backend.empty((batch, sizes[-1]), np.float32)
 
     def train(self, steps):
