@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from typing import Any, Iterator
 
 from .base import Backend
@@ -18,6 +19,7 @@ BACKEND_NAMES = ("auto", "numpy", "cupy")
 _default: contextvars.ContextVar[str | Backend] = contextvars.ContextVar(
     "gpumlp_backend", default="auto")
 _instances: dict[str, Backend] = {}
+_instances_lock = threading.Lock()  # one backend per name, even when threads race to make it
 
 
 class BackendUnavailable(RuntimeError):
@@ -71,9 +73,10 @@ def get_backend(name: str | Backend | None = None) -> Backend:
                          "or pass a Backend instance")
     if name == "auto":
         name = "cupy" if cupy_unavailable_reason() is None else "numpy"
-    if name not in _instances:
-        _instances[name] = _make(name)
-    return _instances[name]
+    with _instances_lock:
+        if name not in _instances:
+            _instances[name] = _make(name)
+        return _instances[name]
 
 
 def backend_for(x: Any, requested: str | Backend | None = None) -> Backend:
