@@ -79,7 +79,7 @@ def assert_matches(got, want, dtype, dropout=False):
 def dropout_args(dtype, dropout):
     """Kernel arguments of a dropout call, and the matching reference Dropout (or None)."""
     counter = np.array([COUNTER_BASE], dtype=np.int64)
-    args = dict(keep=dtype(KEEP), seed=SEED, counter_base=counter,
+    args = dict(keep=dtype(KEEP), seed=np.uint64(SEED), counter_base=counter,
                 counter_offset=COUNTER_OFFSET)
     return args, (Dropout(KEEP, SEED, COUNTER_BASE + COUNTER_OFFSET) if dropout else None)
 

@@ -2,13 +2,17 @@
 // Python through ctypes.  One entry point per kernel template:
 //
 //   int run_<kernel>(int dtype_bits, int p1, int p2, unsigned gx, unsigned gy, unsigned bx,
-//                    unsigned by, void** args)
+//                    unsigned by, void** args, const int* tags, int nargs)
 //
 // dtype_bits (32/64) and the template flags p1, p2 (activation code, dropout, nesterov, in
 // template order; unused ones ignored) pick the instantiation at run time; args points at
-// the kernel arguments exactly as cuLaunchKernel's kernelParams, so the Python side packs
-// them from the signatures in gpumlp.kernels.KERNELS.  Returns 0, or -1 for a template
-// parameter with no instantiation.
+// the kernel arguments exactly as cuLaunchKernel's kernelParams, and tags[i] says what type
+// the caller marshalled argument i as (the codes of arg_tag below).  As on a GPU, a kernel
+// reads each argument as its declared C++ type whatever was passed, so an argument whose
+// type differs (a double where the kernel declares float, an int64 where it declares int) is
+// rejected here instead of being silently converted.  Returns 0; -1 for a template parameter
+// with no instantiation; -2 for a wrong number of arguments; 100 + i when argument i has the
+// wrong type.
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -22,19 +26,47 @@
 #include "optim.cu"
 #include "step.cu"
 
+// Type codes shared with tests/kernels/harness.py (ARG_TAGS there).
+constexpr int kPointerTag = 16;  // pointer to X: kPointerTag + code of X
+constexpr int kNullTag = 32;     // a null pointer (None): accepted for any pointer parameter
+
+template <typename P>
+constexpr int arg_tag()
+{
+    using U = std::remove_cv_t<P>;
+    if constexpr (std::is_pointer_v<U>)
+        return kPointerTag + arg_tag<std::remove_cv_t<std::remove_pointer_t<U>>>();
+    else if constexpr (std::is_same_v<U, float>) return 1;
+    else if constexpr (std::is_same_v<U, double>) return 2;
+    else if constexpr (std::is_same_v<U, int>) return 3;
+    else if constexpr (std::is_same_v<U, long long>) return 4;
+    else if constexpr (std::is_same_v<U, unsigned long long>) return 5;
+    else if constexpr (std::is_same_v<U, bool>) return 6;
+    else static_assert(sizeof(U) == 0, "kernel parameter type without a tag");
+}
+
 namespace {
 
 template <typename... P, std::size_t... I>
-void launch_unpacked(dim3 grid, dim3 block, void (*kernel)(P...), void** args,
-                     std::index_sequence<I...>)
+int launch_unpacked(dim3 grid, dim3 block, void (*kernel)(P...), void** args, const int* tags,
+                    int nargs, std::index_sequence<I...>)
 {
+    if (nargs != static_cast<int>(sizeof...(P))) return -2;
+    constexpr int declared[] = {arg_tag<P>()...};
+    for (int i = 0; i < nargs; ++i) {
+        const bool null_for_pointer = tags[i] == kNullTag && declared[i] >= kPointerTag;
+        if (tags[i] != declared[i] && !null_for_pointer) return 100 + i;
+    }
     compat_launch(grid, block, kernel, *static_cast<std::remove_cv_t<P>*>(args[I])...);
+    return 0;
 }
 
 template <typename... P>
-void launch_packed(dim3 grid, dim3 block, void (*kernel)(P...), void** args)
+int launch_packed(dim3 grid, dim3 block, void (*kernel)(P...), void** args, const int* tags,
+                  int nargs)
 {
-    launch_unpacked(grid, block, kernel, args, std::index_sequence_for<P...>{});
+    return launch_unpacked(grid, block, kernel, args, tags, nargs,
+                           std::index_sequence_for<P...>{});
 }
 
 template <int... Codes, typename F>
@@ -65,23 +97,26 @@ using DifferentiableActs = std::make_integer_sequence<int, 5>;  // no hard_limit
 
 #define HARNESS_ENTRY(name) \
     extern "C" int run_##name(int bits, int p1, int p2, unsigned gx, unsigned gy, \
-                              unsigned bx, unsigned by, void** args)
+                              unsigned bx, unsigned by, void** args, const int* tags, \
+                              int nargs)
 #define HARNESS_GEOMETRY dim3{gx, gy, 1}, dim3{bx, by, 1}
+#define HARNESS_ARGS args, tags, nargs
 
 // Kernels templated on <T, ACT, bool>.
 #define HARNESS_ACT_FLAG(name, acts) \
     HARNESS_ENTRY(name) \
     { \
-        (void)p2; \
-        bool ok = with_dtype(bits, [&](auto t) { \
+        int status = -1; \
+        with_dtype(bits, [&](auto t) { \
             using T = decltype(t); \
-            return with_int(p1, acts{}, [&](auto act) { \
+            with_int(p1, acts{}, [&](auto act) { \
                 with_bool(p2, [&](auto flag) { \
-                    launch_packed(HARNESS_GEOMETRY, name<T, act.value, flag.value>, args); \
+                    status = launch_packed(HARNESS_GEOMETRY, name<T, act.value, flag.value>, \
+                                           HARNESS_ARGS); \
                 }); \
             }); \
         }); \
-        return ok ? 0 : -1; \
+        return status; \
     }
 
 // Kernels templated on <T> only.
@@ -90,10 +125,11 @@ using DifferentiableActs = std::make_integer_sequence<int, 5>;  // no hard_limit
     { \
         (void)p1; \
         (void)p2; \
-        bool ok = with_dtype(bits, [&](auto t) { \
-            launch_packed(HARNESS_GEOMETRY, name<decltype(t)>, args); \
+        int status = -1; \
+        with_dtype(bits, [&](auto t) { \
+            status = launch_packed(HARNESS_GEOMETRY, name<decltype(t)>, HARNESS_ARGS); \
         }); \
-        return ok ? 0 : -1; \
+        return status; \
     }
 
 HARNESS_ACT_FLAG(gemm_bias_act, AllActs)
@@ -112,12 +148,14 @@ HARNESS_PLAIN(gather_rows)
 HARNESS_ENTRY(sgd_step)
 {
     (void)p2;
-    bool ok = with_dtype(bits, [&](auto t) {
+    int status = -1;
+    with_dtype(bits, [&](auto t) {
         with_bool(p1, [&](auto nesterov) {
-            launch_packed(HARNESS_GEOMETRY, sgd_step<decltype(t), nesterov.value>, args);
+            status = launch_packed(HARNESS_GEOMETRY, sgd_step<decltype(t), nesterov.value>,
+                                   HARNESS_ARGS);
         });
     });
-    return ok ? 0 : -1;
+    return status;
 }
 
 // advance_step has no template parameters.
@@ -126,6 +164,5 @@ HARNESS_ENTRY(advance_step)
     (void)bits;
     (void)p1;
     (void)p2;
-    launch_packed(HARNESS_GEOMETRY, advance_step, args);
-    return 0;
+    return launch_packed(HARNESS_GEOMETRY, advance_step, HARNESS_ARGS);
 }

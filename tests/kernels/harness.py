@@ -1,7 +1,10 @@
 """Build the CPU build of the CUDA kernels (harness.cpp) and launch them on NumPy arrays.
 
-Arguments are packed from the C++ signatures in ``gpumlp.kernels.KERNELS``, the same table the
-CuPy backend launches from, so a wrong signature there fails these tests too.
+Arguments are marshalled exactly as CuPy marshals ``RawKernel`` arguments (a Python float as
+double, a Python int as int64, NumPy scalars keep their dtype, arrays as data pointers) and
+the C++ side checks each against the kernel's declared parameter type, so a launch that would
+read garbage on a GPU fails here.  Argument names and order come from the signatures in
+``gpumlp.kernels.KERNELS``, the same table the CuPy backend launches from.
 """
 
 from __future__ import annotations
@@ -54,46 +57,111 @@ def build() -> Path:
     return LIBRARY
 
 
-_SCALARS = {"long long": ctypes.c_longlong, "unsigned long long": ctypes.c_ulonglong,
-            "double": ctypes.c_double, "int": ctypes.c_int}
-_POINTEES = {"long long": np.int64, "int": np.int32}
+#: Type codes of harness.cpp's arg_tag: what each argument was marshalled as.
+ARG_TAGS = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3,
+            np.dtype(np.int64): 4, np.dtype(np.uint64): 5, np.dtype(np.bool_): 6}
+POINTER_TAG, NULL_TAG = 16, 32
+_CTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double,
+           np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
+           np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.bool_): ctypes.c_bool}
+
+
+def scalar_dtype(value) -> np.dtype:
+    """The type CuPy passes a scalar kernel argument as (``cupy/_core/_scalar.pyx``).
+
+    A Python ``bool`` as ``bool``, ``int`` as ``long long`` (int64), ``float`` as ``double``;
+    a NumPy scalar keeps its dtype.  Anything else CuPy refuses.
+    """
+    if isinstance(value, np.generic):
+        return value.dtype
+    if isinstance(value, bool):
+        return np.dtype(np.bool_)
+    if isinstance(value, int):
+        return np.dtype(np.int64)
+    if isinstance(value, float):
+        return np.dtype(np.float64)
+    raise TypeError(f"unsupported kernel argument type {type(value).__name__} ({value!r})")
+
+
+def marshal(value):
+    """``(tag, ctypes storage, description)`` of one argument, marshalled as CuPy does."""
+    if value is None:
+        return NULL_TAG, ctypes.c_void_p(None), "None (null pointer)"
+    if isinstance(value, np.ndarray):
+        if value.dtype not in ARG_TAGS:
+            raise TypeError(f"an array of dtype {value.dtype} cannot be a kernel argument")
+        if not value.flags.c_contiguous:
+            # A raw kernel receives only the data pointer: a strided view would be read as if
+            # it were contiguous.
+            raise TypeError(f"a non-C-contiguous {value.dtype} array {value.shape} was passed "
+                            "to a raw kernel, which sees only its data pointer")
+        return (POINTER_TAG + ARG_TAGS[value.dtype], ctypes.c_void_p(value.ctypes.data),
+                f"{value.dtype} array")
+    dtype = scalar_dtype(value)
+    if dtype not in ARG_TAGS:
+        raise TypeError(f"a scalar of dtype {dtype} cannot be a kernel argument")
+    kind = type(value).__name__ if not isinstance(value, np.generic) else f"numpy.{dtype}"
+    return ARG_TAGS[dtype], _CTYPES[dtype](value), f"{kind} {value!r} (passed as {dtype})"
+
+
+def declared_type(decl: str, dtype: np.dtype) -> str:
+    """The C++ type of parameter ``decl`` (e.g. ``"const T* x"``) with ``T`` resolved."""
+    ctype = decl.rsplit(" ", 1)[0].replace("const ", "").strip()
+    return ctype.replace("T", kernels.DTYPES[dtype.name]) if ctype.startswith("T") else ctype
+
+
+class KernelArgumentError(TypeError):
+    """A kernel argument whose marshalled type differs from the declared parameter type."""
 
 
 class Harness:
-    """``launch(kernel, dtype, grid, block, act=..., dropout=..., **arguments)``."""
+    """Launch the CPU build of a kernel with arguments marshalled exactly as CuPy does.
+
+    ``launch(kernel, dtype, grid, block, act=..., dropout=..., **arguments)`` takes the
+    arguments by parameter name; :meth:`launch_args` takes them in order, as
+    ``RawKernel.__call__`` does.  The C++ side rejects an argument whose type differs from the
+    kernel's declared parameter type (see ``harness.cpp``).
+    """
 
     def __init__(self, path: Path):
         self.lib = ctypes.CDLL(str(path))
 
     def launch(self, kernel: str, dtype, grid, block, **kwargs) -> None:
         spec = kernels.KERNELS[kernel]
-        dtype = np.dtype(dtype)
-        flags = [int(kwargs.pop(p)) for p in spec.template if p != "dtype"]
-        flags += [0] * (2 - len(flags))
-        values = [self._pack(decl, kwargs.pop(decl.split()[-1].lstrip("*")), dtype)
-                  for decl in spec.signature]
+        flags = {p: kwargs.pop(p) for p in spec.template if p != "dtype"}
+        names = [decl.split()[-1].lstrip("*") for decl in spec.signature]
+        missing = [name for name in names if name not in kwargs]
+        if missing:
+            raise TypeError(f"{kernel} is missing arguments {missing}")
+        args = tuple(kwargs.pop(name) for name in names)
         if kwargs:
             raise TypeError(f"{kernel} has no arguments {sorted(kwargs)}")
-        argv = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+        self.launch_args(kernel, dtype, grid, block, args, **flags)
+
+    def launch_args(self, kernel: str, dtype, grid, block, args: tuple, **flags) -> None:
+        spec = kernels.KERNELS[kernel]
+        dtype = np.dtype(dtype)
+        codes = [int(flags.pop(p)) for p in spec.template if p != "dtype"]
+        if flags:
+            raise TypeError(f"{kernel} has no template parameters {sorted(flags)}")
+        codes += [0] * (2 - len(codes))
+        packed = [marshal(value) for value in args]
+        tags = (ctypes.c_int * max(1, len(packed)))(*[tag for tag, _, _ in packed])
+        argv = (ctypes.c_void_p * max(1, len(packed)))(
+            *[ctypes.addressof(storage) for _, storage, _ in packed])
         entry = getattr(self.lib, f"run_{kernel}")
         entry.restype = ctypes.c_int
-        status = entry(ctypes.c_int(dtype.itemsize * 8), *map(ctypes.c_int, flags),
-                       *map(ctypes.c_uint, grid[:2]), *map(ctypes.c_uint, block[:2]), argv)
-        if status != 0:
-            raise ValueError(f"no host instantiation of {kernel} for {dtype} {flags}")
-
-    @staticmethod
-    def _pack(decl: str, value, dtype: np.dtype):
-        ctype = decl.rsplit(" ", 1)[0].replace("const ", "").strip()
-        if ctype.endswith("*"):
-            if value is None:
-                return ctypes.c_void_p(None)
-            pointee = ctype[:-1].strip()
-            want = dtype if pointee == "T" else np.dtype(_POINTEES[pointee])
-            if not isinstance(value, np.ndarray) or value.dtype != want \
-                    or not value.flags.c_contiguous:
-                raise TypeError(f"{decl}: need a C-contiguous {want} array, got {value!r}")
-            return ctypes.c_void_p(value.ctypes.data)
-        if ctype == "T":
-            return (ctypes.c_float if dtype == np.float32 else ctypes.c_double)(value)
-        return _SCALARS[ctype](value)
+        status = entry(ctypes.c_int(dtype.itemsize * 8), *map(ctypes.c_int, codes),
+                       *map(ctypes.c_uint, grid[:2]), *map(ctypes.c_uint, block[:2]), argv,
+                       tags, ctypes.c_int(len(packed)))
+        if status == -1:
+            raise ValueError(f"no host instantiation of {kernel} for {dtype} {codes}")
+        if status == -2:
+            raise TypeError(f"{kernel} takes {len(spec.signature)} arguments, got {len(args)}")
+        if status >= 100:
+            index = status - 100
+            decl = spec.signature[index]
+            raise KernelArgumentError(
+                f"{kernel} ({dtype}) argument {index} '{decl}' is declared "
+                f"{declared_type(decl, dtype)} but got {packed[index][2]}; a GPU would read "
+                "its bytes as the declared type")
