@@ -222,45 +222,57 @@ class _ModelFile:
         self.headers: dict[str, tuple[zipfile.ZipInfo, tuple, np.dtype, bool]] = {}
 
     def load(self, backend: Any) -> Any:
+        """Check everything, then build. Errors of the checks become one ``ValueError``
+        naming the file; building a model from a checked file is ordinary code."""
         try:
-            self._read_headers()
-            metadata = self._read_metadata()
-            try:
-                cls = model_class(metadata.get("estimator"))
-            except ValueError as exc:
-                raise _BadFile(str(exc)) from None
-            layout = _layout(cls)
-            self._check_array_names(layout)
-            state = _mapping(metadata, "state")
-            if layout == "mlp":
-                self._check_mlp(cls, metadata, state)
-            else:
-                self._check_linear(state)
-            model = self._construct(cls, metadata, backend)
-            arrays = {key: self._read_array(key) for key in _ARRAYS[layout]}
-            self._check_values(arrays, state)
-            if state.get("classes_object") is True:
-                arrays["classes"] = arrays["classes"].astype(object)
-            elif "classes_object" in state:
-                raise _bad("state.classes_object", state["classes_object"], "allowed: true")
-            if layout == "mlp":
-                _restore_mlp(model, arrays, state)
-            else:
-                _restore_linear(model, arrays, state)
-            return model
+            model, arrays, state = self._checked(backend)
         except _BadFile as exc:
             raise ValueError(f"{self.path}: {exc}") from None
         except (zipfile.BadZipFile, OSError, EOFError, KeyError, TypeError, ValueError,
                 AttributeError, IndexError) as exc:
             raise ValueError(f"{self.path}: damaged gpumlp model file ({type(exc).__name__}: "
                              f"{exc})") from None
+        if _layout(type(model)) == "mlp":
+            _restore_mlp(model, arrays, state)
+        else:
+            _restore_linear(model, arrays, state)
+        return model
+
+    def _checked(self, backend: Any) -> tuple[Any, dict, dict]:
+        """The unfitted estimator with the file's parameters, the arrays and the state, all
+        checked; the arrays are read only once their headers have passed."""
+        self._read_headers()
+        metadata = self._read_metadata()
+        try:
+            cls = model_class(metadata.get("estimator"))
+        except ValueError as exc:
+            raise _BadFile(str(exc)) from None
+        layout = _layout(cls)
+        self._check_array_names(layout)
+        state = _mapping(metadata, "state")
+        if layout == "mlp":
+            self._check_mlp(cls, metadata, state)
+        else:
+            self._check_linear(state)
+        if state.get("classes_object", True) is not True:
+            raise _bad("state.classes_object", state["classes_object"], "allowed: true")
+        model = self._construct(cls, metadata, backend)
+        arrays = {key: self._read_array(key) for key in _ARRAYS[layout]}
+        self._check_values(arrays, state)
+        if state.get("classes_object"):
+            arrays["classes"] = arrays["classes"].astype(object)
+        return model, arrays, state
 
     # ------------------------------------------------------------------- the archive
     def _read_headers(self) -> None:
         """The name, shape and dtype of every array, from the zip directory and the ``.npy``
         headers only; each must agree with the bytes the archive really holds."""
         size = os.fstat(self.archive.fp.fileno()).st_size if _has_fileno(self.archive) else None
-        for info in self.archive.infolist():
+        members = self.archive.infolist()
+        if len(members) > len(_ARRAYS["linear"]) + 1:
+            raise _BadFile(f"is not a gpumlp model file: {len(members)} members; a model "
+                           f"file has at most {len(_ARRAYS['linear']) + 1}")
+        for info in members:
             if not info.filename.endswith(".npy"):
                 raise _BadFile(f"is not a gpumlp model file: member {info.filename!r} is not "
                                "a .npy array")
@@ -285,8 +297,9 @@ class _ModelFile:
                         shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
                     else:
                         raise ValueError(f".npy format version {version}; allowed: 1.0, 2.0")
-                except ValueError as exc:
-                    # NumPy's own message here may advise allow_pickle=True: never pass that on.
+                except Exception as exc:  # noqa: BLE001 - NumPy parses the header with
+                    # ast and tokenize, which raise many types. Its message may also advise
+                    # allow_pickle=True: never pass that on.
                     raise _BadFile(f"array {key!r} has an unreadable .npy header "
                                    f"({str(exc).split(';')[0][:200]})") from None
                 header_bytes = member.tell()

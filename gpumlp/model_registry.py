@@ -9,11 +9,9 @@ imports their modules), which importing any submodule such as :mod:`gpumlp.io` d
 
 Examples
 --------
->>> from gpumlp.model_registry import register_model, model_class
->>> @register_model
-... class Toy:
-...     pass
->>> model_class("Toy") is Toy
+>>> import gpumlp
+>>> from gpumlp.model_registry import model_class
+>>> model_class("MLPClassifier") is gpumlp.MLPClassifier
 True
 """
 

@@ -10,8 +10,11 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import os
 import re
 import struct
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ from gpumlp.data import (
 )
 from gpumlp.data import datasets as datasets_module
 from gpumlp.data.datasets import FILES
+from gpumlp.data.idx import read_idx_header
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -135,6 +139,49 @@ def test_read_idx_argument_errors(tmp_path):
         read_idx(123)
     with pytest.raises(FileNotFoundError):
         read_idx(tmp_path / "absent")
+
+
+def test_read_idx_header_reads_only_the_header(tmp_path):
+    """The header of a gzip file whose payload is 64 MiB (and whose tail is corrupt) comes
+    back without the payload being inflated."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+    content = compressor.compress(_raw_idx(0x0D, (64, 1024, 256), b""))
+    chunk = bytes(1 << 20)
+    content += b"".join(compressor.compress(chunk) for _ in range(64)) + compressor.flush()
+    path = tmp_path / "big-idx3-float.gz"
+    path.write_bytes(content[:-100] + b"garbage")  # a read of the payload would fail
+    tracemalloc.start()
+    try:
+        shape, dtype = read_idx_header(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (shape, dtype) == ((64, 1024, 256), np.dtype(np.float32))
+    assert peak < 4 * 2**20
+    with pytest.raises(ValueError, match="big-idx3-float.gz"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx_result_is_writable_native_and_owns_no_file(tmp_path, compress):
+    array = np.arange(12, dtype=np.int32).reshape(3, 4) - 5
+    path = write_idx(tmp_path / "a-idx2-int", array, compress=compress)
+    result = read_idx(path)
+    assert result.dtype == np.dtype(np.int32) and result.dtype.isnative
+    assert result.flags.writeable
+    result[0, 0] = 99  # writable, and the file is unaffected
+    np.testing.assert_array_equal(read_idx(path), array)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_write_idx_keeps_mode_and_symlink(tmp_path):
+    target = write_idx(tmp_path / "labels-idx1-ubyte", np.arange(3, dtype=np.uint8))
+    os.chmod(target, 0o644)
+    os.symlink(target, tmp_path / "link")
+    write_idx(tmp_path / "link", np.arange(5, dtype=np.uint8))
+    assert (tmp_path / "link").is_symlink()
+    assert os.stat(target).st_mode & 0o777 == 0o644
+    np.testing.assert_array_equal(read_idx(target), np.arange(5))
 
 
 # --------------------------------------------------------------------------- registry
@@ -256,6 +303,20 @@ def test_load_dataset_validates_structure(isolated, break_it, expected):
     else:
         write_idx(images_file, np.zeros((30, 28, 28), dtype=np.float32))
     with pytest.raises(ValueError, match=re.escape(expected)):
+        load_dataset("mnist", path=directory)
+
+
+def test_load_dataset_checks_headers_before_reading_payloads(isolated, monkeypatch):
+    directory = isolated["tmp"] / "huge"
+    _write_fake_dataset(directory)
+    # header declares 60000 images; the payload would be read only after the check
+    write_idx(directory / "train-images-idx3-ubyte.gz", np.zeros((60, 28, 28), dtype=np.uint8))
+
+    def must_not_read(path):
+        raise AssertionError(f"payload of {path} read before its header was checked")
+
+    monkeypatch.setattr(datasets_module, "read_idx", must_not_read)
+    with pytest.raises(ValueError, match=re.escape("expected uint8 images of shape (30, 28, 28)")):
         load_dataset("mnist", path=directory)
 
 

@@ -319,3 +319,245 @@ def test_saving_an_unfitted_model_raises(tmp_path):
     with pytest.raises(TypeError, match="fitted gpumlp estimator"):
         gio.save(object(), tmp_path / "o.npz")
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------ files as users expect them
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield 0o022
+    os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o640, 0o664])
+def test_save_keeps_an_existing_files_mode(tmp_path, binary_data, umask_022, mode):
+    X, y = binary_data
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old content")
+    os.chmod(path, mode)
+    mlp(MLPClassifier).fit(X, y).save(path)
+    assert os.stat(path).st_mode & 0o7777 == mode
+    assert gpumlp.load(path).n_features_in_ == X.shape[1]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_new_file_gets_the_umask_default_not_0600(tmp_path, binary_data, umask):
+    X, y = binary_data
+    model = mlp(MLPClassifier).fit(X, y)
+    old = os.umask(umask)
+    try:
+        model.save(tmp_path / "new.npz")
+        with open(tmp_path / "plain", "wb"):  # what open() gives, for comparison
+            pass
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "new.npz").st_mode & 0o777 == 0o666 & ~umask
+    assert os.stat(tmp_path / "new.npz").st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_save_writes_through_a_symlink_and_keeps_it(tmp_path, binary_data, umask_022):
+    X, y = binary_data
+    store = tmp_path / "store"
+    store.mkdir()
+    target = store / "model-v1.npz"
+    mlp(MLPClassifier).fit(X, y).save(target)
+    os.chmod(target, 0o640)
+    link = tmp_path / "current.npz"
+    os.symlink(os.path.relpath(target, tmp_path), link)  # relative, as deployments do
+    second = mlp(MLPClassifier, random_state=1).fit(X, y)
+    second.save(link)
+    assert link.is_symlink() and os.readlink(link) == os.path.relpath(target, tmp_path)
+    assert os.stat(target).st_mode & 0o777 == 0o640
+    np.testing.assert_array_equal(gpumlp.load(target).predict_proba(X), second.predict_proba(X))
+    assert sorted(os.listdir(tmp_path)) == ["current.npz", "store"]
+    assert os.listdir(store) == ["model-v1.npz"]  # no temporary file left beside the target
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_save_through_a_chain_of_links_and_a_dangling_link(tmp_path, binary_data):
+    X, y = binary_data
+    model = mlp(MLPClassifier).fit(X, y)
+    final = tmp_path / "final.npz"
+    os.symlink(final, tmp_path / "middle.npz")  # dangling until the save
+    os.symlink(tmp_path / "middle.npz", tmp_path / "first.npz")
+    model.save(tmp_path / "first.npz")
+    assert (tmp_path / "first.npz").is_symlink() and (tmp_path / "middle.npz").is_symlink()
+    assert final.is_file() and not final.is_symlink()
+    np.testing.assert_array_equal(gpumlp.load(final).predict(X), model.predict(X))
+
+
+def test_failed_save_through_a_symlink_leaves_the_target_intact(tmp_path, binary_data,
+                                                              monkeypatch):
+    if not hasattr(os, "symlink"):
+        pytest.skip("symbolic links")
+    X, y = binary_data
+    target = tmp_path / "target.npz"
+    mlp(MLPClassifier).fit(X, y).save(target)
+    before = target.read_bytes()
+    os.symlink(target, tmp_path / "link.npz")
+
+    def failing_savez(file, *args, **kwargs):
+        file.write(b"PK half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        mlp(MLPClassifier, random_state=2).fit(X, y).save(tmp_path / "link.npz")
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["link.npz", "target.npz"]
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, Perceptron])
+@pytest.mark.parametrize("labels", [["ant", "bee", "cat"], ["no", "yes"], [3, 7, 11]],
+                         ids=["str3", "str2", "int3"])
+def test_object_dtype_labels_round_trip(tmp_path, multiclass_data, cls, labels):
+    """Labels from a pandas column arrive as an object array; they save without pickle and
+    come back as the same object array."""
+    X, y = multiclass_data
+    y_obj = np.empty(len(y), dtype=object)
+    y_obj[:] = [labels[i % len(labels)] for i in y]
+    model = (Perceptron(random_state=0, max_iter=5) if cls is Perceptron
+             else mlp(MLPClassifier)).fit(X, y_obj)
+    assert model.classes_.dtype == object
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as archive:
+        assert archive["classes"].dtype.kind in "Ui"  # fixed width on disk, no pickle
+    loaded = gpumlp.load(tmp_path / "m.npz")
+    assert loaded.classes_.dtype == object
+    assert loaded.classes_.tolist() == model.classes_.tolist()
+    assert [type(v) for v in loaded.classes_] == [type(v) for v in model.classes_.tolist()]
+    predicted = loaded.predict(X)
+    np.testing.assert_array_equal(predicted, model.predict(X))
+    assert predicted.dtype == object
+
+
+def test_object_labels_of_mixed_types_are_refused(tmp_path, binary_data):
+    X, y = binary_data
+    model = mlp(MLPClassifier).fit(X, y)
+    model.classes_ = np.array([0, "one"], dtype=object)
+    with pytest.raises(TypeError, match=r"classes_ of dtype object holding int, str.*all str "
+                                        r"or all int"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+# -------------------------------------------------- files written by format version 1
+V1 = os.path.join(os.path.dirname(__file__), "data", "model_v1")
+
+
+@pytest.mark.parametrize("name", ["classifier_str", "classifier_binary_float64",
+                                  "classifier_multilabel", "regressor_2d", "perceptron"])
+def test_version_1_files_from_earlier_releases_still_load(name):
+    """Files written by gpumlp 4abf1b8 (format version 1) load and predict as they did."""
+    with np.load(os.path.join(V1, "expected_outputs.npz"), allow_pickle=False) as expected:
+        X = expected["X"]
+        model = gpumlp.load(os.path.join(V1, f"{name}.npz"))
+        np.testing.assert_array_equal(model.predict(X), expected[f"{name}__predict"])
+        if f"{name}__proba" in expected:
+            np.testing.assert_array_equal(model.predict_proba(X), expected[f"{name}__proba"])
+
+
+# ------------------------------------------------------------------- no import cycle
+def test_io_does_not_import_the_estimators():
+    """io knows the estimators by registered name only: neither it nor the registry imports
+    estimators or perceptron, at module level or inside a function."""
+    import ast
+
+    for module in (gio, gpumlp.model_registry):
+        tree = ast.parse(open(module.__file__).read())
+        imported = {node.module or "" for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        assert not {m for m in imported if m.endswith(("estimators", "perceptron"))}, module
+
+
+def _gpumlp_imports(path):
+    """The gpumlp modules a source file imports (module level or inside functions)."""
+    import ast
+
+    package = os.path.dirname(gpumlp.__file__)
+    relative = os.path.relpath(path, os.path.dirname(package))[:-3].replace(os.sep, ".")
+    current = relative[: -len(".__init__")] if relative.endswith(".__init__") else relative
+    base = current if path.endswith("__init__.py") else current.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("gpumlp")}
+        elif isinstance(node, ast.ImportFrom):
+            anchor = base
+            for _ in range(node.level - 1):
+                anchor = anchor.rpartition(".")[0]
+            module = (f"{anchor}.{node.module}" if node.module else anchor) if node.level \
+                else node.module or ""
+            if module.startswith("gpumlp"):
+                found.add(module)
+                # "from . import x" / "from .pkg import mod" may name submodules
+                found |= {f"{module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_io_never_reaches_the_estimator_modules():
+    """Follow every import (top-level and lazy) from gpumlp.io through the package: none
+    leads to gpumlp.estimators or gpumlp.perceptron, so no cycle through io can exist."""
+    package = os.path.dirname(gpumlp.__file__)
+    root = os.path.dirname(package)
+
+    def source(module):
+        stem = os.path.join(root, *module.split("."))
+        for candidate in (stem + ".py", os.path.join(stem, "__init__.py")):
+            if os.path.exists(candidate):
+                return candidate
+        return None  # a name imported from a module, not a module
+
+    seen, todo = set(), ["gpumlp.io"]
+    while todo:
+        module = todo.pop()
+        if module in seen or module == "gpumlp":  # the package __init__ imports everything
+            continue
+        seen.add(module)
+        path = source(module)
+        if path is not None:
+            todo.extend(_gpumlp_imports(path))
+    assert "gpumlp.model_registry" in seen and "gpumlp.atomic" in seen
+    assert not seen & {"gpumlp.estimators", "gpumlp.perceptron"}, sorted(seen)
+
+
+def test_import_gpumlp_io_in_a_fresh_interpreter():
+    import subprocess
+    import sys
+
+    code = ("import gpumlp.io, gpumlp.model_registry as r; "
+            "print(sorted(r.registered_models()))")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(gpumlp.__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # each estimator registered itself; io imported none of them
+    assert "['MLPClassifier', 'MLPRegressor', 'Perceptron']" in result.stdout
+
+
+def test_registry_refuses_a_second_class_under_a_taken_name():
+    from gpumlp.model_registry import model_class, register_model
+
+    class MLPClassifier:  # noqa: F811 - same name, different class
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(MLPClassifier)
+    assert model_class("MLPClassifier") is gpumlp.MLPClassifier
+    with pytest.raises(ValueError, match=r"estimator='Nope'.*allowed: MLPClassifier"):
+        model_class("Nope")
+
+
+def test_unregistered_subclass_cannot_be_saved(tmp_path, binary_data):
+    class Mine(MLPClassifier):
+        pass
+
+    X, y = binary_data
+    model = Mine(hidden_layer_sizes=(3,), max_iter=2, backend="numpy").fit(X, y)
+    with pytest.raises(TypeError, match="fitted gpumlp estimator; got Mine"):
+        gio.save(model, tmp_path / "m.npz")
