@@ -120,7 +120,7 @@ def test_network_every_hidden_activation(tmp_path, X, dtype, loss, output_activa
     np.testing.assert_allclose(output, net.predict_output(X), rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("labels", [[False, True], [0.5, 1.5, 2.5], [-3, 7]])
+@pytest.mark.parametrize("labels", [[False, True], [1.0, 2.0, 4.0], [-3, 7]])
 def test_classifier_labels_of_other_dtypes(tmp_path, X, labels):
     index = (X[:, 0] > 0).astype(int) + (len(labels) == 3) * (X[:, 1] > 0.6)
     y = np.asarray(labels)[index]
