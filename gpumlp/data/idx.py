@@ -8,12 +8,13 @@ recompressed file still reads.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -53,14 +54,24 @@ _CHUNK = 1 << 20
 _TRAILING_COUNT_LIMIT = 1 << 16
 
 
-def _open_stream(path: Path, raw: BinaryIO) -> tuple[BinaryIO, int | None]:
-    """The file's content stream (decompressing when it starts with the gzip magic bytes)
-    and its size in bytes when known without decompressing (plain files)."""
-    compressed = raw.read(2) == _GZIP_MAGIC
-    raw.seek(0)
-    if compressed:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), None
-    return raw, os.fstat(raw.fileno()).st_size
+@contextlib.contextmanager
+def _idx_stream(path: Path) -> Iterator[tuple[BinaryIO, int | None]]:
+    """The file's content as a stream, decompressed as it is read when the file starts with
+    the gzip magic bytes, and its size when known without decompressing (plain files).
+    Corrupt gzip data met while reading becomes a ``ValueError`` naming the file."""
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        file_size = None if compressed else os.fstat(raw.fileno()).st_size
+        try:
+            with stream:
+                yield stream, file_size
+        except (OSError, EOFError, zlib.error) as exc:
+            if not compressed:  # a plain file: a real I/O error, not bad content
+                raise
+            # A truncated download usually fails here, before any IDX check can.
+            raise ValueError(f"{path}: gzip data is corrupt or truncated ({exc})") from exc
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytearray:
@@ -117,16 +128,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ((60000, 28, 28), dtype('uint8'))
     """
     path = _check_path(path)
-    with open(path, "rb") as raw:
-        stream, file_size = _open_stream(path, raw)
-        try:
-            with stream:
-                return _read_idx_stream(path, stream, file_size)
-        except (OSError, EOFError, zlib.error) as exc:
-            if file_size is not None:  # a plain file: a real I/O error, not bad content
-                raise
-            # A truncated download usually fails here, before any IDX check can.
-            raise ValueError(f"{path}: gzip data is corrupt or truncated ({exc})") from exc
+    with _idx_stream(path) as (stream, file_size):
+        return _read_idx_stream(path, stream, file_size)
 
 
 def read_idx_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
@@ -151,15 +154,8 @@ def read_idx_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]
         If the header is not a valid IDX header (see :func:`read_idx`).
     """
     path = _check_path(path)
-    with open(path, "rb") as raw:
-        stream, file_size = _open_stream(path, raw)
-        try:
-            with stream:
-                shape, dtype, _ = _read_header(path, stream)
-        except (OSError, EOFError, zlib.error) as exc:
-            if file_size is not None:
-                raise
-            raise ValueError(f"{path}: gzip data is corrupt or truncated ({exc})") from exc
+    with _idx_stream(path) as (stream, _):
+        shape, dtype, _ = _read_header(path, stream)
     return shape, dtype.newbyteorder("=")
 
 
