@@ -13,11 +13,28 @@ synchronisation and one graph launch per ``steps_per_graph`` steps.
 The permutation of each epoch comes from the trainer's host generator, copied to the device
 once per epoch (480 kB for 60,000 rows): the graph and eager paths then see the same batches,
 so their weights agree to float32 rounding and either can be checked against the other.
+
+Two rules keep the replays correct on a real device:
+
+* **One stream, joined to the caller's.**  Everything a runner does to device memory (the
+  warm-up, the parameter snapshot and restore, the captures, the per-epoch writes of the step
+  state and the replays) runs on the runner's own stream, and every entry to and exit from it
+  is ordered with the caller's current stream by an event each way.  So the caller's earlier
+  work (slicing or copying ``X``, the trainer's ``_last_good`` copy of the parameters) is
+  finished before a replay reads or overwrites it, and the caller's later work sees the
+  replays' results, whatever streams the two are.
+* **State of its own.**  The device scalars baked into the captured graphs (dropout counter
+  base, optimizer step, learning rate, loss accumulators) belong to the runner
+  (:class:`~gpumlp.backends.step_state.StepState`), never to the process-wide backend, so two
+  models trained in one process cannot overwrite each other's step count or learning rate.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
+
+import numpy as np
 
 
 GRAPH_MODES = ("auto", "on", "off")
@@ -51,17 +68,33 @@ class GraphStepRunner:
         self.batch = min(trainer.batch_size, self.n)
         self.full_steps, self.rest = divmod(self.n, self.batch)
         dtype = self.net.dtype
+        # Made on the caller's stream; the first entry to the runner's stream waits for it.
         self.perm = cupy.arange(self.n, dtype=cupy.int64)
         self.start = cupy.zeros((), dtype=cupy.int64)
         self.loss_full = cupy.zeros((), dtype=dtype)
         self.loss_rest = cupy.zeros((), dtype=dtype)
+        self.state = self.backend.new_step_state(dtype)
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
-        self._warm_up()
-        self.graph_many = self._capture(self.batch, self.steps_per_graph, self.loss_full)
-        self.graph_one = (self._capture(self.batch, 1, self.loss_full)
-                          if self.steps_per_graph > 1 else self.graph_many)
-        self.graph_rest = self._capture(self.rest, 1, self.loss_rest) if self.rest else None
+        with self.on_stream():
+            self._warm_up()
+            self.graph_many = self._capture(self.batch, self.steps_per_graph, self.loss_full)
+            self.graph_one = (self._capture(self.batch, 1, self.loss_full)
+                              if self.steps_per_graph > 1 else self.graph_many)
+            self.graph_rest = (self._capture(self.rest, 1, self.loss_rest) if self.rest
+                               else None)
+
+    @contextlib.contextmanager
+    def on_stream(self) -> Iterator[Any]:
+        """Make the runner's stream current, ordered after the caller's stream's queued work
+        and before the caller's later work (one event each way)."""
+        caller = self.cupy.cuda.get_current_stream()
+        self.stream.wait_event(caller.record())
+        try:
+            with self.stream:
+                yield self.stream
+        finally:
+            caller.wait_event(self.stream.record())
 
     # ----------------------------------------------------------------------------- capture
     def _step_ops(self, rows: int) -> None:
@@ -79,27 +112,20 @@ class GraphStepRunner:
 
     def _warm_up(self) -> None:
         """Run each step shape once eagerly (loads every kernel, makes every buffer), then
-        restore the parameters and optimizer state it changed."""
+        restore the parameters and optimizer state it changed (on the runner's stream)."""
         saved = self._snapshot()
-        self.backend.capturing = True
-        self.backend.loss_accumulator = self.loss_full
         try:
-            with self.stream:
-                self._set_device_state(0)
-                for rows in {self.batch, self.rest} - {0}:
+            self._set_device_state(0)
+            with self.backend.recording(self.state, self.loss_full):
+                for rows in sorted({self.batch, self.rest} - {0}):
                     self._step_ops(rows)
-                self.stream.synchronize()
         finally:
-            self.backend.capturing = False
-            self.backend.loss_accumulator = None
             self._restore(saved)
 
     def _capture(self, rows: int, steps: int, loss_acc: Any) -> Any:
         saved_t = getattr(self.trainer.optimizer, "t", None)
-        self.backend.capturing = True
-        self.backend.loss_accumulator = loss_acc
         try:
-            with self.stream:
+            with self.backend.recording(self.state, loss_acc):
                 self.stream.begin_capture()
                 try:
                     for _ in range(steps):
@@ -107,8 +133,6 @@ class GraphStepRunner:
                 finally:
                     graph = self.stream.end_capture()
         finally:
-            self.backend.capturing = False
-            self.backend.loss_accumulator = None
             if saved_t is not None:  # capture is not a step: the host count stays
                 self.trainer.optimizer.t = saved_t
         graph.upload(self.stream)
@@ -131,13 +155,12 @@ class GraphStepRunner:
 
     # ------------------------------------------------------------------------------ replay
     def _set_device_state(self, start: int) -> None:
-        """Write the step state the graphs read, on the graphs' stream."""
+        """Write the step state the graphs read (on the runner's stream)."""
         trainer, optimizer = self.trainer, self.trainer.optimizer
         self.start.fill(start)
-        self.backend.set_step_state(counter_base=trainer.step_count * self.net.n_layers,
-                                    step=getattr(optimizer, "t", 0),
-                                    learning_rate=optimizer.learning_rate,
-                                    dtype=self.net.dtype)
+        self.state.write(counter_base=trainer.step_count * self.net.n_layers,
+                         step=getattr(optimizer, "t", 0),
+                         learning_rate=optimizer.learning_rate)
 
     def _advance_host(self, steps: int) -> None:
         self.trainer.step_count += steps
@@ -146,8 +169,8 @@ class GraphStepRunner:
 
     def run_epoch(self, order: Any) -> float:
         """Train one epoch over the rows in ``order``; returns the mean loss (one sync)."""
-        with self.stream:
-            self.perm[...] = order
+        with self.on_stream():
+            self.perm.set(np.ascontiguousarray(order, dtype=np.int64))
             self._set_device_state(0)
             self.loss_full.fill(0)
             self.loss_rest.fill(0)
@@ -164,10 +187,13 @@ class GraphStepRunner:
         return loss
 
     def run_steps(self, steps: int) -> None:
-        """Replay ``steps`` full-batch steps from the first row (no sync; for benchmarks)."""
+        """Replay ``steps`` full-batch steps from the first row (no sync; for benchmarks).
+
+        The caller's current stream is ordered after the replays, so events recorded on it
+        time them."""
         if steps > self.full_steps:
             raise ValueError(f"steps={steps} exceeds the {self.full_steps} full batches")
-        with self.stream:
+        with self.on_stream():
             self._set_device_state(0)
             many, one = divmod(steps, self.steps_per_graph)
             for _ in range(many):
@@ -178,4 +204,3 @@ class GraphStepRunner:
 
     def synchronize(self) -> None:
         self.stream.synchronize()
-

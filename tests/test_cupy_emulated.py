@@ -37,7 +37,7 @@ def cp(host, monkeypatch):
     monkeypatch.setattr(kernels, "get_kernel", get_kernel)
     monkeypatch.setattr(kernels, "load_module", lambda source: None)
     yield module
-    emulated.STATE.capture = None
+    emulated.reset()
 
 
 def gpu_backend(path: str):
@@ -182,14 +182,16 @@ def test_graph_replays_launch_only_recorded_kernels(cp):
 def test_capture_refuses_what_a_graph_cannot_hold(cp):
     gpu = gpu_backend("auto")
     stream = cp.cuda.Stream()
-    stream.begin_capture()
-    try:
-        with pytest.raises(emulated.CaptureViolation, match="cuBLAS"):
-            cp.matmul(np.ones((2, 2)), np.ones((2, 2)))
-        with pytest.raises(emulated.CaptureViolation, match="allocation"):
-            gpu.xp.zeros(3)
-    finally:
-        stream.end_capture()
+    with stream:
+        stream.begin_capture()
+        try:
+            with pytest.raises(emulated.CaptureViolation, match="cuBLAS"):
+                cp.matmul(np.ones((2, 2)), np.ones((2, 2)))
+            with pytest.raises(emulated.CaptureViolation, match="allocation"):
+                gpu.xp.zeros(3)
+        finally:
+            with pytest.raises(emulated.CaptureViolation, match="allocation"):
+                stream.end_capture()  # the capture is invalidated, as CUDA invalidates it
 
 
 @pytest.mark.filterwarnings("ignore::gpumlp.ConvergenceWarning")  # fixed epoch budget

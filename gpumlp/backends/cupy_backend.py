@@ -11,17 +11,25 @@ Each matrix product of a step can run two ways:
 (operation, shape, dtype) with CUDA events and the faster is cached.  When the kernels cannot
 be compiled or loaded (or ``GPUMLP_KERNELS=off``), every operation falls back to the generic
 CuPy implementation of the base class, with one warning.
+
+Every public operation checks its array arguments once, before launching anything
+(:mod:`gpumlp.backends.contracts`: device arrays of the call's dtype, C-contiguous, on the
+current device, of consistent shapes), and passes each scalar as the exact type the kernel
+declares.  The device scalars a captured step reads belong to the graph runner that recorded
+it (:mod:`gpumlp.backends.step_state`), never to this shared backend object.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import kernels
 from ..dropout import Dropout
+from . import contracts, step_state
 from .base import Backend
 
 GEMM_PATHS = ("auto", "fused", "cublas")
@@ -44,15 +52,33 @@ class CupyBackend(Backend):
                              f"{GEMM_PATHS}")
         self.use_kernels = kernels.kernels_enabled()
         self._path_choice: dict[tuple, str] = {}
-        # Device scalars the kernels read (so a captured graph sees their current values).
-        self._zero_counter = cupy.zeros((), dtype=cupy.int64)
-        self._counter_base = cupy.zeros((), dtype=cupy.int64)
-        self._lr: dict[str, Any] = {}
-        self._step = cupy.zeros((), dtype=cupy.int32)
-        # Set by gpumlp.graph while it records a step: only fused kernels, the step state read
-        # from device memory, and the loss added into `loss_accumulator` (no allocation).
-        self.capturing = False
-        self.loss_accumulator: Any = None
+        # Eager calls pass the learning rate and step count through device scalars too (the
+        # kernels read them from memory so that captured steps can); one set per thread and
+        # dtype, written on the caller's stream just before the launch that reads it.
+        self._eager = threading.local()
+
+    # ------------------------------------------------------------------- step state
+    @property
+    def capturing(self) -> bool:
+        """Whether this thread is recording a captured step (see :func:`recording`)."""
+        return step_state.current() is not None
+
+    def new_step_state(self, dtype: Any) -> step_state.StepState:
+        """Device scalars for one graph runner's captured steps."""
+        return step_state.StepState(self.xp, dtype)
+
+    recording = staticmethod(step_state.recording)
+
+    def _eager_state(self, dtype: Any) -> step_state.StepState:
+        states = self._eager.__dict__.setdefault("states", {})
+        key = np.dtype(dtype).str
+        if key not in states:
+            states[key] = step_state.StepState(self.xp, dtype)
+        return states[key]
+
+    def _check(self, op: str, dtype: Any, **arrays: Any) -> dict[str, int]:
+        """The array contracts of one call (see :mod:`gpumlp.backends.contracts`)."""
+        return contracts.check(self.xp, op, dtype, self.xp.cuda.runtime.getDevice(), **arrays)
 
     # ----------------------------------------------------------------- arrays and devices
     def to_numpy(self, x: Any) -> np.ndarray:
@@ -99,15 +125,16 @@ class CupyBackend(Backend):
         try:
             return kernels.get_kernel(name, dtype, **params)
         except kernels.KernelsUnavailable:
-            if self.capturing:
+            if self.capturing:  # a captured step cannot fall back to cuBLAS
                 raise
             self.use_kernels = False  # warned once by gpumlp.kernels
             return None
 
     def _dropout_args(self, dtype: Any, dropout: Dropout | None) -> tuple:
-        # Eager: the counter is all in `dropout.counter`; captured: it is an offset from the
-        # device-side base that the graph advances every step.
-        base = self._counter_base if self.capturing else self._zero_counter
+        # Eager: the counter is all in `dropout.counter` (the eager base stays 0); captured:
+        # it is an offset from the recording runner's base, which the graph advances.
+        state = step_state.current() or self._eager_state(dtype)
+        base = state.counter_base
         if dropout is None:
             return (dtype.type(1), np.uint64(0), base, np.int64(0))
         return (dtype.type(dropout.keep), np.uint64(dropout.seed), base,
@@ -141,8 +168,10 @@ class CupyBackend(Backend):
 
     # ----------------------------------------------------------------------------- forward
     def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None):
-        n, k = x.shape
-        m = w.shape[1]
+        dtype = contracts.float_dtype("affine_act", "x", x)
+        size = self._check("affine_act", dtype, x=(x, "n k"), w=(w, "k m"), b=(b, "m"),
+                           out=(out, "n m"))
+        n, k, m = size["n"], size["k"], size["m"]
         dropped = dropout is not None
         fused_fn = self._kernel("gemm_bias_act", x.dtype, act=act, dropout=dropped)
         epilogue = self._kernel("bias_act", x.dtype, act=act, dropout=dropped)
@@ -164,6 +193,8 @@ class CupyBackend(Backend):
         return out
 
     def softmax(self, z, out):
+        dtype = contracts.float_dtype("softmax", "z", z)
+        self._check("softmax", dtype, z=(z, "n k"), out=(out, "n k"))
         fn = self._kernel("softmax_rows", z.dtype)
         if fn is None:
             return super().softmax(z, out)
@@ -171,8 +202,15 @@ class CupyBackend(Backend):
         fn(grid, block, (out, z, np.int64(z.shape[0]), np.int64(z.shape[1])))
         return out
 
+    def sigmoid(self, z, out):
+        dtype = contracts.float_dtype("sigmoid", "z", z)
+        self._check("sigmoid", dtype, z=(z, "n k"), out=(out, "n k"))
+        return super().sigmoid(z, out)
+
     # ---------------------------------------------------------------------------- backward
     def act_grad(self, delta, a, act, out, dropout: Dropout | None = None):
+        dtype = contracts.float_dtype("act_grad", "a", a)
+        self._check("act_grad", dtype, delta=(delta, "n m"), a=(a, "n m"), out=(out, "n m"))
         fn = self._kernel("act_grad", a.dtype, act=act, dropout=dropout is not None)
         if fn is None:
             return super().act_grad(delta, a, act, out, dropout)
@@ -181,8 +219,10 @@ class CupyBackend(Backend):
         return out
 
     def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None):
-        n, m = h_next.shape
-        k = w_next.shape[0]
+        dtype = contracts.float_dtype("backprop_hidden", "a", a)
+        size = self._check("backprop_hidden", dtype, h_next=(h_next, "n m"),
+                           w_next=(w_next, "k m"), a=(a, "n k"), out=(out, "n k"))
+        n, k, m = size["n"], size["k"], size["m"]
         fused_fn = self._kernel("gemm_backprop_act", a.dtype, act=act,
                                 dropout=dropout is not None)
         if fused_fn is None:
@@ -202,14 +242,18 @@ class CupyBackend(Backend):
         return out
 
     def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0):
-        n, k = a_prev.shape
-        m = h.shape[1]
+        dtype = contracts.float_dtype("weight_grads", "h", h)
+        if decay and w is None:
+            raise ValueError(f"weight_grads: decay={decay!r} needs the weights w; got None")
+        size = self._check("weight_grads", dtype, a_prev=(a_prev, "n k"), h=(h, "n m"),
+                           dw=(dw, "k m"), db=(db, "m"), w=(w if decay else None, "k m"))
+        n, k, m = size["n"], size["k"], size["m"]
         fused_fn = self._kernel("gemm_weight_grads", h.dtype)
         if fused_fn is None:
             return super().weight_grads(a_prev, h, dw, db, w, decay)
         dt = h.dtype.type
-        # w is read only when decay != 0; a null pointer is passed as integer 0.
-        w_arg = w if decay else np.uint64(0)
+        # w is read only when decay != 0; None is CuPy's null pointer.
+        w_arg = w if decay else None
 
         def fused():
             grid, block = kernels.launch_config("gemm_weight_grads", k, m)
@@ -226,12 +270,19 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------------------ losses
     def _loss(self, name: str, x, t, h_out):
+        first = "a" if name == "squared_error" else "z"
+        dtype = contracts.float_dtype(name, first, x)
+        self._check(name, dtype, **{first: (x, "n k")}, t=(t, "n k"), h_out=(h_out, "n k"))
         fn = self._kernel(name, x.dtype)
         if fn is None:
             return getattr(super(), name)(x, t, h_out)
-        loss = self.loss_accumulator
+        state = step_state.current()
+        loss = state.loss if state is not None else None
         if loss is None:
             loss = self.xp.zeros((), dtype=x.dtype)  # the kernel adds into it
+        elif loss.dtype != x.dtype:
+            raise TypeError(f"{name}: the recording's loss accumulator is {loss.dtype}, "
+                            f"the logits {x.dtype}")
         shape = x.shape if name == "softmax_xent" else (x.size,)
         grid, block = kernels.launch_config(name, *shape)
         fn(grid, block, (h_out, loss, x, t, np.int64(x.shape[0]), np.int64(x.shape[1])))
@@ -247,47 +298,65 @@ class CupyBackend(Backend):
         return self._loss("squared_error", a, t, h_out)
 
     # --------------------------------------------------------------------------- optimizer
-    def _device_lr(self, dtype: Any, lr: float) -> Any:
-        """The device scalar holding the learning rate; written unless a step is captured
-        (a captured step reads the rate written once per epoch by :meth:`set_step_state`)."""
-        key = np.dtype(dtype).str
-        if key not in self._lr:
-            self._lr[key] = self.xp.zeros((), dtype=dtype)
-        if not self.capturing:
-            self._lr[key].fill(np.dtype(dtype).type(lr))
-        return self._lr[key]
+    def _step_scalars(self, dtype: Any, lr: float, step: int | None) -> step_state.StepState:
+        """The device learning rate and step count a launch reads: the recording runner's
+        (written by the runner once per epoch, moved on by the graph), or this thread's eager
+        scalars, written here on the current stream."""
+        state = step_state.current()
+        if state is not None:
+            if state.dtype != np.dtype(dtype):
+                raise TypeError(f"the recording step state is {state.dtype}, the parameters "
+                                f"{np.dtype(dtype)}")
+            return state
+        state = self._eager_state(dtype)
+        state.lr.fill(state.dtype.type(lr))
+        if step is not None:
+            state.step.fill(np.int32(step))
+        return state
 
     def sgd_step(self, params, grads, velocity, lr, momentum, nesterov):
+        dtype = contracts.float_dtype("sgd_step", "params", params)
+        self._check("sgd_step", dtype, params=(params, "p"), grads=(grads, "p"),
+                    velocity=(velocity, "p"))
         fn = self._kernel("sgd_step", params.dtype, nesterov=bool(nesterov))
         if fn is None:
             return super().sgd_step(params, grads, velocity, lr, momentum, nesterov)
+        state = self._step_scalars(params.dtype, lr, None)
         grid, block = kernels.launch_config("sgd_step", params.size)
-        fn(grid, block, (params, velocity, grads, np.int64(params.size),
-                         self._device_lr(params.dtype, lr), float(momentum)))
+        fn(grid, block, (params, velocity, grads, np.int64(params.size), state.lr,
+                         np.float64(momentum)))
 
     def adam_step(self, params, grads, m, v, lr, beta1, beta2, eps, step):
+        dtype = contracts.float_dtype("adam_step", "params", params)
+        self._check("adam_step", dtype, params=(params, "p"), grads=(grads, "p"), m=(m, "p"),
+                    v=(v, "p"))
         fn = self._kernel("adam_step", params.dtype)
         if fn is None:
             return super().adam_step(params, grads, m, v, lr, beta1, beta2, eps, step)
-        if not self.capturing:  # a captured step's count is advanced on the device
-            self._step.fill(np.int32(step))
+        state = self._step_scalars(params.dtype, lr, step)
         grid, block = kernels.launch_config("adam_step", params.size)
-        fn(grid, block, (params, m, v, grads, np.int64(params.size),
-                         self._device_lr(params.dtype, lr), self._step, float(beta1),
-                         float(beta2), float(eps)))
+        fn(grid, block, (params, m, v, grads, np.int64(params.size), state.lr, state.step,
+                         np.float64(beta1), np.float64(beta2), np.float64(eps)))
 
     # ----------------------------------------------------------------------- data movement
     def gather_rows(self, src, index, out):
+        dtype = contracts.float_dtype("gather_rows", "src", src)
+        self._check("gather_rows", dtype, src=(src, "total c"), index=(index, "r", np.int64),
+                    out=(out, "r c"))
         fn = self._kernel("gather_rows", src.dtype)
-        if fn is None or index.dtype != self.xp.int64:
+        if fn is None:
             return super().gather_rows(src, index, out)
         rows, cols = out.shape
         grid, block = kernels.launch_config("gather_rows", rows * cols)
-        fn(grid, block, (out, src, index, np.uint64(0), np.int64(rows), np.int64(cols)))
+        fn(grid, block, (out, src, index, None, np.int64(rows), np.int64(cols)))
         return out
 
     def gather_rows_at(self, src, perm, start, out):
         """``out[i] = src[perm[start + i]]`` with ``start`` a device scalar (graph steps)."""
+        dtype = contracts.float_dtype("gather_rows_at", "src", src)
+        self._check("gather_rows_at", dtype, src=(src, "total c"),
+                    perm=(perm, "total", np.int64), start=(start, "", np.int64),
+                    out=(out, "r c"))
         fn = kernels.get_kernel("gather_rows", src.dtype)
         rows, cols = out.shape
         grid, block = kernels.launch_config("gather_rows", rows * cols)
@@ -295,20 +364,17 @@ class CupyBackend(Backend):
         return out
 
     def advance_step(self, start, rows: int, counters_per_step: int) -> None:
-        """Move the device step state on: batch start, dropout counter base, step count."""
+        """Move the recording runner's step state on: batch start, dropout counter base,
+        step count (inside a captured step only)."""
+        state = step_state.current()
+        if state is None:
+            raise RuntimeError("advance_step moves a graph runner's step state: call it "
+                               "inside backend.recording(state, ...)")
+        self._check("advance_step", np.int64, start=(start, ""))
         fn = kernels.get_kernel("advance_step")
         grid, block = kernels.launch_config("advance_step", 1)
-        fn(grid, block, (start, np.int64(rows), self._counter_base,
-                         np.int64(counters_per_step), self._step))
-
-    def set_step_state(self, counter_base: int, step: int, learning_rate: float,
-                       dtype: Any) -> None:
-        """Write the step state captured steps read (on the current stream)."""
-        self._counter_base.fill(np.int64(counter_base))
-        self._step.fill(np.int32(step))
-        capturing, self.capturing = self.capturing, False
-        self._device_lr(dtype, learning_rate)
-        self.capturing = capturing
+        fn(grid, block, (start, np.int64(rows), state.counter_base,
+                         np.int64(counters_per_step), state.step))
 
     def permutation(self, n: int, rng: Any) -> Any:
         return self.xp.asarray(rng.permutation(n).astype(np.int64))
