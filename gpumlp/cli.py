@@ -1,13 +1,31 @@
-"""The ``gpumlp`` command: ``train``, ``evaluate``, ``bench`` and ``info``."""
+"""The ``gpumlp`` command: ``train``, ``evaluate``, ``info`` and ``bench``.
+
+Every option is checked (with its option name) before any data is loaded, and every error is
+one line, ``gpumlp COMMAND: error: ...``; ``--debug`` adds the traceback.  ``train`` saves the
+model it trains (never over a file the user did not name), and on Ctrl-C or an error after
+some epochs it saves the last finished epoch's model beside the requested path.
+
+A command is one ``_add_NAME(commands)`` function that registers its parser (with
+``set_defaults(run=_run_NAME)``) plus its ``_run_NAME(args) -> int``; list the first in
+``COMMANDS``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
 import time
-from typing import Sequence
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 from . import __version__
+from .cli_args import (CommandParser, HelpFormatter, OptionError, check_writable_file,
+                       integer, real, sibling, sizes, unused_path)
 
 #: The default recipe of ``gpumlp train``: 784-512-512-10, ReLU, Adam with a cosine-annealed
 #: step size (it settles the last epochs, where a constant step keeps the test accuracy
@@ -15,111 +33,142 @@ from . import __version__
 RECIPE = {"hidden": "512,512", "activation": "relu", "solver": "adam", "epochs": 30,
           "batch_size": 128, "lr": 1e-3, "schedule": "cosine", "alpha": 1e-4, "dropout": 0.2}
 
+#: Where ``gpumlp train`` saves its model when ``--output`` is not given (current folder).
+DEFAULT_OUTPUT = "{dataset}-mlp.npz"
+
+#: Exit status after Ctrl-C, as shells report a SIGINT.
+INTERRUPTED = 130
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    """Run ``gpumlp`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    prog = f"gpumlp {args.command}"
+    debug = getattr(args, "debug", False)
     try:
-        return args.run(args) or 0
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        print(f"gpumlp {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        with _warnings_as_lines(prog):
+            return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:  # every failure is one line; --debug shows where it came from
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {describe(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, OptionError) else 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def describe(exc: BaseException) -> str:
+    """A one-line description of an exception for the command line."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (ValueError, TypeError, OSError, RuntimeError, LookupError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gpumlp`` argument parser with every command registered."""
+    parser = CommandParser(
         prog="gpumlp",
         description="Train multilayer perceptrons on a GPU (CuPy) or the CPU (NumPy).",
         epilog="Start with `gpumlp info` to see which backends and datasets this machine has, "
                "then `gpumlp train` (Fashion-MNIST, default recipe). `gpumlp COMMAND --help` "
-               "explains each command.")
+               "explains each command.",
+        formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpumlp {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also accepted after COMMAND)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    train = commands.add_parser(
-        "train", help="train a classifier on an MNIST-family dataset and report test accuracy",
-        description="Train an MLP classifier on a dataset of the MNIST family, show loss and "
-                    "test accuracy after every epoch, then the final accuracy and throughput. "
-                    "The defaults are the recipe that reaches about 90% on Fashion-MNIST.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _data_arguments(train)
-    train.add_argument("--hidden", default=RECIPE["hidden"],
-                       help="hidden layer sizes, comma separated (e.g. 256,128)")
-    train.add_argument("--activation", default=RECIPE["activation"],
-                       help="hidden activation: relu, leaky_relu, tanh, logistic, identity")
-    train.add_argument("--solver", default=RECIPE["solver"], choices=("adam", "sgd"))
-    train.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="training epochs")
-    train.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
-    train.add_argument("--lr", type=float, default=RECIPE["lr"], help="initial learning rate")
-    train.add_argument("--schedule", default=RECIPE["schedule"],
-                       choices=("constant", "invscaling", "adaptive", "cosine"),
-                       help="step-size schedule over the epochs")
-    train.add_argument("--alpha", type=float, default=RECIPE["alpha"], help="L2 penalty")
-    train.add_argument("--dropout", type=float, default=RECIPE["dropout"],
-                       help="dropout rate of the hidden layers (0 disables it)")
-    train.add_argument("--limit", type=int, default=None,
-                       help="train on the first N training samples only (quick checks)")
-    _runtime_arguments(train)
-    train.add_argument("--output", "-o", default=None,
-                       help="save the trained model to this .npz file")
-    train.add_argument("--quiet", "-q", action="store_true", help="no per-epoch progress")
-    train.set_defaults(run=_run_train)
-
-    evaluate = commands.add_parser(
-        "evaluate", help="report a saved model's accuracy on a dataset's test set",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    evaluate.add_argument("model", help="a model file written by `gpumlp train --output`")
-    _data_arguments(evaluate)
-    evaluate.add_argument("--backend", default=None, help="override the saved backend")
-    evaluate.set_defaults(run=_run_evaluate)
-
-    export = commands.add_parser(
-        "export", help="convert a saved model to ONNX (needs the onnx extra)",
-        description="Write a model saved by gpumlp as an ONNX file that returns predict_proba "
-                    "and predict (classifiers) or predict (regressors), for ONNX Runtime.")
-    export.add_argument("model", help="a model file written by `gpumlp train --output`")
-    export.add_argument("output", help="the .onnx file to write")
-    export.set_defaults(run=_run_export)
-
-    info = commands.add_parser("info", help="versions, backends, devices, BLAS and datasets")
-    info.set_defaults(run=_run_info)
-
-    from .bench.cli import add_bench_command
-
-    add_bench_command(commands)
+    for add in COMMANDS:
+        add(commands)
+    for command in set(commands.choices.values()):
+        with contextlib.suppress(argparse.ArgumentError):  # a command may define its own
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show the traceback of an error")
     return parser
 
 
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="fashion-mnist",
-                        help="mnist, fashion-mnist or kmnist")
-    parser.add_argument("--data-dir", default=None,
-                        help="directory holding the IDX files (default: search $GPUMLP_DATA, "
-                             "~/.cache/gpumlp, /usr/share/datasets, then download)")
+def _command(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand parser with the common formatter."""
+    return commands.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
 
-def _runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"),
-                        help="auto uses the GPU when CuPy and a device are present")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--cuda-graph", default="auto", choices=("auto", "on", "off"),
-                        help="replay whole training steps as CUDA graphs (CuPy backend)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling")
+# ------------------------------------------------------------------------------------ train
+def _add_train(commands: Any) -> None:
+    from .activations import HIDDEN_ACTIVATIONS, INFERENCE_ONLY
+    from .estimators import SOLVERS
+    from .optim import SCHEDULES
+
+    train = _command(
+        commands, "train",
+        help="train a classifier on an MNIST-family dataset, report test accuracy, save it",
+        description="Train an MLP classifier on a dataset of the MNIST family, show loss and "
+                    "test accuracy after every epoch, then the final accuracy and throughput, "
+                    "and save the model. The defaults are the recipe that reaches about 90% "
+                    "on Fashion-MNIST. Ctrl-C (or an error) after some epochs saves the last "
+                    "finished epoch's model as NAME.interrupted.npz beside the output.")
+    _data_arguments(train)
+    train.add_argument("--hidden", type=sizes("--hidden"), default=RECIPE["hidden"],
+                       metavar="SIZES", help="hidden layer sizes, comma separated (e.g. 256,128)")
+    train.add_argument("--activation", default=RECIPE["activation"],
+                       choices=[a for a in HIDDEN_ACTIVATIONS if a not in INFERENCE_ONLY],
+                       help="activation of the hidden layers")
+    train.add_argument("--solver", default=RECIPE["solver"], choices=SOLVERS,
+                       help="optimizer")
+    train.add_argument("--epochs", type=integer("--epochs", 1), default=RECIPE["epochs"],
+                       metavar="N", help="training epochs")
+    train.add_argument("--batch-size", type=integer("--batch-size", 1),
+                       default=RECIPE["batch_size"], metavar="N", help="samples per training step")
+    train.add_argument("--lr", type=real("--lr", 0, low_open=True), default=RECIPE["lr"],
+                       metavar="RATE", help="initial learning rate (step size)")
+    train.add_argument("--schedule", default=RECIPE["schedule"], choices=SCHEDULES,
+                       help="step-size schedule over the epochs")
+    train.add_argument("--alpha", type=real("--alpha", 0), default=RECIPE["alpha"],
+                       metavar="ALPHA", help="L2 penalty")
+    train.add_argument("--dropout", type=real("--dropout", 0, 1, high_open=True),
+                       default=RECIPE["dropout"], metavar="RATE",
+                       help="dropout rate of the hidden layers, in [0, 1) (0 disables it)")
+    train.add_argument("--limit", type=integer("--limit", 1), default=None, metavar="N",
+                       help="train on the first N training samples only, for quick checks "
+                            "(all of them when not given)")
+    _runtime_arguments(train)
+    saving = train.add_mutually_exclusive_group()
+    saving.add_argument("--output", "-o", default=None, metavar="PATH",
+                        help="save the trained model here (default: DATASET-mlp.npz in the "
+                             "current folder, as DATASET-mlp-2.npz, -3, ... if taken)")
+    saving.add_argument("--no-save", action="store_true", help="do not save the model")
+    train.add_argument("--force", action="store_true",
+                       help="replace the --output file if it exists (else it is an error)")
+    train.add_argument("--plot", default=None, metavar="PNG",
+                       help="also draw loss and test accuracy per epoch to this PNG file "
+                            "(needs matplotlib; an existing file is replaced)")
+    train.add_argument("--quiet", "-q", action="store_true", help="no per-epoch progress")
+    train.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .estimators import MLPClassifier
-    from .progress import EpochProgress
+    from .estimators import ConvergenceWarning, MLPClassifier
+    from .progress import EpochProgress, matplotlib_missing, plot_curves
 
-    hidden = _parse_sizes(args.hidden)  # before the data load: a typo should fail fast
+    # Everything that can be checked without the data is checked before loading it.
+    _check_backend("--backend", args.backend, args.cuda_graph)
+    output = None if args.no_save else _model_path(args)
+    if args.plot:
+        missing = matplotlib_missing()
+        if missing:
+            raise OptionError(f"--plot needs matplotlib: {missing}")
+        check_writable_file("--plot", args.plot, overwrite=True)
+
     data = load_dataset(args.dataset, path=args.data_dir)
     X_train, y_train = data.X_train, data.y_train
     if args.limit is not None:
         X_train, y_train = X_train[:args.limit], y_train[:args.limit]
+    hidden = args.hidden
     clf = MLPClassifier(hidden, activation=args.activation, solver=args.solver,
                         alpha=args.alpha, batch_size=args.batch_size,
                         learning_rate=args.schedule, learning_rate_init=args.lr,
@@ -131,33 +180,163 @@ def _run_train(args: argparse.Namespace) -> int:
           f"{len(X_train)} training / {len(data.X_test)} test samples; "
           f"784-{'-'.join(map(str, hidden))}-10, {args.activation}, {args.solver}, "
           f"batch {args.batch_size}, {args.schedule} step from {args.lr}")
-    progress = EpochProgress(args.epochs, lambda: clf.score(data.X_test, data.y_test),
-                             enabled=not args.quiet)
-    clf.set_params(callbacks=[progress])
+    if output is not None:
+        print(f"the model will be saved to {output}")
+    track_accuracy = not args.quiet or args.plot
+    progress = EpochProgress(
+        args.epochs, (lambda: clf.score(data.X_test, data.y_test)) if track_accuracy else None,
+        enabled=not args.quiet)
+    keeper = LastFinishedEpoch(clf)
+    clf.set_params(callbacks=[keeper, progress])  # keeper first: it must run every epoch
     start = time.perf_counter()
-    import warnings
-
-    from .estimators import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed epoch budget is intended
-        clf.fit(X_train, y_train)
-    seconds = time.perf_counter() - start
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed epoch budget is meant
+            clf.fit(X_train, y_train)
+        seconds = time.perf_counter() - start
+        if output is not None:
+            output = _save_model(clf, output, replace=args.force)
+    except KeyboardInterrupt:
+        print(f"gpumlp train: interrupted; {_rescue(clf, keeper, output, args)}",
+              file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:
+        raise TrainingStopped(f"{describe(exc)}; {_rescue(clf, keeper, output, args)}") \
+            from exc
     accuracy = clf.score(data.X_test, data.y_test)
     print(f"backend {clf.network_.backend.name}: {clf.n_iter_} epoch(s) in {seconds:.1f} s "
           f"({clf.n_iter_ * len(X_train) / seconds:,.0f} samples/s, including the per-epoch "
           f"evaluation)")
     print(f"test accuracy: {accuracy:.4f}")
-    if args.output:
-        clf.save(args.output)
-        print(f"model saved to {args.output}")
+    if output is not None:
+        print(f"model saved to {output} (`gpumlp evaluate {output}` checks it again)")
+    if args.plot:
+        plot_curves(args.plot, progress.loss, progress.accuracy,
+                    title=f"{data.name}: 784-{'-'.join(map(str, hidden))}-10")
+        print(f"curves plotted to {args.plot}")
     return 0
+
+
+class TrainingStopped(RuntimeError):
+    """Training failed; the message says what happened and where the model was saved."""
+
+
+class LastFinishedEpoch:
+    """Training callback that keeps a copy of the weights after every finished epoch.
+
+    A copy on the model's own device (no transfer, no wait), so that an interruption in the
+    middle of an epoch (Ctrl-C, an error) can still save a consistent model.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.epoch = 0
+        self.params: Any = None
+
+    def __call__(self, epoch: int, history: Any) -> bool:
+        params = self.model.network_.params
+        if self.params is None or self.params.shape != params.shape:
+            self.params = self.model.network_.backend.empty(params.shape, params.dtype)
+        self.params[...] = params
+        self.epoch = epoch
+        return False
+
+    def restore(self) -> int:
+        """Give the model the weights of its last finished epoch; returns that epoch (0: none).
+
+        When the model's history already counts a later epoch (an interruption between the end
+        of an epoch and this callback), its weights are that epoch's and stay.
+        """
+        network = getattr(self.model, "network_", None)
+        if network is None or self.params is None:
+            return 0
+        finished = self.model.n_iter_
+        if finished > self.epoch:
+            return finished
+        # A worker thread of the NumPy backend may still be finishing its part of the step
+        # that was interrupted; copy until the weights hold still.
+        for _ in range(50):
+            network.params[...] = self.params
+            time.sleep(0.002)
+            if bool((network.params == self.params).all()):
+                break
+        return self.epoch
+
+
+def _model_path(args: argparse.Namespace) -> Path:
+    """The path ``train`` will save to, checked now (before the data is loaded)."""
+    if args.output is not None:
+        return check_writable_file("--output", args.output, overwrite=args.force)
+    default = unused_path(DEFAULT_OUTPUT.format(dataset=args.dataset))
+    return check_writable_file("--output", default, overwrite=False)
+
+
+def _save_model(model: Any, path: Path, replace: bool) -> Path:
+    """Save to ``path``; if a file appeared there during training (and ``replace`` is not
+    set), save to the next free name instead of overwriting it."""
+    if path.exists() and not replace:
+        path = unused_path(path)
+    model.save(path)
+    return path
+
+
+def _rescue(model: Any, keeper: LastFinishedEpoch, output: Path | None,
+            args: argparse.Namespace) -> str:
+    """Save the last finished epoch's model after an interruption; says what happened."""
+    epoch = keeper.restore()
+    if epoch == 0:
+        return "no epoch had finished, so there was no model to save"
+    if output is None:
+        return f"the model after epoch {epoch} was not saved (--no-save)"
+    name = sibling(output, "interrupted").name
+    folders = [output.parent, Path.cwd(), Path(tempfile.gettempdir())]
+    failures = []
+    for folder in dict.fromkeys(folders):  # in order, without repeats
+        path = unused_path(folder / name)
+        try:
+            model.save(path)
+        except Exception as exc:  # try the next folder
+            failures.append(f"{path}: {describe(exc)}")
+            continue
+        done = (f"the model after epoch {epoch} of {args.epochs}" if epoch < args.epochs
+                else f"the trained model ({epoch} epochs)")
+        return f"{done} is saved to {path}"
+    return f"the model after epoch {epoch} could not be saved ({'; '.join(failures)})"
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prog: str) -> Iterator[None]:
+    """Show warnings as ``gpumlp COMMAND: warning: ...`` lines (no source line dump)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = (lambda message, category, *rest, **kwargs: print(
+            f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr))
+        yield
+
+
+# --------------------------------------------------------------------------------- evaluate
+def _add_evaluate(commands: Any) -> None:
+    from .backends import BACKEND_NAMES
+
+    evaluate = _command(commands, "evaluate",
+                        help="report a saved model's accuracy on a dataset's test set",
+                        description="Load a model saved by `gpumlp train` and report its "
+                                    "accuracy on the test set of a dataset.")
+    evaluate.add_argument("model", help="a model file written by `gpumlp train`")
+    _data_arguments(evaluate)
+    evaluate.add_argument("--backend", default=None, choices=BACKEND_NAMES,
+                          help="run on this backend instead of the one saved in the model")
+    evaluate.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .io import load
 
+    if args.backend is not None:
+        _check_backend("--backend", args.backend)
+    if not os.path.isfile(args.model):
+        raise OptionError(f"model {args.model!r}: "
+                          + ("is a directory" if os.path.isdir(args.model) else "no such file"))
     model = load(args.model, backend=args.backend)
     data = load_dataset(args.dataset, path=args.data_dir)
     start = time.perf_counter()
@@ -166,6 +345,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(f"{args.model}: test accuracy on {data.name}: {accuracy:.4f} "
           f"({len(data.X_test) / seconds:,.0f} samples/s inference)")
     return 0
+
+
+# ----------------------------------------------------------------------------------- export
+def _add_export(commands: Any) -> None:
+    export = _command(
+        commands, "export", help="convert a saved model to ONNX (needs the onnx extra)",
+        description="Write a model saved by gpumlp as an ONNX file that returns predict_proba "
+                    "and predict (classifiers) or predict (regressors), for ONNX Runtime.")
+    export.add_argument("model", help="a model file written by `gpumlp train`")
+    export.add_argument("output", help="the .onnx file to write")
+    export.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -181,6 +371,14 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------- info
+def _add_info(commands: Any) -> None:
+    info = _command(commands, "info", help="versions, backends, devices, BLAS and datasets",
+                    description="Versions, backends (and why one is unavailable), devices, "
+                                "BLAS and the datasets found on this machine.")
+    info.set_defaults(run=_run_info)
+
+
 def _run_info(args: argparse.Namespace) -> int:
     from .info import collect_info, format_info
 
@@ -188,15 +386,52 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"--hidden={text!r} must be comma-separated integers, e.g. 512,256") \
-            from None
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"--hidden={text!r} needs at least one positive layer size")
-    return sizes
+# ------------------------------------------------------------------------- shared arguments
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+
+    parser.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS),
+                        help="dataset of the MNIST family")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder holding the IDX files (by default: $GPUMLP_DATA, "
+                             "~/.cache/gpumlp, /usr/share/datasets, then a download)")
+
+
+def _runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    from .backends import BACKEND_NAMES
+    from .graph import GRAPH_MODES
+
+    parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
+                        help="auto uses the GPU when CuPy and a device are present")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                        help="floating-point type of the parameters and data")
+    parser.add_argument("--cuda-graph", default="auto", choices=GRAPH_MODES,
+                        help="replay whole training steps as CUDA graphs (CuPy backend)")
+    parser.add_argument("--seed", type=integer("--seed", 0), default=0, metavar="N",
+                        help="seed for weights and shuffling")
+
+
+def _check_backend(option: str, backend: str, cuda_graph: str | None = None) -> None:
+    """Refuse a backend (or CUDA-graph mode) that cannot run here, saying why."""
+    if backend == "cupy" or cuda_graph == "on":
+        from .backends import cupy_unavailable_reason
+
+        reason = cupy_unavailable_reason()
+        if backend == "cupy" and reason is not None:
+            raise OptionError(f"{option} cupy is unavailable: {reason}")
+        if cuda_graph == "on" and (backend == "numpy" or reason is not None):
+            raise OptionError("--cuda-graph on needs the cupy backend"
+                              + (f" ({reason})" if reason else f", not {option} {backend}"))
+
+
+def _add_bench(commands: Any) -> None:
+    from .bench.cli import add_bench_command
+
+    add_bench_command(commands)
+
+
+#: Every command's registration, in the order ``gpumlp --help`` lists them.
+COMMANDS = [_add_train, _add_evaluate, _add_export, _add_info, _add_bench]
 
 
 if __name__ == "__main__":  # pragma: no cover
