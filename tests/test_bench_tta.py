@@ -177,3 +177,34 @@ def test_tta_command_writes_json_and_markdown_without_overwriting(tmp_path, caps
 def test_tta_command_rejects_bad_arguments(argv, message, capsys):
     assert main(["bench", "--tta", *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("cuda_graph", ["off", "on"])
+def test_cupy_subjects_train_like_numpy_on_the_emulated_gpu(cuda_graph, host, monkeypatch,
+                                                            tiny_data):
+    """The GPU rows (CuPy eager and CUDA graphs) run the same training as the NumPy row:
+    on the emulated CuPy their per-epoch test accuracy follows NumPy's."""
+    import sys
+
+    from conftest import load_support
+    from gpumlp import kernels
+
+    emulated = load_support("emulated_cupy")
+    module, get_kernel = emulated.make_cupy(host)
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
+    monkeypatch.setattr(kernels, "load_module", lambda source: None)
+    from gpumlp.backends.cupy_backend import CupyBackend
+
+    X, y, X_test, y_test = tiny_data
+    recipe = {**TINY, "epochs": 3}
+    subject = tta.GpumlpTta(CupyBackend(gemm_path="fused"), cuda_graph=cuda_graph)
+    gpu, cpu = tta.run_tta([lambda: subject, lambda: tta.GpumlpTta("numpy")], X, y, X_test,
+                           y_test, recipe, target=1.0)
+    assert gpu["subject"] == ("gpumlp-cupy-graph" if cuda_graph == "on" else "gpumlp-cupy")
+    assert "error" not in gpu, gpu
+    assert gpu["epochs_run"] == 3
+    np.testing.assert_allclose(gpu["accuracy_per_epoch"], cpu["accuracy_per_epoch"],
+                               atol=1.5 / len(y_test))
+    emulated.reset()

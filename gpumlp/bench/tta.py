@@ -160,16 +160,17 @@ class TtaSubject:
 class GpumlpTta(TtaSubject):
     """gpumlp's ``MLPClassifier`` exactly as ``gpumlp train`` builds it."""
 
-    def __init__(self, backend: str, cuda_graph: str = "off"):
-        self.backend_name = backend
+    def __init__(self, backend: Any, cuda_graph: str = "off"):
+        self.backend_spec = backend  # a name, or a Backend instance
         self.cuda_graph = cuda_graph
-        self.name = f"gpumlp-{backend}" + ("-graph" if cuda_graph == "on" else "")
-        self.device = "cpu" if backend == "numpy" else "gpu"
+        name = backend if isinstance(backend, str) else backend.name
+        self.name = f"gpumlp-{name}" + ("-graph" if cuda_graph == "on" else "")
+        self.device = "cpu" if name == "numpy" else "gpu"
 
     def prepare(self, X_test, y_test):
         from ..backends import get_backend
 
-        self.backend = get_backend(self.backend_name)
+        self.backend = get_backend(self.backend_spec)
         self.X_test = self.backend.asarray(X_test)
         self.y_test = np.asarray(y_test)
 
