@@ -41,9 +41,15 @@ INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``gpumlp`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run ``gpumlp`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    0 success, 1 failure, 2 a bad option or path (nothing was done), 130 interrupted.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a usage error already printed
+        return exit_.code if isinstance(exit_.code, int) else 2
     if not hasattr(args, "run"):
         parser.print_help()
         return 2

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
+from gpumlp.backends import available_backends
 from gpumlp.bench.protocol import CONFIGS, inference_flops_per_sample, train_flops_per_sample
+from gpumlp.bench.report import reserve_stem, write_outputs
 from gpumlp.bench.runner import Plan, run_plan
 from gpumlp.cli import main
 
@@ -44,14 +46,90 @@ def test_bench_command_writes_json_and_markdown(tmp_path, capsys):
         assert key in env
     assert document["results"][0]["subject"] == "gpumlp-numpy"
     assert list(tmp_path.glob("bench-*.md"))
+    assert printed.count(f"json: {json_path}") == 1
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--configs", "mlp-9"], "--configs has unknown ['mlp-9']"),
-    (["--batches", "0"], "--batches value 0 must be positive"),
-    (["--peers", "jax"], "--peers has unknown ['jax']"),
-    (["--repeats", "0"], "--repeats=0 must be at least 1"),
+    (["--configs", "mlp-9"], "--configs has unknown 'mlp-9'; choose from mlp-256, mlp-512"),
+    (["--batches", "0"], "--batches must be >= 1, got 0"),
+    (["--batches", "64,x"], "--batches must be an integer, got 'x'"),
+    (["--peers", "jax"], "--peers has unknown 'jax'; choose from torch, sklearn"),
+    (["--backends", "tpu"], "--backends has unknown 'tpu'"),
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--min-time", "-1"], "--min-time must be > 0, got -1"),
+    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
 ])
-def test_bench_rejects_bad_arguments(argv, message, capsys):
-    assert main(["bench", *argv]) == 1
-    assert message in capsys.readouterr().err
+def test_bench_rejects_bad_arguments(argv, message, capsys, tmp_path):
+    assert main(["bench", *argv, "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err
+    assert captured.out == "" and list(tmp_path.iterdir()) == []  # nothing was measured
+
+
+def test_bench_refuses_unavailable_cupy_once_and_fails(capsys, tmp_path):
+    reason = available_backends()["cupy"]
+    if reason is None:
+        pytest.skip("CuPy runs here; the refusal needs a machine without it")
+    assert main(["bench", "--backends", "numpy,cupy", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.out == ""
+    assert "--backends cupy is unavailable" in captured.err
+    assert " ".join(reason.split()) in captured.err  # the reason, said once
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_out_that_is_a_file_fails_before_measuring(capsys, tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    assert main(["bench", "--backends", "numpy", "--out", str(blocker / "sub")]) == 2
+    captured = capsys.readouterr()
+    assert "--out" in captured.err and "is a file" in captured.err and captured.out == ""
+
+
+def _environment():
+    return {"cpu": "Test CPU 9000", "cpu_cores": 2, "date": "2026-11-30T12:00:00",
+            "commit": "0123456789abcdef", "gpu": {}}
+
+
+def _records(rate):
+    return [{"subject": "gpumlp-numpy", "device": "cpu", "config": "mlp-256", "batch": 64,
+             "train_samples_per_s": rate, "infer_samples_per_s": 2 * rate,
+             "train_gflops": 1.0, "ms_per_epoch": 6e7 / rate, "host_us_per_step": 1.0}]
+
+
+def test_results_files_are_never_overwritten(tmp_path):
+    first = write_outputs(_records(1000.0), _environment(), {}, tmp_path)
+    before = {kind: path.read_bytes() for kind, path in first.items()}
+    second = write_outputs(_records(5.0), _environment(), {}, tmp_path)
+    assert first["json"].name == "bench-2026-11-30-test-cpu-9000.json"
+    assert second["json"].name == "bench-2026-11-30-test-cpu-9000-2.json"
+    assert second["markdown"].name == "bench-2026-11-30-test-cpu-9000-2.md"
+    assert {kind: path.read_bytes() for kind, path in first.items()} == before
+    assert json.loads(second["json"].read_text())["results"][0]["train_samples_per_s"] == 5.0
+    # a stray file of any of the run's kinds also moves the next run on
+    (tmp_path / "bench-2026-11-30-test-cpu-9000-3.md").write_text("hand-written notes")
+    third = write_outputs(_records(7.0), _environment(), {}, tmp_path)
+    assert third["json"].name == "bench-2026-11-30-test-cpu-9000-4.json"
+    assert (tmp_path / "bench-2026-11-30-test-cpu-9000-3.md").read_text() == "hand-written notes"
+
+
+def test_reserve_stem_claims_the_name(tmp_path):
+    one = reserve_stem(tmp_path, "kernels-x", (".json", ".md"))
+    two = reserve_stem(tmp_path, "kernels-x", (".json", ".md"))
+    assert one.name == "kernels-x" and two.name == "kernels-x-2"
+    assert (tmp_path / "kernels-x.json").exists()  # claimed, so a concurrent run moves on
+
+
+def test_bench_where_every_measurement_fails_writes_nothing(capsys, tmp_path, monkeypatch):
+    import gpumlp.bench.runner as runner
+
+    monkeypatch.setattr(runner, "run_plan", lambda plan: [
+        {"subject": "gpumlp-numpy", "config": "mlp-256", "batch": 64,
+         "error": "RuntimeError: out of device memory"}])
+    code = main(["bench", "--backends", "numpy", "--configs", "mlp-256", "--batches", "64",
+                 "--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "every measurement failed" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

@@ -6,34 +6,49 @@ import argparse
 import dataclasses
 
 from .protocol import CONFIGS, FULL_BATCHES, QUICK_BATCHES
+from .runner import PEERS
 
 
 def add_bench_command(commands) -> None:
+    from ..cli_args import HelpFormatter, integer, real
+
     bench = commands.add_parser(
         "bench", help="measure training and inference throughput (CPU, GPU and peers)",
         description="Measure training and inference samples/s of MNIST-sized MLPs on every "
                     "available backend, optionally beside PyTorch and scikit-learn on the "
                     "same data, shapes and optimizer (Adam, float32). The quick default "
-                    "takes about two minutes on a 2-core CPU; --full runs the whole protocol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "takes about two minutes on a 2-core CPU; --full runs the whole protocol. "
+                    "Results go to new files (bench-DATE-DEVICE.json, .md, .png, numbered "
+                    "-2, -3, ... when taken): no earlier result is ever overwritten.",
+        formatter_class=HelpFormatter)
     bench.add_argument("--full", action="store_true",
                        help=f"both configs, batches {', '.join(map(str, FULL_BATCHES))}")
-    bench.add_argument("--configs", default=None,
-                       help=f"comma-separated subset of {', '.join(CONFIGS)}")
-    bench.add_argument("--batches", default=None, help="comma-separated batch sizes")
-    bench.add_argument("--backends", default="available",
-                       help="comma-separated gpumlp backends (numpy, cupy), or 'available'")
-    bench.add_argument("--peers", default="", help="comma-separated peers: torch, sklearn")
-    bench.add_argument("--repeats", type=int, default=5, help="timed repeats (median kept)")
-    bench.add_argument("--min-time", type=float, default=None,
-                       help="seconds per repeat at least (default 0.2, --full 0.5)")
-    bench.add_argument("--dataset", default=None,
-                       help="time on a real dataset (e.g. fashion-mnist) instead of synthetic")
+    bench.add_argument("--configs", default=None, metavar="LIST",
+                       help=f"comma-separated subset of {', '.join(CONFIGS)} "
+                            "(default: all of them)")
+    bench.add_argument("--batches", default=None, metavar="LIST",
+                       help="comma-separated batch sizes (default: "
+                            f"{','.join(map(str, QUICK_BATCHES))}, with --full "
+                            f"{','.join(map(str, FULL_BATCHES))})")
+    bench.add_argument("--backends", default="available", metavar="LIST",
+                       help=f"comma-separated gpumlp backends ({', '.join(BACKENDS)}), or "
+                            "'available' for those that run here (the default); one that "
+                            "cannot run here is an error")
+    bench.add_argument("--peers", default="", metavar="LIST",
+                       help=f"comma-separated peers to time alongside: {', '.join(PEERS)}")
+    bench.add_argument("--repeats", type=integer("--repeats", 1), default=5,
+                       help="timed repeats (the median is kept)")
+    bench.add_argument("--min-time", type=real("--min-time", 0, low_open=True), default=None,
+                       metavar="SECONDS",
+                       help="seconds per repeat at least (default 0.2, with --full 0.5)")
+    bench.add_argument("--dataset", default=None, choices=_dataset_names(),
+                       help="time on a real dataset instead of synthetic data")
     bench.add_argument("--kernels", action="store_true",
                        help="instead: time each layer operation as fused kernel, cuBLAS + "
                             "fused epilogue and plain CuPy at the protocol's layer shapes "
                             "(needs a GPU)")
-    bench.add_argument("--out", default=".", help="folder for the JSON, markdown and PNG")
+    bench.add_argument("--out", default=".", metavar="DIR",
+                       help="folder for the JSON, markdown and PNG (created if missing)")
     from .tta import add_tta_arguments
 
     add_tta_arguments(bench, otherwise=_run_bench)  # --tta: time to accuracy instead
@@ -43,30 +58,28 @@ def _run_kernel_bench(args: argparse.Namespace) -> int:
     import json
     import re
     import sys
-    from pathlib import Path
 
-    from ..atomic import atomic_write
     from ..backends import cupy_unavailable_reason
+    from ..cli_args import OptionError, check_writable_dir
     from .environment import environment
     from .kernel_bench import BATCHES, markdown, run_kernel_bench, speedups
+    from .report import reserve_stem, write_text
 
     reason = cupy_unavailable_reason()
     if reason is not None:
-        raise RuntimeError(f"--kernels needs a CUDA GPU: {reason}")
-    batches = ([_positive_int("--batches", b) for b in _split(args.batches)] if args.batches
-               else list(BATCHES))
+        raise OptionError(f"--kernels needs a CUDA GPU: {reason}")
+    batches = _batches(args.batches) or list(BATCHES)
+    check_writable_dir("--out", args.out)
     env = environment({})
     results = run_kernel_bench(batches=batches, repeats=args.repeats, out=sys.stdout)
     rows = speedups(results)
     table = markdown(rows, results)
     print(table)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"]["device_name"]).strip("-").lower()[:40]
-    stem = Path(args.out) / f"kernels-{env['date'][:10]}-{slug}"
-    with atomic_write(f"{stem}.json") as handle:
-        handle.write(json.dumps({"environment": env, "results": results, "speedups": rows},
-                                indent=2).encode())
-    with atomic_write(f"{stem}.md") as handle:
-        handle.write(table.encode())
+    stem = reserve_stem(args.out, f"kernels-{env['date'][:10]}-{slug}", (".json", ".md"))
+    write_text(stem.with_name(stem.name + ".json"), json.dumps(
+        {"environment": env, "results": results, "speedups": rows}, indent=2))
+    write_text(stem.with_name(stem.name + ".md"), table)
     print(f"json: {stem}.json\nmarkdown: {stem}.md")
     return 0
 
@@ -74,27 +87,18 @@ def _run_kernel_bench(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> int:
     if args.kernels:
         return _run_kernel_bench(args)
-    from ..backends import available_backends
+    from ..cli_args import check_writable_dir, names
     from .environment import environment
     from .report import markdown_table, percent_of_peak, ratios, write_outputs
     from .runner import PEERS, Plan, run_plan
 
-    configs = _split(args.configs) or (list(CONFIGS) if args.full else ["mlp-256", "mlp-512"])
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        raise ValueError(f"--configs has unknown {unknown}; choose from {list(CONFIGS)}")
-    batches = ([_positive_int("--batches", b) for b in _split(args.batches)] if args.batches
-               else list(FULL_BATCHES if args.full else QUICK_BATCHES))
-    if args.backends == "available":
-        backends = [name for name, reason in available_backends().items() if reason is None]
-    else:
-        backends = _split(args.backends)
-    peers = _split(args.peers)
-    bad = [p for p in peers if p not in PEERS]
-    if bad:
-        raise ValueError(f"--peers has unknown {bad}; choose from {list(PEERS)}")
-    if args.repeats < 1:
-        raise ValueError(f"--repeats={args.repeats} must be at least 1")
+    # Everything is checked before the first measurement: a run takes minutes.
+    configs = (_parse(names("--configs", list(CONFIGS)), args.configs) if args.configs
+               else list(CONFIGS))
+    batches = _batches(args.batches) or list(FULL_BATCHES if args.full else QUICK_BATCHES)
+    backends = selected_backends(args.backends)
+    peers = _parse(names("--peers", PEERS), args.peers) if args.peers else []
+    check_writable_dir("--out", args.out)
     plan = Plan(configs, batches, backends, peers, args.repeats,
                 args.min_time or (0.5 if args.full else 0.2), args.dataset)
     peer_modules = {}
@@ -109,23 +113,58 @@ def _run_bench(args: argparse.Namespace) -> int:
     percent_of_peak(results, env)
     print()
     print(markdown_table(results, env))
+    if not any("error" not in r for r in results):
+        raise RuntimeError(f"every measurement failed ({len(results)} of {len(results)}); "
+                           "no results file written")
     paths = write_outputs(results, env, dataclasses.asdict(plan), args.out)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     if "plot" not in paths:
         print("plot: skipped (pip install matplotlib, or gpumlp[plot])")
+    failed = sum("error" in r for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} measurements failed (see the table)")
     return 0
 
 
-def _split(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
+def selected_backends(text: str) -> list[str]:
+    """The gpumlp backends ``--backends TEXT`` asks for: ``available`` means those that run
+    here; a named backend that cannot run here is an error that says why (before any work).
+    """
+    from ..backends import available_backends
+    from ..cli_args import OptionError, names
+
+    reasons = available_backends()
+    if text == "available":
+        return [name for name, reason in reasons.items() if reason is None]
+    backends = _parse(names("--backends", BACKENDS, extra=("available",)), text)
+    for name in backends:
+        if reasons.get(name) is not None:
+            raise OptionError(f"--backends {name} is unavailable: {reasons[name]}")
+    return list(dict.fromkeys(backends))
 
 
-def _positive_int(name: str, text: str) -> int:
+#: The gpumlp backends a benchmark can time.
+BACKENDS = ("numpy", "cupy")
+
+
+def _dataset_names() -> list[str]:
+    from ..data import DATASETS
+
+    return list(DATASETS)
+
+
+def _batches(text: str | None) -> list[int]:
+    from ..cli_args import integers
+
+    return _parse(integers("--batches", 1), text) if text else []
+
+
+def _parse(parse, text: str):
+    """Apply an argparse ``type`` here, turning its error into an :class:`OptionError`."""
+    from ..cli_args import OptionError
+
     try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{name} value {text!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"{name} value {value} must be positive")
-    return value
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise OptionError(str(exc)) from None

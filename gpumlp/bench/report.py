@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -60,21 +62,59 @@ def markdown_table(results: list[dict[str, Any]], environment: dict[str, Any]) -
 
 def write_outputs(results: list[dict[str, Any]], environment: dict[str, Any],
                   plan: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png``."""
-    out_dir = Path(out_dir)
+    """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png``.
+
+    The stem is ``bench-DATE-DEVICE``, or ``bench-DATE-DEVICE-2``, ``-3``, ... when a file of
+    that name exists: a run never overwrites an earlier run's results.
+    """
     device = environment.get("gpu", {}).get("device_name") or environment["cpu"]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()[:40]
-    stem = f"bench-{environment['date'][:10]}-{slug}"
-    paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md"}
+    stem = reserve_stem(out_dir, f"bench-{environment['date'][:10]}-{slug}",
+                        (".json", ".md", ".png"))
+    paths = {"json": stem.with_name(stem.name + ".json"),
+             "markdown": stem.with_name(stem.name + ".md")}
     document = {"environment": environment, "plan": plan, "results": results}
-    with atomic_write(paths["json"]) as handle:
-        handle.write(json.dumps(document, indent=2).encode())
-    with atomic_write(paths["markdown"]) as handle:
-        handle.write(markdown_table(results, environment).encode())
-    png = out_dir / f"{stem}.png"
+    try:
+        write_text(paths["json"], json.dumps(document, indent=2))
+    except BaseException:  # leave no empty reservation behind
+        with contextlib.suppress(OSError):
+            if paths["json"].stat().st_size == 0:
+                paths["json"].unlink()
+        raise
+    write_text(paths["markdown"], markdown_table(results, environment))
+    png = stem.with_name(stem.name + ".png")
     if plot(results, png):
         paths["plot"] = png
     return paths
+
+
+def reserve_stem(out_dir: str | Path, stem: str, suffixes: tuple[str, ...]) -> Path:
+    """``out_dir/stem`` (or ``stem-2``, ``stem-3``, ...) such that no ``stem + suffix`` exists.
+
+    The first suffix's file is created empty, exclusively, so that two runs finishing at the
+    same moment cannot pick the same name; the caller then writes it (atomically) for real.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        candidate = out_dir / (stem if n == 1 else f"{stem}-{n}")
+        n += 1
+        if any(candidate.with_name(candidate.name + s).exists() for s in suffixes):
+            continue
+        try:
+            fd = os.open(candidate.with_name(candidate.name + suffixes[0]),
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:  # taken between the check and here
+            continue
+        os.close(fd)
+        return candidate
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_write(path) as handle:
+        handle.write(text.encode())
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> bool:
