@@ -512,3 +512,24 @@ def test_plot_records_curves_even_when_quiet(tiny_dataset, tmp_path, monkeypatch
     assert code == 0, err
     assert len(drawn["loss"]) == 3 and len(drawn["accuracy"]) == 3
     assert all(0 <= a <= 1 for a in drawn["accuracy"]) and drawn["loss"][2] < drawn["loss"][0]
+
+
+def test_warnings_are_one_line_each(tiny_dataset, tmp_path, monkeypatch):
+    """A run that diverges in epoch 2 keeps epoch 1, says so in one line, and saves it."""
+    from gpumlp import optim
+
+    calls = {"n": 0}
+    original = optim.Adam.step
+
+    def step_then_blow_up(self, params, grads):
+        original(self, params, grads)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            params[...] = np.nan
+
+    monkeypatch.setattr(optim.Adam, "step", step_then_blow_up)
+    code, out, err = run([*TINY, "--epochs", "4", "--output", str(tmp_path / "m.npz")])
+    assert code == 0, err
+    assert err.startswith("gpumlp train: warning: training diverged at epoch 2")
+    assert err.count("\n") == 1 and "warnings.warn" not in err
+    assert gpumlp.load(tmp_path / "m.npz").n_iter_ == 1
