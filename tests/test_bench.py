@@ -133,3 +133,20 @@ def test_bench_where_every_measurement_fails_writes_nothing(capsys, tmp_path, mo
     err = capsys.readouterr().err
     assert "every measurement failed" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_subject_is_explained_once(monkeypatch):
+    import io
+
+    from gpumlp.bench import subjects
+
+    def broken(self, sizes, batch, X, y):
+        raise RuntimeError("no device memory left")
+
+    monkeypatch.setattr(subjects.GpumlpSubject, "prepare", broken)
+    out = io.StringIO()
+    plan = Plan(["mlp-256"], [64, 256], ["numpy"], repeats=1, min_time=0.01)
+    results = run_plan(plan, out=out)
+    assert [r["error"] for r in results] == ["RuntimeError: no device memory left"] * 2
+    assert out.getvalue().count("no device memory left") == 1
+    assert "failed again (same error)" in out.getvalue()

@@ -118,14 +118,20 @@ def run_plan(plan: Plan, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     cells = len(plan.configs) * len(plan.batches)
     done = 0
+    reported: set[tuple[str, str]] = set()  # a subject's failure is explained once
     for config in plan.configs:
         for batch in plan.batches:
             done += 1
             records = run_cell(factories, CONFIGS[config], batch, X, y, plan)
             for record in records:
                 record.update(config=config, batch=batch)
+                summary = _summary(record)
+                if "error" in record:
+                    key = (record["subject"], record["error"])
+                    summary = "failed again (same error)" if key in reported else summary
+                    reported.add(key)
                 print(f"[{done:>2}/{cells}] {config} batch {batch:>5} "
-                      f"{record['subject']:<22} {_summary(record)}", file=out, flush=True)
+                      f"{record['subject']:<22} {summary}", file=out, flush=True)
             results += records
     return results
 
