@@ -1,8 +1,11 @@
 """scikit-learn-compatible estimators: ``MLPClassifier`` and ``MLPRegressor``.
 
-Parameter names and defaults follow ``sklearn.neural_network``; ``backend``, ``dtype``,
-``dropout`` and ``callbacks`` are additions.  Results follow ``X``: a CuPy input gives CuPy
-outputs, a NumPy input NumPy outputs, whatever backend trains the model.
+Parameter names and defaults follow ``sklearn.neural_network`` (solvers ``"lbfgs"``,
+``"sgd"`` and ``"adam"``; scikit-learn's Glorot initialisation; ``sample_weight``; sparse
+``X``); ``backend``, ``dtype``, ``dropout``, ``callbacks``, ``cuda_graph`` and ``init`` are
+additions.  Results follow ``X``: a CuPy input (or any CUDA array, see
+:func:`gpumlp.validation.as_array_input`) gives CuPy outputs, a host input NumPy outputs,
+whatever backend trains the model.
 
 Examples
 --------
@@ -23,24 +26,51 @@ from typing import Any
 
 import numpy as np
 
-from . import activations
+from . import activations, exceptions
 from .backends import BACKEND_NAMES, Backend, backend_for
 from .graph import GRAPH_MODES
 from .model_registry import register_model
+from .init import INIT_SCHEMES, initial_parameters
 from .network import Network, check_dtype
 from .optim import SCHEDULES, make_optimizer
 from .params import ParamsMixin
-from .training import Trainer
-from .validation import (check_choice, check_finite_numeric, check_float, check_int,
-                         check_targets, check_X, seed_from)
+from .training import DivergenceError, Trainer
+from .validation import (as_array_input, check_choice, check_classification_targets,
+                         check_finite_numeric, check_float, check_int, check_sample_weight,
+                         check_targets, check_X, dense_rows, is_sparse, seed_from)
 
-SOLVERS = ("sgd", "adam")
+SOLVERS = ("lbfgs", "sgd", "adam")
+#: Rows densified at a time when predicting on sparse ``X``.
+_SPARSE_CHUNK = 4096
 #: scikit-learn's names for the output activations.
 _OUT_NAMES = {"softmax_xent": "softmax", "sigmoid_bce": "logistic", "squared_error": "identity"}
 
 
-class ConvergenceWarning(UserWarning):
-    """``max_iter`` was reached before the optimisation converged."""
+def __getattr__(name: str) -> Any:
+    # ConvergenceWarning is scikit-learn's class when it is installed, resolved on first use.
+    if name == "ConvergenceWarning":
+        return exceptions.ConvergenceWarning
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _StochasticOnly:
+    """Method decorator: the method exists only while ``solver`` is a stochastic one.
+
+    As scikit-learn's ``available_if``: ``hasattr(MLPClassifier(solver="lbfgs"),
+    "partial_fit")`` is False, so tools that probe for ``partial_fit`` skip it.
+    """
+
+    def __init__(self, method: Any):
+        self.method = method
+        self.__doc__ = method.__doc__
+        self.__name__ = method.__name__
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        if obj is not None and obj.solver == "lbfgs":
+            raise AttributeError(f"{self.__name__} is only available for the stochastic "
+                                 "solvers ('sgd', 'adam'); solver='lbfgs' trains on the whole "
+                                 "data in fit")
+        return self.method.__get__(obj, owner)
 
 
 class BaseMLP(ParamsMixin):
@@ -54,9 +84,9 @@ class BaseMLP(ParamsMixin):
                  warm_start: bool = False, momentum: float = 0.9,
                  nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
                  backend: str | Backend = "auto", dtype: Any = "float32", dropout: float = 0.0,
-                 callbacks: Any = None, cuda_graph: str = "auto"):
+                 callbacks: Any = None, cuda_graph: str = "auto", init: str = "glorot"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -79,11 +109,13 @@ class BaseMLP(ParamsMixin):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.backend = backend
         self.dtype = dtype
         self.dropout = dropout
         self.callbacks = callbacks
         self.cuda_graph = cuda_graph
+        self.init = init
 
     # ------------------------------------------------------------------------ validation
     def _check_hyperparameters(self) -> list[int]:
@@ -118,6 +150,8 @@ class BaseMLP(ParamsMixin):
         check_float("beta_2", self.beta_2, 0, 1, high_open=True)
         check_float("epsilon", self.epsilon, 0, np.inf, low_open=True)
         check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        check_int("max_fun", self.max_fun, 1)
+        check_choice("init", self.init, INIT_SCHEMES)
         check_float("dropout", self.dropout, 0, 1, high_open=True)
         check_dtype(self.dtype)
         check_choice("cuda_graph", self.cuda_graph, GRAPH_MODES)
@@ -126,45 +160,114 @@ class BaseMLP(ParamsMixin):
         return [int(s) for s in sizes]
 
     # ------------------------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Any) -> "BaseMLP":
-        """Train on ``X`` (n_samples, n_features) and targets ``y`` for up to ``max_iter`` epochs."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "BaseMLP":
+        """Train on ``X`` and targets ``y``.
 
-    def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> "BaseMLP":
+        Parameters
+        ----------
+        X : array-like or sparse matrix, shape (n_samples, n_features)
+            NumPy, CuPy, SciPy sparse (densified a batch at a time), or any object with
+            ``__cuda_array_interface__`` or ``__dlpack__`` (used without a copy).
+        y : array-like, shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), optional
+            Per-sample weights: the loss is the weighted mean over each batch and the L2 term
+            is divided by the batch's weight sum, as in scikit-learn.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
+
+    def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None,
+             sample_weight: Any = None) -> "BaseMLP":
         hidden = self._check_hyperparameters()
+        if incremental and self.solver == "lbfgs":
+            raise ValueError("partial_fit is only available for the stochastic solvers "
+                             "('sgd', 'adam'); solver='lbfgs' trains on the whole data in fit")
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
         dtype = check_dtype(self.dtype)
+        X = as_array_input(X)
         fitted = hasattr(self, "network_")
         keep = fitted and (incremental or self.warm_start)
         backend = self.network_.backend if keep else backend_for(X, self.backend)
-        X = check_X(X, backend, dtype, self.n_features_in_ if keep else None)
-        y = check_targets(y, X.shape[0])
-        T = self._encode_targets(y, first=not keep, classes=classes)
+        owner = type(self).__name__
+        X = check_X(X, backend, dtype, self.n_features_in_ if keep else None, owner=owner)
+        y = check_targets(y, X.shape[0], owner=owner)
+        weights = check_sample_weight(sample_weight, X.shape[0])
+        T = self._encode_targets(y, first=not keep, classes=classes,
+                                 warm=keep and not incremental)
         if not keep:
             self._build(backend, dtype, [X.shape[1], *hidden, T.shape[1]])
         if not keep or not incremental:
             self._trainer_ = self._make_trainer(previous=self._trainer_ if keep else None)
         trainer = self._trainer_
-        trainer.batch_size = (min(200, X.shape[0]) if self.batch_size == "auto"
-                              else min(int(self.batch_size), X.shape[0]))
         trainer.alpha, trainer.dropout = float(self.alpha), float(self.dropout)
         T = backend.asarray(T, dtype)
-        if incremental:
-            trainer.run_epoch(X, T)
-        else:
-            if self.early_stopping:
-                X, T, score = self._hold_out(X, T, y)
-                trainer.set_validation(score)
-            history = trainer.fit(X, T, self.max_iter)
-            if history.stop_reason == "max_iter":
-                warnings.warn(f"{type(self).__name__}: max_iter={self.max_iter} reached and "
-                              "the optimisation has not converged yet", ConvergenceWarning,
-                              stacklevel=3)  # the caller of fit, not fit itself
+        try:
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(X, T, weights)
+            elif incremental:
+                trainer.batch_size = self._batch_size(X.shape[0])
+                trainer.run_epoch(X, T, sample_weight=weights)
+            else:
+                if self.early_stopping:
+                    X, T, weights, score = self._hold_out(X, T, y, weights)
+                    trainer.set_validation(score)
+                trainer.batch_size = self._batch_size(X.shape[0])
+                history = trainer.fit(X, T, self.max_iter, sample_weight=weights)
+                if history.stop_reason == "max_iter":
+                    warnings.warn(f"{owner}: max_iter={self.max_iter} reached and the "
+                                  "optimisation has not converged yet",
+                                  exceptions.ConvergenceWarning,
+                                  stacklevel=3)  # the caller of fit, not fit itself
+        except DivergenceError:
+            if not keep:  # no finite epoch: untrained weights must not look fitted
+                del self.network_, self._trainer_
+            raise
         return self
 
+    def _batch_size(self, n: int) -> int:
+        """Rows per step: ``min(200, n)`` for ``"auto"``, else ``batch_size`` clipped to ``n``
+        (with scikit-learn's warning)."""
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                          f"going to be clipped (batch_size={self.batch_size}, {n} samples)",
+                          UserWarning, stacklevel=4)
+        return min(int(self.batch_size), n)
+
+    def _fit_lbfgs(self, X: Any, T: Any, weights: np.ndarray | None) -> None:
+        """Full-batch L-BFGS over the flat parameter buffer (see :mod:`gpumlp.lbfgs`)."""
+        from .lbfgs import minimize_lbfgs
+
+        net = self.network_
+        X = dense_rows(X, net.backend, net.dtype)
+        result = minimize_lbfgs(net, X, T, alpha=float(self.alpha), sample_weight=weights,
+                                max_iter=self.max_iter, max_fun=self.max_fun, tol=self.tol,
+                                verbose=bool(self.verbose))
+        history = self._trainer_.history
+        history.n_iter += result.n_iter
+        history.samples_seen += X.shape[0] * result.n_fun
+        history.loss.append(result.loss)
+        history.best_loss = min(history.best_loss, result.loss)
+        history.stop_reason = "converged" if result.converged else "max_iter"
+        if not result.converged:
+            warnings.warn(f"{type(self).__name__}: lbfgs failed to converge after "
+                          f"{result.n_iter} iteration(s) ({result.message}); increase "
+                          "max_iter or max_fun, or scale the data",
+                          exceptions.ConvergenceWarning, stacklevel=4)
+
     def _build(self, backend: Backend, dtype: np.dtype, sizes: list[int]) -> None:
-        self.network_ = Network(sizes, activations.canonical(self.activation), self._loss_name,
-                                dtype=dtype, backend=backend,
-                                seed=seed_from(self.random_state))
+        seed = seed_from(self.random_state)
+        hidden = activations.canonical(self.activation)
+        self.network_ = Network(sizes, hidden, self._loss_name, dtype=dtype, backend=backend,
+                                seed=seed)
+        if self.init != "he":  # Network draws "he"; others are set over it
+            self.network_.set_flat_params(initial_parameters(
+                self.init, sizes, [hidden] * (len(sizes) - 2), seed, dtype))
         self.n_features_in_ = sizes[0]
         self.n_outputs_ = sizes[-1]
         self.n_layers_ = len(sizes)
@@ -172,7 +275,7 @@ class BaseMLP(ParamsMixin):
 
     def _make_trainer(self, previous: Trainer | None) -> Trainer:
         net = self.network_
-        optimizer = make_optimizer(
+        optimizer = None if self.solver == "lbfgs" else make_optimizer(  # lbfgs: own loop
             self.solver, net.backend, net.params, learning_rate_init=self.learning_rate_init,
             momentum=self.momentum, nesterov=self.nesterovs_momentum,
             schedule=self.learning_rate, power_t=self.power_t, total_epochs=self.max_iter,
@@ -189,8 +292,12 @@ class BaseMLP(ParamsMixin):
             trainer.step_count = previous.step_count
         return trainer
 
-    def _hold_out(self, X: Any, T: Any, y: np.ndarray) -> tuple:
-        """Split off ``validation_fraction`` of the data (stratified for classifiers)."""
+    def _hold_out(self, X: Any, T: Any, y: np.ndarray, weights: np.ndarray | None) -> tuple:
+        """Split off ``validation_fraction`` of the data (stratified for classifiers).
+
+        Returns the training ``X``, ``T`` and weights, and the validation score function
+        (weighted when ``weights`` are given, as scikit-learn scores it).
+        """
         rng = np.random.default_rng(seed_from(self.random_state))
         n = X.shape[0]
         n_val = max(1, int(round(self.validation_fraction * n)))
@@ -199,11 +306,14 @@ class BaseMLP(ParamsMixin):
                              f"training samples out of {n}")
         val = self._validation_indices(y, n_val, rng)
         train = np.setdiff1d(np.arange(n), val)
-        xp = self.network_.backend.xp
-        val_d, train_d = xp.asarray(val), xp.asarray(train)
-        X_val, T_val = X[val_d], T[val_d]
-        return X[train_d], T[train_d], lambda net: self._score_outputs(
-            net.predict_output(X_val), T_val)
+        backend = self.network_.backend
+        val_d, train_d = backend.xp.asarray(val), backend.xp.asarray(train)
+        X_index = (val, train) if is_sparse(X) else (val_d, train_d)
+        X_val = dense_rows(X[X_index[0]], backend, self.network_.dtype)
+        T_val = T[val_d]
+        w_val, w_train = (None, None) if weights is None else (weights[val], weights[train])
+        return X[X_index[1]], T[train_d], w_train, lambda net: self._score_outputs(
+            net.predict_output(X_val), T_val, w_val)
 
     def _validation_indices(self, y: np.ndarray, n_val: int, rng: np.random.Generator):
         return rng.permutation(len(y))[:n_val]
@@ -211,8 +321,12 @@ class BaseMLP(ParamsMixin):
     # ---------------------------------------------------------------------- fitted state
     def _check_fitted(self) -> None:
         if not hasattr(self, "network_"):
-            raise AttributeError(f"this {type(self).__name__} is not fitted yet; call fit "
-                                 "before using it")
+            raise exceptions.NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator.")
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "network_")
 
     @property
     def coefs_(self) -> list:
@@ -227,12 +341,20 @@ class BaseMLP(ParamsMixin):
 
     @property
     def loss_curve_(self) -> list[float]:
+        """Mean training loss of each epoch, L2 term included, as scikit-learn reports it
+        (the L2 term of each batch is taken with the weights that batch started from).
+        Absent with ``solver="lbfgs"``, as in scikit-learn."""
         self._check_fitted()
+        if self.solver == "lbfgs":
+            raise AttributeError("loss_curve_ is recorded by the stochastic solvers only; "
+                                 "solver='lbfgs' has loss_")
         return list(self._trainer_.history.loss)
 
     @property
     def loss_(self) -> float:
-        return self.loss_curve_[-1]
+        """The last epoch's training loss (lbfgs: the loss at the solution)."""
+        self._check_fitted()
+        return self._trainer_.history.loss[-1]
 
     @property
     def best_loss_(self) -> float | None:
@@ -263,10 +385,17 @@ class BaseMLP(ParamsMixin):
     def _outputs(self, X: Any) -> tuple[Any, bool]:
         """Network outputs for ``X`` and whether the caller gave a host array."""
         self._check_fitted()
-        backend = self.network_.backend
+        net = self.network_
+        backend = net.backend
+        X = as_array_input(X)
         on_host = not backend.owns(X) or backend.name == "numpy"
-        X = check_X(X, backend, self.network_.dtype, self.n_features_in_)
-        return self.network_.predict_output(X), on_host
+        X = check_X(X, backend, net.dtype, self.n_features_in_, owner=type(self).__name__)
+        if not is_sparse(X):
+            return net.predict_output(X), on_host
+        parts = [net.predict_output(dense_rows(X[start:start + _SPARSE_CHUNK], backend,
+                                               net.dtype))
+                 for start in range(0, X.shape[0], _SPARSE_CHUNK)]
+        return backend.xp.concatenate(parts), on_host
 
     def save(self, path: str) -> None:
         """Save the fitted model (arrays plus JSON metadata, no pickle; atomic write)."""
@@ -289,32 +418,52 @@ class BaseMLP(ParamsMixin):
 class MLPClassifier(BaseMLP):
     """Multilayer perceptron classifier (softmax + cross-entropy; sigmoid for binary).
 
-    Parameters are those of ``sklearn.neural_network.MLPClassifier`` (solvers ``"sgd"`` and
-    ``"adam"``), plus ``backend`` (``"auto"``, ``"numpy"``, ``"cupy"``), ``dtype``
-    (``"float32"`` default), ``dropout`` (inverted-dropout rate of hidden layers),
-    ``callbacks`` (``callback(epoch, history)``; a truthy return stops training) and
-    ``cuda_graph`` (``"auto"``: on the CuPy backend each step is a replayed CUDA graph;
-    ``"on"`` insists, ``"off"`` runs eagerly).  ``learning_rate`` also takes ``"cosine"``,
-    and every schedule applies to Adam as well as SGD.
+    Parameters are those of ``sklearn.neural_network.MLPClassifier`` (solvers ``"lbfgs"``,
+    ``"sgd"`` and ``"adam"``, with ``max_fun`` for lbfgs), plus ``backend`` (``"auto"``,
+    ``"numpy"``, ``"cupy"``), ``dtype`` (``"float32"`` default), ``dropout``
+    (inverted-dropout rate of hidden layers), ``callbacks`` (``callback(epoch, history)``; a
+    truthy return stops training), ``cuda_graph`` (``"auto"``: on the CuPy backend each step
+    is a replayed CUDA graph; ``"on"`` insists, ``"off"`` runs eagerly) and ``init``
+    (``"glorot"``, scikit-learn's: weights and biases uniform in ``±sqrt(6/(fan_in +
+    fan_out))``, drawn as scikit-learn draws them so an integer ``random_state`` gives its
+    very initial weights; ``"he"``: He-uniform weights for rectifiers and zero biases, the
+    command line's recipe).  ``learning_rate`` also takes ``"cosine"``, and every schedule
+    applies to Adam as well as SGD.
+
+    Targets must be discrete labels (a continuous ``y`` raises "Unknown label type"), or a
+    0/1 indicator matrix for multilabel classification.
     """
 
     _estimator_type = "classifier"
+    _multi_label = True
 
     @property
     def _loss_name(self) -> str:
         return "softmax_xent" if self._multiclass else "sigmoid_bce"
 
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "MLPClassifier":
-        """One epoch over ``X, y``; ``classes`` (all labels) is required on the first call."""
-        if not hasattr(self, "network_") and classes is None:
+    @_StochasticOnly
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None,
+                    classes: Any = None) -> "MLPClassifier":
+        """One epoch over ``X, y`` (weighted by ``sample_weight``, optional).
+
+        ``classes`` (every label that will ever appear) is required on the first call; given
+        again later, it must name the same classes.
+        """
+        fitted = hasattr(self, "network_")
+        if not fitted and classes is None:
             raise ValueError("classes must be given on the first call to partial_fit "
                              "(every label that will ever appear)")
-        return self._fit(X, y, incremental=True, classes=classes)
+        if fitted and classes is not None and not np.array_equal(
+                np.unique(np.asarray(classes)), self.classes_):
+            raise ValueError(f"classes={np.asarray(classes).tolist()!r} is not the same as on "
+                             f"the first call to partial_fit, which gave "
+                             f"{self.classes_.tolist()!r}; the classes cannot change")
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
-    def _encode_targets(self, y: np.ndarray, first: bool, classes: Any) -> np.ndarray:
+    def _encode_targets(self, y: np.ndarray, first: bool, classes: Any,
+                        warm: bool = False) -> np.ndarray:
+        check_classification_targets(y)
         if y.ndim == 2:  # multilabel indicator matrix
-            if not np.isin(y, (0, 1)).all():
-                raise ValueError("a 2-D y must be a 0/1 indicator matrix (multilabel)")
             if first:
                 self.classes_ = np.arange(y.shape[1])
                 self._multiclass, self._multilabel = False, True
@@ -325,11 +474,15 @@ class MLPClassifier(BaseMLP):
         if first:
             labels = np.unique(y if classes is None else np.asarray(classes))
             if labels.size < 2:
-                raise ValueError(f"y has a single class {labels.tolist()}; a classifier needs "
-                                 "at least two")
+                raise ValueError(f"y has only one class {labels.tolist()}; a classifier needs "
+                                 "samples of at least two classes")
             self.classes_ = labels
             self._multiclass = labels.size > 2
             self._multilabel = False
+        elif warm and not np.array_equal(np.unique(y), self.classes_):
+            raise ValueError(f"warm_start can only be used where y has the same classes as "
+                             f"in the previous call to fit: previously "
+                             f"{self.classes_.tolist()!r}, y has {np.unique(y).tolist()!r}")
         unknown = np.setdiff1d(np.unique(y), self.classes_)
         if unknown.size:
             raise ValueError(f"y contains labels {unknown.tolist()[:10]} not among the known "
@@ -349,10 +502,13 @@ class MLPClassifier(BaseMLP):
             picks.append(members[:max(1, int(round(len(members) * n_val / len(y))))])
         return np.sort(np.concatenate(picks))
 
-    def _score_outputs(self, output: Any, T: Any) -> float:
+    def _score_outputs(self, output: Any, T: Any, weights: np.ndarray | None = None) -> float:
         if self._multiclass:
-            return float((output.argmax(axis=1) == T.argmax(axis=1)).mean())
-        return float(((output > 0.5) == (T > 0.5)).all(axis=1).mean())
+            correct = output.argmax(axis=1) == T.argmax(axis=1)
+        else:
+            correct = ((output > 0.5) == (T > 0.5)).all(axis=1)
+        correct = self.network_.backend.to_numpy(correct)
+        return float(np.average(correct, weights=weights))
 
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities, shape ``(n_samples, n_classes)``."""
@@ -362,9 +518,12 @@ class MLPClassifier(BaseMLP):
         return self.network_.backend.to_numpy(out) if on_host else out
 
     def predict_log_proba(self, X: Any) -> Any:
+        """``log(predict_proba(X))`` (``-inf`` where a probability underflowed to 0, as in
+        scikit-learn)."""
         proba = self.predict_proba(X)
         xp = np if isinstance(proba, np.ndarray) else self.network_.backend.xp
-        return xp.log(xp.maximum(proba, np.finfo(proba.dtype).tiny))
+        with np.errstate(divide="ignore"):
+            return xp.log(proba)
 
     def predict(self, X: Any) -> Any:
         """Predicted labels (indicator matrix for multilabel)."""
@@ -382,9 +541,10 @@ class MLPClassifier(BaseMLP):
         """Mean accuracy (subset accuracy for multilabel)."""
         predicted = self.network_.backend.to_numpy(self.predict(X)) if hasattr(
             self, "network_") else self.predict(X)
-        y = check_targets(y, predicted.shape[0])
+        y = check_targets(y, predicted.shape[0], warn_column=False)
         correct = (predicted == y) if predicted.ndim == 1 else (predicted == y).all(axis=1)
-        return float(np.average(correct, weights=sample_weight))
+        weights = check_sample_weight(sample_weight, len(correct))
+        return float(np.average(correct, weights=weights))
 
 
 @register_model
@@ -397,11 +557,13 @@ class MLPRegressor(BaseMLP):
     _estimator_type = "regressor"
     _loss_name = "squared_error"
 
-    def partial_fit(self, X: Any, y: Any) -> "MLPRegressor":
+    @_StochasticOnly
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> "MLPRegressor":
         """One epoch over ``X, y`` (continues from the current weights)."""
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
-    def _encode_targets(self, y: np.ndarray, first: bool, classes: Any) -> np.ndarray:
+    def _encode_targets(self, y: np.ndarray, first: bool, classes: Any,
+                        warm: bool = False) -> np.ndarray:
         y = check_finite_numeric(y)
         if first:
             self._y_1d = y.ndim == 1
@@ -411,8 +573,9 @@ class MLPRegressor(BaseMLP):
                              f"{self.n_outputs_}")
         return T
 
-    def _score_outputs(self, output: Any, T: Any) -> float:
-        return _r2(self.network_.backend.xp, output, T)
+    def _score_outputs(self, output: Any, T: Any, weights: np.ndarray | None = None) -> float:
+        xp = self.network_.backend.xp
+        return _r2(xp, output, T, None if weights is None else xp.asarray(weights))
 
     def predict(self, X: Any) -> Any:
         out, on_host = self._outputs(X)
@@ -423,8 +586,9 @@ class MLPRegressor(BaseMLP):
         """Coefficient of determination R^2 (averaged over outputs)."""
         predicted = self.predict(X)  # first: raises the not-fitted error before network_ is read
         predicted = np.asarray(self.network_.backend.to_numpy(predicted))
-        y = check_targets(y, predicted.shape[0]).astype(np.float64)
-        return _r2(np, predicted.reshape(len(y), -1), y.reshape(len(y), -1), sample_weight)
+        y = check_targets(y, predicted.shape[0], warn_column=False).astype(np.float64)
+        weights = check_sample_weight(sample_weight, len(y))
+        return _r2(np, predicted.reshape(len(y), -1), y.reshape(len(y), -1), weights)
 
 
 def _r2(xp: Any, predicted: Any, target: Any, sample_weight: Any = None) -> float:

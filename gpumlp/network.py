@@ -177,6 +177,11 @@ class Network:
         host = self.backend.to_numpy(self.params)
         return np.concatenate([host[start:start + size] for start, size in self._spans()])
 
+    def get_flat_grads(self) -> np.ndarray:
+        """A host copy of the gradients, packed like :meth:`get_flat_params`."""
+        host = self.backend.to_numpy(self.grads)
+        return np.concatenate([host[start:start + size] for start, size in self._spans()])
+
     def _spans(self) -> list[tuple[int, int]]:
         """``(offset, size)`` of each weight and bias view in the flat buffer, in order."""
         spans = []
@@ -188,6 +193,15 @@ class Network:
         """``sum ||W_l||^2`` over all layers (biases excluded), as a host float."""
         xp = self.backend.xp
         return float(sum(float(xp.vdot(w, w)) for w in self.weights))
+
+    def squared_weight_norm(self) -> Any:
+        """``sum ||W_l||^2`` as a 0-d backend array (no host synchronisation)."""
+        xp = self.backend.xp
+        total = None
+        for w in self.weights:
+            flat = w.reshape(-1)
+            total = xp.vdot(flat, flat) if total is None else total + xp.vdot(flat, flat)
+        return total
 
     # ----------------------------------------------------------------------------- buffers
     def new_workspace(self, batch: int) -> Workspace:
@@ -233,16 +247,23 @@ class Network:
 
     # ---------------------------------------------------------------------------- backward
     def loss_and_gradients(self, x: Any, t: Any, ws: Workspace, decay: float = 0.0,
-                           dropout: float = 0.0, seed: int = 0, step: int = 0) -> Any:
+                           dropout: float = 0.0, seed: int = 0, step: int = 0,
+                           row_weights: Any = None, weight_sum: float | None = None) -> Any:
         """Forward, loss and backward for one batch; fills ``self.grads``.
 
         Returns the batch-mean data loss as a 0-d backend array (no host synchronisation).
-        ``decay`` adds ``decay * W`` to each weight gradient (L2).
+        ``decay`` adds ``decay * W`` to each weight gradient (L2).  With ``row_weights``
+        (a backend vector, one per row) and their host sum ``weight_sum``, the loss and
+        gradients are the weighted mean ``sum_i w_i l_i / weight_sum``.
         """
         output = self.forward(x, ws, dropout, seed, step)
         last = self.n_layers - 1
         h_out = ws.h[last + 1]
-        loss = getattr(self.backend, self.loss.operation)(output, t, h_out)
+        if row_weights is None:
+            loss = getattr(self.backend, self.loss.operation)(output, t, h_out)
+        else:
+            loss = self.backend.sample_weighted_loss(self.loss.operation, output, t, h_out,
+                                                     row_weights, weight_sum)
         if not self.loss.from_logits and self.output_activation != "identity":
             self.backend.act_grad(h_out, output, self.output_activation, h_out)
         for layer in range(last, -1, -1):

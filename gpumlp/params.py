@@ -15,6 +15,9 @@ class ParamsMixin:
 
     #: ``"classifier"`` or ``"regressor"``; read by scikit-learn's tag machinery.
     _estimator_type: str = ""
+    #: Input and target capabilities, reported to scikit-learn by :meth:`__sklearn_tags__`.
+    _accepts_sparse: bool = True
+    _multi_label: bool = False
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -44,13 +47,19 @@ class ParamsMixin:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def __sklearn_tags__(self) -> Any:
-        """Tags for scikit-learn >= 1.6 (only called when scikit-learn is installed)."""
-        from sklearn.utils import ClassifierTags, RegressorTags, Tags, TargetTags
+        """Tags for scikit-learn >= 1.6 (only called when scikit-learn is installed).
+
+        They declare what the estimator takes (sparse ``X``; multilabel targets for the
+        MLP classifier), so scikit-learn's conformance checks exercise exactly that.
+        """
+        from sklearn.utils import (ClassifierTags, InputTags, RegressorTags, Tags,
+                                   TargetTags)
 
         tags = Tags(estimator_type=self._estimator_type or None,
-                    target_tags=TargetTags(required=True))
+                    target_tags=TargetTags(required=True),
+                    input_tags=InputTags(sparse=self._accepts_sparse))
         if self._estimator_type == "classifier":
-            tags.classifier_tags = ClassifierTags()
+            tags.classifier_tags = ClassifierTags(multi_label=self._multi_label)
         elif self._estimator_type == "regressor":
             tags.regressor_tags = RegressorTags()
         return tags

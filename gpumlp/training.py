@@ -32,6 +32,7 @@ import numpy as np
 
 from .graph import GRAPH_MODES, GraphStepRunner, graph_unavailable_reason
 from .network import Network, Workspace
+from .validation import is_sparse
 
 #: ``callback(epoch, history)`` runs after every epoch; returning True stops training.
 Callback = Callable[[int, "History"], Any]
@@ -56,6 +57,8 @@ class StepBuffers:
     x: Any
     t: Any
     workspace: Workspace
+    #: Gathered sample weights, ``(rows, 1)``; made on the first weighted step.
+    w: Any = None
 
 
 @dataclass
@@ -140,14 +143,16 @@ class Trainer:
             self._best[...] = self.network.params
 
     # --------------------------------------------------------------------------------- fit
-    def fit(self, X: Any, T: Any, epochs: int) -> History:
+    def fit(self, X: Any, T: Any, epochs: int, sample_weight: Any = None) -> History:
         """Train for up to ``epochs`` epochs on backend arrays ``X`` and targets ``T``.
 
-        The batch and work buffers are released at the end (see :meth:`release`).
+        ``X`` may also be a SciPy CSR matrix (densified a batch at a time) and
+        ``sample_weight`` a host array of per-sample weights (see :meth:`run_epoch`).  The
+        batch and work buffers are released at the end (see :meth:`release`).
         """
         try:
             for _ in range(epochs):
-                if not self.run_epoch(X, T):
+                if not self.run_epoch(X, T, sample_weight):
                     break
             else:
                 self.history.stop_reason = self.history.stop_reason or "max_iter"
@@ -176,12 +181,19 @@ class Trainer:
         self._last_good = self.network.backend.empty(params.shape, self.network.dtype)
         self._last_good[...] = params
 
-    def run_epoch(self, X: Any, T: Any) -> bool:
-        """One pass over the data; returns False when training should stop."""
+    def run_epoch(self, X: Any, T: Any, sample_weight: Any = None) -> bool:
+        """One pass over the data; returns False when training should stop.
+
+        The epoch's loss is scikit-learn's: each batch's loss plus its L2 term
+        ``0.5 * alpha * sum ||W||^2 / batch_weight`` (weights as the batch found them;
+        ``batch_weight`` is the batch's rows, or its sum of ``sample_weight``), averaged
+        over the batches by their rows.  With ``sample_weight`` (host array, one per row)
+        each batch's loss and gradients are weighted means, as in scikit-learn; a batch
+        whose weights are all zero is skipped.
+        """
         history = self.history
-        loss = self._train_one_epoch(X, T)
-        if self.alpha:
-            loss += 0.5 * self.alpha * self.network.l2_penalty() / min(self.batch_size, len(X))
+        n = X.shape[0]
+        loss = self._train_one_epoch(X, T, sample_weight)
         # The epoch's last update can overflow even when every loss it saw was finite.
         if not math.isfinite(loss) or not bool(self.network.backend.xp.isfinite(
                 self.network.params).all()):
@@ -198,7 +210,7 @@ class Trainer:
             return False
         self._last_good[...] = self.network.params
         history.n_iter += 1
-        history.samples_seen += len(X)
+        history.samples_seen += n
         history.loss.append(loss)
         self.optimizer.epoch_end(history.samples_seen, history.n_iter)
         improved = self._record_progress(loss)
@@ -216,12 +228,16 @@ class Trainer:
             self._no_improvement = 0
         return True
 
-    def _train_one_epoch(self, X: Any, T: Any) -> float:
-        runner = self._graph_runner_for(X, T)
+    def _train_one_epoch(self, X: Any, T: Any, sample_weight: Any = None) -> float:
+        eager_only = sample_weight is not None or is_sparse(X)
+        runner = None if eager_only else self._graph_runner_for(X, T)
         if runner is not None:
             n = len(X)
-            return runner.run_epoch(self.rng.permutation(n) if self.shuffle else np.arange(n))
-        return self._train_one_epoch_eagerly(X, T)
+            loss = runner.run_epoch(self.rng.permutation(n) if self.shuffle else np.arange(n))
+            if self.alpha:  # the captured step sums the data loss only: L2 at the epoch's end
+                loss += 0.5 * self.alpha * self.network.l2_penalty() / min(self.batch_size, n)
+            return loss
+        return self._train_one_epoch_eagerly(X, T, sample_weight)
 
     def _graph_runner_for(self, X: Any, T: Any) -> GraphStepRunner | None:
         """The captured-step runner for this data and these settings, if graphs apply."""
@@ -232,7 +248,10 @@ class Trainer:
             if self.cuda_graph == "on":
                 raise ValueError(f"cuda_graph='on' cannot be honoured: {reason}")
             return None
-        key = (id(X), id(T), len(X), self.batch_size, self.alpha, self.dropout)
+        # Shapes, not arrays: new data of the same shape (partial_fit's next chunk) is copied
+        # into the captured buffers instead of being captured again.
+        key = (X.shape, X.dtype.str, T.shape, T.dtype.str, self.batch_size, self.alpha,
+               self.dropout)
         if self._graph_runner is None or self._graph_runner[0] != key:
             try:
                 self._graph_runner = (key, GraphStepRunner(self, X, T))
@@ -243,26 +262,57 @@ class Trainer:
                               "training eagerly", RuntimeWarning, stacklevel=4)
                 self.cuda_graph = "off"
                 return None
-        return self._graph_runner[1]
+        else:
+            self._graph_runner[1].load(X, T)
+        runner = self._graph_runner[1]
+        if self.cuda_graph == "auto" and not runner.faster_than_eager():
+            return None  # measured for this step shape: eager launches are faster
+        return runner
 
-    def _train_one_epoch_eagerly(self, X: Any, T: Any) -> float:
+    def _train_one_epoch_eagerly(self, X: Any, T: Any, sample_weight: Any = None) -> float:
         backend, net = self.network.backend, self.network
-        n = len(X)
-        order = (backend.permutation(n, self.rng) if self.shuffle
-                 else backend.xp.arange(n))
+        n = X.shape[0]
+        sparse, weighted = is_sparse(X), sample_weight is not None
+        if sparse or weighted:  # rows and weight sums are chosen on the host
+            host_order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+            order = backend.xp.asarray(host_order.astype(np.int64))
+        else:
+            order = (backend.permutation(n, self.rng) if self.shuffle
+                     else backend.xp.arange(n))
+        if weighted:
+            weights = backend.asarray(np.asarray(sample_weight).reshape(n, 1), net.dtype)
+            starts = np.arange(0, n, self.batch_size)
+            batch_sums = np.add.reduceat(np.asarray(sample_weight)[host_order], starts)
         total = 0.0
-        for start in range(0, n, self.batch_size):
+        for number, start in enumerate(range(0, n, self.batch_size)):
             index = order[start:start + self.batch_size]
             rows = index.shape[0]
             buffers = self.step_buffers(rows, X, T)
-            backend.gather_rows(X, index, buffers.x)
+            if sparse:
+                rows_csr = X[host_order[start:start + rows]]
+                buffers.x[...] = backend.asarray(rows_csr.toarray(), net.dtype)
+            else:
+                backend.gather_rows(X, index, buffers.x)
             backend.gather_rows(T, index, buffers.t)
+            row_weights, weight_sum = None, float(rows)
+            if weighted:
+                weight_sum = float(batch_sums[number])
+                if weight_sum <= 0:  # nothing to learn from: sklearn would divide by zero
+                    continue
+                if buffers.w is None:
+                    buffers.w = backend.empty((rows, 1), net.dtype)
+                backend.gather_rows(weights, index, buffers.w)
+                row_weights = buffers.w.reshape(rows)
+            decay = self.alpha / weight_sum
+            # The L2 term of this batch, from the weights before its update (no host sync).
+            l2 = 0.5 * decay * net.squared_weight_norm() if self.alpha else 0.0
             batch_loss = net.loss_and_gradients(
-                buffers.x, buffers.t, buffers.workspace, decay=self.alpha / rows,
-                dropout=self.dropout, seed=self.dropout_seed, step=self.step_count)
+                buffers.x, buffers.t, buffers.workspace, decay=decay,
+                dropout=self.dropout, seed=self.dropout_seed, step=self.step_count,
+                row_weights=row_weights, weight_sum=weight_sum)
             self.optimizer.step(net.params, net.grads)
             self.step_count += 1
-            total = total + batch_loss * rows  # stays on the device until the epoch ends
+            total = total + (batch_loss + l2) * rows  # stays on the device until epoch end
         return float(total) / n
 
     def step_buffers(self, rows: int, X: Any, T: Any) -> StepBuffers:
@@ -274,7 +324,7 @@ class Trainer:
         buffers = self._step_buffers.get(rows)
         if buffers is None or buffers.x.shape[1] != X.shape[1] or buffers.t.shape[1] != T.shape[1]:
             backend, dtype = self.network.backend, self.network.dtype
-            full, rest = min(self.batch_size, len(X)), len(X) % self.batch_size
+            full, rest = min(self.batch_size, X.shape[0]), X.shape[0] % self.batch_size
             for stale in set(self._step_buffers) - {full, rest}:
                 del self._step_buffers[stale]
             buffers = self._step_buffers[rows] = StepBuffers(

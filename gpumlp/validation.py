@@ -1,28 +1,90 @@
-"""Checks of user input: each failure names the argument, the value and what is allowed."""
+"""Checks of user input: each failure names the argument, the value and what is allowed.
+
+The wording of the data checks follows scikit-learn's where its estimator checks look for
+it ("Reshape your data", "0 feature(s)", "Unknown label type", "is expecting N features"), so
+gpumlp's estimators pass scikit-learn's conformance suite.
+
+Any array comes in: NumPy and CuPy arrays, lists, SciPy sparse matrices (kept sparse on the
+host and densified a batch at a time), and objects of other libraries that expose
+``__cuda_array_interface__`` or ``__dlpack__`` (PyTorch, JAX, ...), which are wrapped without a
+copy — as a CuPy array when they live on a CUDA device, as a NumPy array when on the CPU.
+"""
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
 
+#: DLPack device types (``__dlpack_device__()[0]``).
+_DLPACK_CPU, _DLPACK_CUDA, _DLPACK_CUDA_HOST, _DLPACK_CUDA_MANAGED = 1, 2, 3, 13
 
+
+# ------------------------------------------------------------------------------ any array in
+def is_sparse(X: Any) -> bool:
+    """Whether ``X`` is a SciPy sparse matrix or array."""
+    return type(X).__module__.startswith("scipy.sparse")
+
+
+def as_array_input(X: Any, name: str = "X") -> Any:
+    """``X`` itself, or a zero-copy NumPy/CuPy view of a foreign array.
+
+    Objects with ``__cuda_array_interface__``, or with ``__dlpack__`` on a CUDA device,
+    become CuPy arrays (so a CuPy backend trains on them and results come back as CuPy);
+    DLPack objects on the CPU become NumPy arrays.  Everything else is returned unchanged for
+    the ordinary checks (lists, NumPy, CuPy, SciPy sparse).
+    """
+    module = type(X).__module__
+    if isinstance(X, np.ndarray) or module.startswith(("cupy", "numpy", "scipy.sparse")):
+        return X
+    if hasattr(X, "__cuda_array_interface__"):
+        return _cupy_module(name).asarray(X)  # zero-copy for CUDA memory
+    if hasattr(X, "__dlpack__"):
+        device = _dlpack_device(X)
+        try:
+            if device in (_DLPACK_CUDA, _DLPACK_CUDA_MANAGED):
+                return _cupy_module(name).from_dlpack(X)
+            if device in (_DLPACK_CPU, _DLPACK_CUDA_HOST):
+                return np.from_dlpack(X)
+        except (TypeError, BufferError, RuntimeError, ValueError):
+            pass  # e.g. a tensor that requires grad, or a dtype DLPack cannot carry
+    return X
+
+
+def _dlpack_device(X: Any) -> int | None:
+    try:
+        return int(X.__dlpack_device__()[0])
+    except Exception:
+        return _DLPACK_CPU if not hasattr(X, "__dlpack_device__") else None
+
+
+def _cupy_module(name: str) -> Any:
+    try:
+        import cupy
+    except Exception as exc:
+        raise TypeError(f"{name} is a CUDA device array; CuPy is needed to use it "
+                        f"({type(exc).__name__}: {exc}). Install gpumlp[cuda12] or "
+                        "gpumlp[cuda13], or pass a host array") from None
+    return cupy
+
+
+# ------------------------------------------------------------------------------------- X
 def check_X(X: Any, backend: Any, dtype: np.dtype, n_features: int | None = None,
-            name: str = "X") -> Any:
-    """Return ``X`` as a finite, 2-D, non-empty backend array of ``dtype``."""
+            name: str = "X", owner: str = "the model") -> Any:
+    """Return ``X`` as a finite, 2-D, non-empty backend array of ``dtype``.
+
+    A SciPy sparse ``X`` is returned as a host CSR matrix of ``dtype`` (densified later, a
+    batch at a time).  ``owner`` names the estimator in the feature-count message.
+    """
+    X = as_array_input(X, name)
+    if is_sparse(X):
+        return _check_sparse(X, dtype, n_features, name, owner)
     xp = backend.xp
-    if not backend.owns(X):
+    if isinstance(X, np.ndarray) or not backend.owns(X):
         X = _host_numeric(X, name)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features); got shape {X.shape}. "
-                         "Reshape a single sample with X.reshape(1, -1)")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {X.shape}); at least one sample and one "
-                         "feature are needed")
-    if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(f"{name} has {X.shape[1]} features, but the model was fitted with "
-                         f"{n_features}")
+    _check_shape(X.shape, n_features, name, owner)
     if X.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric; got dtype {X.dtype}")
     X = backend.asarray(X, dtype)
@@ -31,12 +93,87 @@ def check_X(X: Any, backend: Any, dtype: np.dtype, n_features: int | None = None
     return X
 
 
-def check_targets(y: Any, n_samples: int, name: str = "y") -> np.ndarray:
-    """Return ``y`` as a host array of 1 or 2 dimensions with ``n_samples`` rows."""
+def _check_shape(shape: tuple, n_features: int | None, name: str, owner: str) -> None:
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features); got shape {shape}. "
+                         f"Reshape your data: {name}.reshape(-1, 1) for a single feature, "
+                         f"{name}.reshape(1, -1) for a single sample")
+    for count, what in ((shape[0], "sample(s)"), (shape[1], "feature(s)")):
+        if count == 0:
+            raise ValueError(f"{name} is empty: found 0 {what} (shape={tuple(shape)}) while "
+                             "a minimum of 1 is required.")
+    if n_features is not None and shape[1] != n_features:
+        raise ValueError(f"{name} has {shape[1]} features, but {owner} is expecting "
+                         f"{n_features} features as input")
+
+
+def _check_sparse(X: Any, dtype: np.dtype, n_features: int | None, name: str,
+                  owner: str) -> Any:
+    X = X.tocsr()
+    _check_shape(X.shape, n_features, name, owner)
+    if X.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {X.dtype}")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric; got a sparse matrix of dtype {X.dtype}")
+    X = X.astype(dtype, copy=False)
+    if not np.isfinite(X.data).all():
+        raise ValueError(f"{name} contains NaN or infinity; clean or impute it first")
+    X.sort_indices()
+    return X
+
+
+def dense_rows(X: Any, backend: Any, dtype: np.dtype, index: Any = None) -> Any:
+    """Rows ``index`` (all rows when ``None``) of a checked ``X`` as a dense backend array."""
+    if is_sparse(X):
+        rows = X if index is None else X[np.asarray(index)]
+        return backend.asarray(rows.toarray(), dtype)
+    return X if index is None else X[index]
+
+
+def _host_numeric(X: Any, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(X)
+    except Exception as exc:
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    if array.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {array.dtype}")
+    if array.dtype.kind == "O":  # numbers held as objects convert; anything else cannot
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be numeric (bool, int or float); got dtype object "
+                            f"holding non-numeric values ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric (bool, int or float); got dtype "
+                        f"{array.dtype}")
+    return array
+
+
+# ------------------------------------------------------------------------------ targets
+def check_targets(y: Any, n_samples: int, name: str = "y", owner: str = "the model",
+                  warn_column: bool = True) -> np.ndarray:
+    """Return ``y`` as a host array of 1 or 2 dimensions with ``n_samples`` rows.
+
+    A column vector ``(n, 1)`` is flattened with scikit-learn's ``DataConversionWarning``
+    (unless ``warn_column`` is False).
+    """
+    if y is None:
+        raise ValueError(f"{owner} requires y to be passed, but the target y is None")
+    y = as_array_input(y, name)
     if hasattr(y, "get") and type(y).__module__.startswith("cupy"):
         y = y.get()
+    if is_sparse(y):
+        y = y.toarray()
     y = np.asarray(y)
+    if y.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] == 1:
+        if warn_column:
+            from . import exceptions
+
+            warnings.warn("A column-vector y was passed when a 1d array was expected. Please "
+                          "change the shape of y to (n_samples, ), for example using ravel().",
+                          exceptions.DataConversionWarning, stacklevel=4)
         y = y.ravel()
     if y.ndim not in (1, 2):
         raise ValueError(f"{name} must be 1-D (or 2-D for several outputs); got shape {y.shape}")
@@ -45,7 +182,32 @@ def check_targets(y: Any, n_samples: int, name: str = "y") -> np.ndarray:
     return y
 
 
+def check_classification_targets(y: np.ndarray, name: str = "y") -> None:
+    """Reject targets a classifier cannot learn: continuous values, or a 2-D ``y`` that is
+    not a 0/1 indicator matrix (scikit-learn's "Unknown label type")."""
+    if y.ndim == 2:
+        if not np.isin(y, (0, 1)).all():
+            kind = ("continuous-multioutput" if y.dtype.kind == "f" and _non_integer(y)
+                    else "multiclass-multioutput")
+            raise ValueError(f"Unknown label type: {kind}. A 2-D {name} must be a 0/1 "
+                             "indicator matrix (multilabel)")
+        return
+    if y.dtype.kind == "f" and _non_integer(y):
+        raise ValueError(f"Unknown label type: continuous. {name} holds non-integer values "
+                         "(e.g. a regression target); a classifier needs discrete labels")
+
+
+def _non_integer(y: np.ndarray) -> bool:
+    finite = np.isfinite(y)
+    return bool((~finite).any() or np.any(y[finite] != np.round(y[finite])))
+
+
 def check_finite_numeric(y: np.ndarray, name: str = "y") -> np.ndarray:
+    if y.dtype.kind == "O":
+        try:
+            y = y.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be numeric for regression ({exc})") from None
     if y.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric for regression; got dtype {y.dtype}")
     if not np.isfinite(y).all():
@@ -53,19 +215,33 @@ def check_finite_numeric(y: np.ndarray, name: str = "y") -> np.ndarray:
     return y
 
 
-def _host_numeric(X: Any, name: str) -> np.ndarray:
-    if hasattr(X, "toarray") and type(X).__module__.startswith("scipy.sparse"):
-        raise TypeError(f"{name} is a sparse {type(X).__name__}; sparse input is not "
-                        f"supported, pass a dense array ({name}.toarray())")
+def check_sample_weight(sample_weight: Any, n_samples: int,
+                        name: str = "sample_weight") -> np.ndarray | None:
+    """``None``, or a host float64 copy of the weights: 1-D, ``n_samples`` long, finite,
+    non-negative, not all zero.  A scalar weighs every sample alike."""
+    if sample_weight is None:
+        return None
+    sample_weight = as_array_input(sample_weight, name)
+    if hasattr(sample_weight, "get") and type(sample_weight).__module__.startswith("cupy"):
+        sample_weight = sample_weight.get()
     try:
-        array = np.asarray(X)
-    except Exception as exc:
-        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric (bool, int or float); got dtype "
-                        f"{array.dtype}" + (" (mixed or non-numeric values)"
-                                            if array.dtype.kind == "O" else ""))
-    return array
+        weights = np.array(sample_weight, dtype=np.float64)  # a copy: never the caller's
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be numeric ({exc})") from None
+    if weights.ndim == 0:
+        weights = np.full(n_samples, float(weights))
+    if weights.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},), one weight per sample; got "
+                         f"shape {weights.shape}")
+    if not np.isfinite(weights).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    if (weights < 0).any():
+        raise ValueError(f"{name} has negative values (min {weights.min()}); weights must "
+                         "be >= 0")
+    if not weights.any():
+        raise ValueError(f"{name} is all zero: sample weights must contain at least one "
+                         "non-zero number")
+    return weights
 
 
 # --------------------------------------------------------------------------- hyper-parameters

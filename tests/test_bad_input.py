@@ -96,12 +96,13 @@ def test_X_must_be_2d_at_predict(binary_data, fitted):
 
 def test_wrong_feature_count_at_predict(binary_data, fitted):
     X, y = binary_data
+    expected = r"X has {} features, but {} is expecting 4 features as input"
     for method in (fitted.predict, fitted.predict_proba):
-        with pytest.raises(ValueError, match=r"X has 3 features.*fitted with 4"):
+        with pytest.raises(ValueError, match=expected.format(3, "MLPClassifier")):
             method(X[:, :3])
-    with pytest.raises(ValueError, match=r"X has 5 features.*fitted with 4"):
+    with pytest.raises(ValueError, match=expected.format(5, "MLPClassifier")):
         fitted.predict(np.hstack([X, X[:, :1]]))
-    with pytest.raises(ValueError, match=r"X has 3 features.*fitted with 4"):
+    with pytest.raises(ValueError, match=expected.format(3, "Perceptron")):
         Perceptron().fit(X, y).predict(X[:, :3])
 
 
@@ -120,8 +121,7 @@ def test_empty_X(shape, fitted):
 @pytest.mark.parametrize("X, dtype", [
     (np.array([["a", "b"], ["c", "d"]] * 10), "<U1"),
     (np.array([[1.0, "b"], [None, 2.0]] * 10, dtype=object), "object"),
-    (np.ones((20, 2), dtype=object), "object"),
-    (np.ones((20, 2), dtype=complex), "complex128"),
+    (np.array([[1.0, {"a": 1}], [3.0, 2.0]] * 10, dtype=object), "object"),
 ])
 def test_non_numeric_X(X, dtype):
     y = np.arange(20) % 2
@@ -130,16 +130,24 @@ def test_non_numeric_X(X, dtype):
             model.fit(X, y)
 
 
+def test_numbers_held_as_objects_are_numeric():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    y = np.arange(20) % 2
+    for model in (classifier(), regressor(), Perceptron(random_state=0)):
+        expected = model.fit(X, y).predict(X)
+        np.testing.assert_array_equal(model.fit(X.astype(object), y).predict(X), expected)
+
+
+def test_complex_X_is_refused():
+    X = np.ones((20, 2), dtype=complex)
+    for model in (classifier(), regressor(), Perceptron()):
+        with pytest.raises(ValueError, match=r"Complex data not supported.*complex128"):
+            model.fit(X, np.arange(20) % 2)
+
+
 def test_ragged_X():
     with pytest.raises(TypeError, match=r"X could not be converted"):
         classifier().fit([[1.0, 2.0], [3.0]], [0, 1])
-
-
-def test_sparse_X_is_refused_clearly(binary_data):
-    sparse = pytest.importorskip("scipy.sparse")
-    X, y = binary_data
-    with pytest.raises(TypeError, match=r"X is a sparse .*toarray"):
-        classifier().fit(sparse.csr_matrix(X), y)
 
 
 def test_non_numeric_regression_target(regression_data):
@@ -190,18 +198,18 @@ def test_partial_fit_labels_outside_classes(binary_data):
 def test_warm_refit_with_unseen_label_is_refused(binary_data):
     X, y = binary_data
     clf = classifier(warm_start=True).fit(X, y)
-    with pytest.raises(ValueError, match=r"\[2\]"):
+    with pytest.raises(ValueError, match=r"same classes.*\[0, 1\].*\[0, 2\]"):
         clf.fit(X, np.where(y == 1, 2, 0))
 
 
 def test_single_class(binary_data):
     X, _ = binary_data
     y = np.full(len(X), 3)
-    with pytest.raises(ValueError, match=r"single class \[3\].*at least two"):
+    with pytest.raises(ValueError, match=r"only one class \[3\].*at least two"):
         classifier().fit(X, y)
-    with pytest.raises(ValueError, match=r"single class \[3\].*at least two"):
+    with pytest.raises(ValueError, match=r"only one class \[3\].*at least two"):
         Perceptron().fit(X, y)
-    with pytest.raises(ValueError, match=r"single class"):
+    with pytest.raises(ValueError, match=r"only one class"):
         classifier().partial_fit(X, y, classes=[3])
 
 
@@ -227,7 +235,7 @@ INVALID = [
     ("hidden_layer_sizes", (16, 0)), ("hidden_layer_sizes", "abc"),
     ("hidden_layer_sizes", ("16", "8")), ("hidden_layer_sizes", 2.5),
     ("hidden_layer_sizes", None), ("activation", "bogus"), ("activation", "hard_limit"),
-    ("solver", "lbfgs"), ("alpha", -1.0), ("batch_size", 0), ("batch_size", "big"),
+    ("solver", "newton"), ("alpha", -1.0), ("batch_size", 0), ("batch_size", "big"),
     ("learning_rate", "bogus"), ("learning_rate_init", 0), ("learning_rate_init", -0.1),
     ("max_iter", 0), ("max_iter", 2.5), ("momentum", 1.5), ("validation_fraction", 0),
     ("validation_fraction", 1), ("beta_1", 1.0), ("beta_2", 1.0), ("epsilon", 0),
@@ -339,7 +347,9 @@ def test_divergence_keeps_last_finite_epoch(make, target):
 
 def test_divergence_in_the_first_epoch_raises_and_leaves_the_model_unfitted(binary_data):
     X, y = binary_data
-    model = classifier(alpha=1e30, solver="sgd", learning_rate_init=1.0, max_iter=20)
+    # Several steps per epoch: the weights overflow within the first one.
+    model = classifier(alpha=1e30, solver="sgd", learning_rate_init=1.0, max_iter=20,
+                       batch_size=10)
     with pytest.raises(gpumlp.DivergenceError, match="diverged in its first epoch"):
         model.fit(X, y)
     assert not hasattr(model, "network_")
@@ -352,7 +362,8 @@ def test_divergence_in_the_first_epoch_of_the_trainer_keeps_the_initial_weights(
     net = gpumlp.Network([X.shape[1], 8, 1], activation="relu", loss="sigmoid_bce",
                          backend="numpy", seed=0)
     initial = net.get_flat_params()
-    trainer = gpumlp.Trainer(net, gpumlp.SGD(net.backend, net.params, 1.0), alpha=1e30)
+    trainer = gpumlp.Trainer(net, gpumlp.SGD(net.backend, net.params, 1.0), alpha=1e30,
+                             batch_size=10)
     with pytest.raises(gpumlp.DivergenceError):
         trainer.fit(X.astype(np.float32), y[:, None].astype(np.float32), 5)
     np.testing.assert_array_equal(net.get_flat_params(), initial)

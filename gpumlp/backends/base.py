@@ -164,6 +164,30 @@ class Backend:
         h_out[...] = diff / a.dtype.type(n)
         return loss
 
+    def sample_weighted_loss(self, loss: str, z: Any, t: Any, h_out: Any, weights: Any,
+                             weight_sum: float) -> Any:
+        """Loss operation ``loss`` with per-row weights (``sample_weight``).
+
+        Returns ``sum_i w_i l_i / weight_sum`` (0-d) and writes
+        ``h_out_i = w_i * dl_i/dz_i / weight_sum``: the unweighted operation's ``H`` (already
+        divided by ``n``) scaled per row by ``w_i * n / weight_sum``.  ``weights`` is a
+        vector of the batch's rows on this backend; ``weight_sum`` a host float.
+        """
+        xp = self.xp
+        dt = z.dtype.type
+        n = z.shape[0]
+        getattr(self, loss)(z, t, h_out)
+        h_out *= (weights * dt(n / weight_sum))[:, None]
+        if loss == "softmax_xent":
+            zmax = z.max(axis=1, keepdims=True)
+            log_norm = xp.log(xp.exp(z - zmax).sum(axis=1, keepdims=True)) + zmax
+            per_row = (t * (log_norm - z)).sum(axis=1)
+        elif loss == "sigmoid_bce":
+            per_row = (xp.maximum(z, 0) - t * z + xp.log1p(xp.exp(-xp.abs(z)))).sum(axis=1)
+        else:  # squared_error
+            per_row = 0.5 * ((z - t) ** 2).sum(axis=1)
+        return (xp.vdot(weights, per_row) / dt(weight_sum)).astype(z.dtype)
+
     # --------------------------------------------------------------------------- optimizer
     def sgd_step(self, params: Any, grads: Any, velocity: Any, lr: float,
                  momentum: float, nesterov: bool) -> None:
