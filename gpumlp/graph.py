@@ -14,6 +14,13 @@ The permutation of each epoch comes from the trainer's host generator, copied to
 once per epoch (480 kB for 60,000 rows): the graph and eager paths then see the same batches,
 so their weights agree to float32 rounding and either can be checked against the other.
 
+The graphs read the data from the runner's own device buffers, so new data of the same shape
+(``partial_fit`` on the next chunk, a refit on other rows) is copied into them with
+:meth:`GraphStepRunner.load` — one device-to-device copy — instead of a new warm-up and
+capture.  With ``cuda_graph="auto"`` the trainer replays only where
+:meth:`GraphStepRunner.faster_than_eager` measured the graph to be faster for this step shape
+(:mod:`gpumlp.graph_auto`).
+
 Two rules keep the replays correct on a real device:
 
 * **One stream, joined to the caller's.**  Everything a runner does to device memory (the
@@ -63,7 +70,10 @@ class GraphStepRunner:
         self.backend = self.net.backend
         cupy = self.backend.xp
         self.cupy = cupy
-        self.X, self.T = X, T
+        self.data_key = data_key(X, T)
+        # The graphs read these buffers; load() copies new data of the same shape into them.
+        self.X = cupy.empty(X.shape, X.dtype)
+        self.T = cupy.empty(T.shape, T.dtype)
         self.n = len(X)
         self.batch = min(trainer.batch_size, self.n)
         self.full_steps, self.rest = divmod(self.n, self.batch)
@@ -77,6 +87,7 @@ class GraphStepRunner:
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
         with self.on_stream():
+            self._copy_in(X, T)
             self._warm_up()
             self.graph_many = self._capture(self.batch, self.steps_per_graph, self.loss_full)
             self.graph_one = (self._capture(self.batch, 1, self.loss_full)
@@ -95,6 +106,22 @@ class GraphStepRunner:
                 yield self.stream
         finally:
             caller.wait_event(self.stream.record())
+
+    # -------------------------------------------------------------------------------- data
+    def load(self, X: Any, T: Any) -> None:
+        """Train on new ``X``, ``T`` of the shapes captured: copy them into the graphs'
+        buffers (ordered after the caller's work on them, like every runner operation)."""
+        if data_key(X, T) != self.data_key:
+            raise ValueError(f"load: X {X.shape} {X.dtype} and T {T.shape} {T.dtype} differ "
+                             f"from the captured {self.data_key}; build a new runner")
+        with self.on_stream():
+            self._copy_in(X, T)
+
+    def _copy_in(self, X: Any, T: Any) -> None:
+        if X is not self.X:
+            self.X[...] = X
+        if T is not self.T:
+            self.T[...] = T
 
     # ----------------------------------------------------------------------------- capture
     def _step_ops(self, rows: int) -> None:
@@ -204,3 +231,61 @@ class GraphStepRunner:
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+    # ----------------------------------------------------------------------- graph or eager
+    def faster_than_eager(self) -> bool:
+        """Whether a replayed full-batch step beats the same step launched eagerly.
+
+        Measured once per step shape and process (:data:`gpumlp.graph_auto.VERDICTS`) over
+        a few steps of each way; the parameters, optimizer state and step counts are restored
+        afterwards, so training is as if nothing had been measured.
+        """
+        from . import graph_auto
+
+        trainer = self.trainer
+        key = graph_auto.step_shape(self.net, self.batch, trainer.dropout, trainer.alpha,
+                                    self.cupy.cuda.runtime.getDevice())
+        verdict = graph_auto.VERDICTS.get(key)
+        if verdict is not None:
+            return verdict
+        steps = min(graph_auto.MEASURE_STEPS, self.full_steps)
+        step_count = trainer.step_count
+        with self.on_stream():
+            saved = self._snapshot()
+            try:
+                self.perm.set(np.arange(self.n, dtype=np.int64))
+                verdict = graph_auto.VERDICTS.measure(key, self._eager_steps,
+                                                      self._replay_steps,
+                                                      self.stream.synchronize, steps)
+            finally:
+                self._restore(saved)
+                trainer.step_count = step_count
+        return verdict
+
+    def _eager_steps(self, steps: int) -> None:
+        """``steps`` full-batch steps launched one kernel at a time, as the trainer's eager
+        loop launches them."""
+        backend, net, trainer = self.backend, self.net, self.trainer
+        buffers = trainer.step_buffers(self.batch, self.X, self.T)
+        for i in range(steps):
+            index = self.perm[i * self.batch:(i + 1) * self.batch]
+            backend.gather_rows(self.X, index, buffers.x)
+            backend.gather_rows(self.T, index, buffers.t)
+            net.loss_and_gradients(buffers.x, buffers.t, buffers.workspace,
+                                   decay=trainer.alpha / self.batch, dropout=trainer.dropout,
+                                   seed=trainer.dropout_seed, step=trainer.step_count + i)
+            trainer.optimizer.step(net.params, net.grads)
+
+    def _replay_steps(self, steps: int) -> None:
+        """``steps`` full-batch steps replayed (no host counters moved)."""
+        self._set_device_state(0)
+        many, one = divmod(steps, self.steps_per_graph)
+        for _ in range(many):
+            self.graph_many.launch(self.stream)
+        for _ in range(one):
+            self.graph_one.launch(self.stream)
+
+
+def data_key(X: Any, T: Any) -> tuple:
+    """What the captured graphs fix about the data: shapes and dtypes (not the arrays)."""
+    return (tuple(X.shape), X.dtype.str, tuple(T.shape), T.dtype.str)

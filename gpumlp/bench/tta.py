@@ -39,6 +39,7 @@ def default_recipe() -> dict[str, Any]:
 
     recipe = dict(RECIPE)
     recipe["hidden"] = tuple(int(s) for s in str(recipe["hidden"]).split(","))
+    recipe.setdefault("init", "he")  # the recipe's initialisation (He-uniform, zero biases)
     return recipe
 
 
@@ -47,6 +48,9 @@ def _check_recipe(recipe: dict[str, Any]) -> None:
         raise ValueError(f"recipe solver={recipe.get('solver')!r}, schedule="
                          f"{recipe.get('schedule')!r}: time to accuracy runs Adam with a "
                          "cosine or constant step (the peers implement only those)")
+    if recipe.get("init", "he") != "he":
+        raise ValueError(f"recipe init={recipe.get('init')!r}: every subject starts from "
+                         "gpumlp's 'he' draw (He-uniform weights, zero biases)")
     if recipe.get("activation") != "relu":
         raise ValueError(f"recipe activation={recipe.get('activation')!r}: only 'relu' is "
                          "implemented by every subject")
@@ -183,7 +187,8 @@ class GpumlpTta(TtaSubject):
             learning_rate=recipe["schedule"], learning_rate_init=recipe["lr"],
             max_iter=recipe["epochs"], random_state=seed, backend=self.backend,
             dropout=recipe["dropout"], n_iter_no_change=recipe["epochs"] + 1,
-            cuda_graph=self.cuda_graph, callbacks=[lambda epoch, history: timer.epoch_end()])
+            cuda_graph=self.cuda_graph, callbacks=[lambda epoch, history: timer.epoch_end()],
+            **_init_option(recipe))
         timer.start()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # the budget is intended
@@ -197,6 +202,17 @@ class GpumlpTta(TtaSubject):
 
     def settings(self):
         return {"cuda_graph": self.cuda_graph} if self.device == "gpu" else {}
+
+
+def _init_option(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``init=`` for ``MLPClassifier`` where it has the option (it draws "he" where not)."""
+    import inspect
+
+    from ..estimators import MLPClassifier
+
+    if "init" in inspect.signature(MLPClassifier).parameters:
+        return {"init": recipe.get("init", "he")}
+    return {}
 
 
 class TorchTta(TtaSubject):
