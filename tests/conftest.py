@@ -8,6 +8,7 @@ better than chance.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,18 @@ def pytest_collection_modifyitems(config, items):
 
 def load_support(name: str):
     """A module of ``tests/kernels/`` (loaded by path: the name ``kernels`` is the CUDA folder)."""
+    key = f"gpumlp_test_{name}"
+    if key in sys.modules:  # one copy per session: its classes and state are shared
+        return sys.modules[key]
     path = Path(__file__).parent / "kernels" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"gpumlp_test_{name}", path)
+    spec = importlib.util.spec_from_file_location(key, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
     return module
 
 
@@ -84,3 +93,18 @@ def host():
         return harness.Harness(harness.build())
     except harness.HarnessUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+def emulated_gpu(host, monkeypatch):
+    """``(cupy, emulated)``: CuPy replaced by ``tests/kernels/emulated_cupy.py`` (kernels run
+    on the CPU harness, streams, captures and the memory pool checked), and its module."""
+    from gpumlp import kernels
+
+    emulated = load_support("emulated_cupy")
+    module, get_kernel = emulated.make_cupy(host)
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
+    monkeypatch.setattr(kernels, "load_module", lambda source: None)
+    yield module, emulated
+    emulated.reset()

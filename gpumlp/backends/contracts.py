@@ -62,7 +62,12 @@ def check(xp: Any, op: str, dtype: Any, device: int | None = None,
                             + (" (a host array: move it with backend.asarray first)"
                                if isinstance(array, np.ndarray) else ""))
         if array.dtype != want:
-            raise TypeError(f"{op}: {name} has dtype {array.dtype}; this call needs {want}")
+            if len(spec) > 2:
+                raise TypeError(f"{op}: {name} has dtype {array.dtype}; allowed: {want}")
+            shared = ", ".join(f"{n} {a[0].dtype}" for n, a in arrays.items()
+                               if len(a) == 2 and a[0] is not None and hasattr(a[0], "dtype"))
+            raise TypeError(f"{op}: {name} has dtype {array.dtype}, but the arrays of one call "
+                            f"must share one dtype (float32 or float64); got {shared}")
         if not array.flags.c_contiguous:
             raise ValueError(f"{op}: {name} is not C-contiguous (shape {array.shape}, strides "
                              f"{array.strides}); the kernels read only the data pointer: pass "

@@ -19,9 +19,10 @@ classes that a CPU test can model into exceptions:
 * **Capture** records the kernels launched on the capturing stream into a :class:`Graph`; a
   replay re-runs them with the arguments fixed at capture, on the replaying stream, reading
   memory as it is then (and raising if a captured block has been freed since).  Any pool
-  allocation or free, any host synchronisation or host write, cuBLAS, and any other array
-  operation during a capture raises :class:`CaptureViolation` (CuPy captures in relaxed mode,
-  so on a GPU a temporary made during capture is replayed into freed memory).
+  allocation on the capturing thread, any free of a block of the capturing stream's pool, any
+  host synchronisation or host write, cuBLAS, and any other array operation during a capture
+  raises :class:`CaptureViolation` (CuPy captures in relaxed mode, so on a GPU a temporary
+  made during capture is replayed into freed memory).
 """
 
 from __future__ import annotations
@@ -264,10 +265,10 @@ class MemoryPool:
 class _Block:
     """One allocation: its size and who touched it last."""
 
-    __slots__ = ("nbytes", "write", "reads")
+    __slots__ = ("nbytes", "stream_id", "write", "reads")
 
-    def __init__(self, nbytes: int):
-        self.nbytes = nbytes
+    def __init__(self, nbytes: int, stream_id: int):
+        self.nbytes, self.stream_id = nbytes, stream_id
         self.write: tuple[int, int] | None = None
         self.reads: dict[int, int] = {}
 
@@ -280,11 +281,14 @@ def _root(array: np.ndarray) -> np.ndarray:
 
 def _free_block(key: int, nbytes: int) -> None:
     with _LOCK:
-        if STATE.blocks.pop(key, None) is None:
+        block = STATE.blocks.pop(key, None)
+        if block is None:
             return
         STATE.pool._free(nbytes)
+        # CuPy's pool is stream-ordered: a block returns to its stream's free list, which the
+        # capture of that stream may hand out again while the graph still refers to it.
         for stream in list(STATE.streams):
-            if stream.capture is not None:  # a free during capture: the graph may reuse it
+            if stream.capture is not None and stream.id == block.stream_id:
                 stream.capture_problems.append(f"a pool free of {nbytes} bytes")
 
 
@@ -295,7 +299,7 @@ def _block(array: np.ndarray) -> _Block:
     with _LOCK:
         block = STATE.blocks.get(key)
         if block is None:
-            block = STATE.blocks[key] = _Block(root.nbytes)
+            block = STATE.blocks[key] = _Block(root.nbytes, current_stream().id)
             STATE.pool._allocate(root.nbytes)
             weakref.finalize(root, _free_block, key, root.nbytes)
             stream = _capturing_stream()
