@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import kernels
 from ..dropout import Dropout
-from . import contracts, step_state
+from . import capture_paths, contracts, step_state
 from .base import Backend
 
 GEMM_PATHS = ("auto", "fused", "cublas")
@@ -141,9 +141,15 @@ class CupyBackend(Backend):
                 np.int64(dropout.counter))
 
     def _choose(self, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
-                cublas: Callable[[], None]) -> None:
-        """Run ``op`` by the path chosen for its shape (timing both once under ``auto``)."""
-        if self.capturing or self.gemm_path == "fused":
+                cublas: Callable[[], None], direct: Any = None) -> None:
+        """Run ``op`` by the path chosen for its shape (timing both once under ``auto``).
+
+        A graph runner's step chooses between ``fused`` and ``direct`` (cuBLAS called so
+        that it can be captured; :mod:`gpumlp.backends.capture_paths`) instead."""
+        if self.capturing:
+            capture_paths.run(self, op, shape, dtype, fused, direct)
+            return
+        if self.gemm_path == "fused":
             fused()
             return
         if self.gemm_path == "cublas":
@@ -189,7 +195,9 @@ class CupyBackend(Backend):
             grid, block = kernels.launch_config("bias_act", n, m)
             epilogue(grid, block, (out, b, np.int64(n), np.int64(m), *drop))
 
-        self._choose("forward", (n, k, m), x.dtype, fused, cublas)
+        self._choose("forward", (n, k, m), x.dtype, fused, cublas, capture_paths.forward(
+            x, w, out, lambda: epilogue(*kernels.launch_config("bias_act", n, m),
+                                        (out, b, np.int64(n), np.int64(m), *drop))))
         return out
 
     def softmax(self, z, out):
@@ -238,7 +246,8 @@ class CupyBackend(Backend):
             self.xp.matmul(h_next, w_next.T, out=out)
             self.act_grad(out, a, act, out, dropout)
 
-        self._choose("backward", (n, k, m), a.dtype, fused, cublas)
+        self._choose("backward", (n, k, m), a.dtype, fused, cublas, capture_paths.backward(
+            h_next, w_next, out, lambda: self.act_grad(out, a, act, out, dropout)))
         return out
 
     def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0):
@@ -266,7 +275,8 @@ class CupyBackend(Backend):
                 self.xp.add(dw, dt(decay) * w, out=dw)
             h.sum(axis=0, out=db)
 
-        self._choose("weight_grads", (n, k, m), h.dtype, fused, cublas)
+        self._choose("weight_grads", (n, k, m), h.dtype, fused, cublas,
+                     capture_paths.weight_grads(a_prev, h, dw, db, w, decay))
 
     # ------------------------------------------------------------------------------ losses
     def _loss(self, name: str, x, t, h_out):

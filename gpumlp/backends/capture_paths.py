@@ -1,0 +1,187 @@
+"""Which GEMM each operation of a *captured* step uses: our fused kernel or captured cuBLAS.
+
+The eager path measures our fused GEMM against ``cupy.matmul`` + epilogue per shape
+(:meth:`CupyBackend._choose`).  ``cupy.matmul`` cannot run inside a stream capture, but
+cuBLAS and cuBLASLt can when called directly (:mod:`gpumlp.backends.cublas_direct`), so a
+graph runner's step gets the same choice:
+
+* during the runner's **warm-up** (recording its step state, not capturing), each GEMM of the
+  step is timed once per (operation, shape, dtype) both ways — the fused kernel, and cuBLAS
+  (forward, backward) or cuBLASLt with the bias gradient fused (weight gradient) followed by
+  our epilogue kernel — with the handles bound to the runner's stream and the cuBLASLt plans
+  made there, outside any capture;
+* during the **capture**, the faster one is recorded.  Where the direct route is unavailable
+  (no cuBLAS library, an epilogue cuBLASLt has no algorithm for, a stream not prepared in the
+  warm-up) the fused kernel is used, as before.
+
+``GPUMLP_GEMM=fused`` keeps every captured GEMM fused; ``cublas`` prefers the direct route.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+
+from . import cublas_direct
+
+#: Launches per variant when timing the two captured-GEMM routes for a shape.
+TIMING_REPEATS = 5
+
+
+def new_api() -> cublas_direct.BlasApi:
+    """The library entry points (the tests substitute an emulation here)."""
+    return cublas_direct.CtypesBlas()
+
+
+class CapturePaths:
+    """Per-backend state: the direct-BLAS object, prepared streams and measured choices."""
+
+    def __init__(self, cupy: Any):
+        self.cupy = cupy
+        self.choice: dict[tuple, str] = {}
+        self._blas: cublas_direct.DirectBlas | None = None
+        self.unavailable: str | None = None
+        self._lock = threading.Lock()
+
+    def blas(self, stream: Any) -> cublas_direct.DirectBlas | None:
+        """The direct route bound to ``stream`` (binding it now: call outside capture), or
+        ``None`` with :attr:`unavailable` saying why."""
+        if self.unavailable is not None:
+            return None
+        try:
+            with self._lock:
+                if self._blas is None:
+                    self._blas = cublas_direct.DirectBlas(self.cupy, new_api())
+                self._blas.prepare(stream)
+        except cublas_direct.BlasError as exc:
+            self.unavailable = str(exc)
+            warnings.warn(f"captured steps use the fused GEMMs only: {exc}", RuntimeWarning,
+                          stacklevel=2)
+            return None
+        return self._blas
+
+    def prepared(self, stream: Any) -> cublas_direct.DirectBlas | None:
+        """The direct route if ``stream`` was bound before (never binds: safe in capture)."""
+        blas = self._blas
+        if blas is None or cublas_direct.stream_pointer(stream) not in blas._streams:
+            return None
+        return blas
+
+
+_PATHS: "weakref.WeakKeyDictionary[Any, CapturePaths]" = weakref.WeakKeyDictionary()
+_PATHS_LOCK = threading.Lock()
+
+
+def paths_of(backend: Any) -> CapturePaths:
+    with _PATHS_LOCK:
+        paths = _PATHS.get(backend)
+        if paths is None:
+            paths = _PATHS[backend] = CapturePaths(backend.xp)
+        return paths
+
+
+def is_capturing(cupy: Any) -> bool:
+    """Whether the current stream is capturing (a runner's capture, not its warm-up)."""
+    return bool(cupy.cuda.get_current_stream().is_capturing())
+
+
+def run(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
+        direct: Callable[[Any], Callable[[], None] | None] | None) -> str:
+    """Run one GEMM of a recorded step by the route chosen for it; returns the route.
+
+    ``direct(blas)`` prepares the direct variant (cuBLASLt plans) and returns it, or
+    ``None`` when it cannot run this operation; it is called outside capture only.
+    """
+    cupy = backend.xp
+    paths = paths_of(backend)
+    stream = cupy.cuda.get_current_stream()
+    key = (op, shape, np.dtype(dtype).str)
+    if is_capturing(cupy):
+        blas = paths.prepared(stream)
+        if paths.choice.get(key) == "direct" and blas is not None:
+            variant = direct(blas) if direct is not None else None
+            if variant is not None:
+                variant()
+                return "direct"
+        fused()
+        return "fused"
+    # The warm-up: choose once per key.
+    variant = None
+    if direct is not None and backend.gemm_path != "fused":
+        blas = paths.blas(stream)
+        if blas is not None:
+            try:
+                variant = direct(blas)
+            except cublas_direct.BlasUnsupported:
+                variant = None
+    if key not in paths.choice:
+        if variant is None:
+            paths.choice[key] = "fused"
+        elif backend.gemm_path == "cublas":
+            paths.choice[key] = "direct"
+        else:
+            paths.choice[key] = _faster(cupy, fused, variant)
+    if paths.choice[key] == "direct" and variant is not None:
+        variant()
+        return "direct"
+    fused()
+    return "fused"
+
+
+def _faster(cupy: Any, fused: Callable[[], None], direct: Callable[[], None]) -> str:
+    from .cupy_backend import elapsed_ms
+
+    timings = {}
+    for name, launch in (("fused", fused), ("direct", direct)):
+        launch()  # warm-up: module load, cuBLAS kernels' first launch
+        timings[name] = elapsed_ms(cupy, launch, TIMING_REPEATS)
+    return min(timings, key=timings.get)
+
+
+def choices(backend: Any) -> dict[tuple, str]:
+    """The route measured for each captured (operation, shape, dtype) so far."""
+    return dict(paths_of(backend).choice)
+
+
+# ---------------------------------------------------------------- the direct variants
+def forward(x: Any, w: Any, out: Any, epilogue: Callable[[], None]
+            ) -> Callable[[Any], Callable[[], None]]:
+    """``out = x w`` on cuBLAS, then our bias + activation (+ dropout) epilogue kernel."""
+    def make(blas: Any) -> Callable[[], None]:
+        def launch() -> None:
+            stream = blas.cupy.cuda.get_current_stream()
+            blas.matmul(x, w, out, stream)
+            epilogue()
+        return launch
+    return make
+
+
+def backward(h_next: Any, w_next: Any, out: Any, epilogue: Callable[[], None]
+             ) -> Callable[[Any], Callable[[], None]]:
+    """``out = h_next w_next^T`` on cuBLAS, then our ``⊙ phi'`` (+ dropout) kernel."""
+    def make(blas: Any) -> Callable[[], None]:
+        def launch() -> None:
+            stream = blas.cupy.cuda.get_current_stream()
+            blas.matmul(h_next, w_next, out, stream, right_t=True)
+            epilogue()
+        return launch
+    return make
+
+
+def weight_grads(a_prev: Any, h: Any, dw: Any, db: Any, w: Any, decay: float
+                 ) -> Callable[[Any], Callable[[], None]]:
+    """``dw = a_prev^T h + decay w`` and ``db = sum_rows h`` in one cuBLASLt call."""
+    def make(blas: Any) -> Callable[[], None]:
+        stream = blas.cupy.cuda.get_current_stream()
+        if not is_capturing(blas.cupy):  # the plan (heuristic) is made in the warm-up
+            blas.fused_gemms("weight_grads", a_prev.shape, h.shape, h.dtype, stream)
+
+        def launch() -> None:
+            blas.weight_grads(a_prev, h, dw, db, stream, w=w if decay else None,
+                              decay=decay)
+        return launch
+    return make

@@ -1,0 +1,135 @@
+"""cuBLAS inside captured steps (gpumlp/backends/capture_paths.py) on the emulated CuPy and
+emulated cuBLAS: each GEMM of a graph runner's step is measured in the warm-up and the faster
+route is captured; a step captured with cuBLAS(Lt) trains exactly as the eager and NumPy
+steps do."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from gpumlp import kernels
+from gpumlp.backends import capture_paths, get_backend
+from gpumlp.network import Network
+from gpumlp.optim import Adam
+from gpumlp.training import Trainer
+
+from conftest import load_support
+
+pytestmark = pytest.mark.kernels
+
+emulated = load_support("emulated_cupy")
+emulated_cublas = load_support("emulated_cublas")
+FUSED_GEMMS = {"gemm_bias_act", "gemm_backprop_act", "gemm_weight_grads"}
+
+
+@pytest.fixture
+def cp(host, monkeypatch):
+    module, get_kernel = emulated.make_cupy(host)
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
+    monkeypatch.setattr(kernels, "load_module", lambda source: None)
+    yield module
+    emulated.reset()
+
+
+@pytest.fixture
+def blas_api(cp, monkeypatch):
+    """What the backend's direct route calls: the emulated libraries (one per test)."""
+    api = emulated_cublas.EmulatedBlas(emulated)
+    monkeypatch.setattr(capture_paths, "new_api", lambda: api)
+    return api
+
+
+def gpu(path):
+    from gpumlp.backends.cupy_backend import CupyBackend
+
+    return CupyBackend(gemm_path=path)
+
+
+def make_trainer(backend, cuda_graph, dtype=np.float64):
+    net = Network([12, 16, 8, 3], activation="relu", backend=backend, seed=0, dtype=dtype)
+    return Trainer(net, Adam(backend, net.params, 1e-2), batch_size=16, alpha=1e-3,
+                   dropout=0.25, seed=0, cuda_graph=cuda_graph)
+
+
+def data(rows=70):
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(rows, 12)), np.eye(3)[rng.integers(0, 3, rows)]
+
+
+def captured_names(trainer):
+    graph = trainer._graph_runner[1].graph_one
+    return [call.name for call, *_ in graph.launches]
+
+
+def test_steps_captured_with_cublas_train_like_eager_and_numpy(cp, blas_api):
+    X, T = data()
+    graph = make_trainer(gpu("cublas"), "on")
+    eager = make_trainer(gpu("fused"), "off")
+    reference = make_trainer(get_backend("numpy"), "off")
+    for _ in range(2):
+        losses = [graph.run_epoch(cp.asarray(X), cp.asarray(T)),
+                  eager.run_epoch(cp.asarray(X), cp.asarray(T)), reference.run_epoch(X, T)]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-10)
+        assert losses[0] == pytest.approx(losses[2], rel=1e-10)
+    for other in (eager, reference):
+        np.testing.assert_allclose(graph.network.get_flat_params(),
+                                   other.network.get_flat_params(), rtol=1e-9, atol=1e-12)
+    names = captured_names(graph)
+    assert not FUSED_GEMMS & set(names), names  # every GEMM of the step is the library's
+    # 3 forward GEMMs + bias/activation epilogues, 2 backward GEMMs + their epilogues, and
+    # 3 weight gradients with the bias gradient fused by cuBLASLt (BGRADA).
+    assert names.count("cublasDgemm_v2") == 5
+    assert names.count("cublasLtMatmul[bgrada]") == 3
+    assert blas_api.calls["cublasLtMatmul[bgrada]"] > 0  # the replays ran them
+
+
+def test_auto_captures_the_route_measured_faster(cp, blas_api, monkeypatch):
+    from gpumlp.backends import capture_paths as paths_module
+
+    measured = []
+
+    def faster(cupy, fused, direct):  # alternate so that both routes end up captured
+        measured.append(1)
+        return "direct" if len(measured) % 2 else "fused"
+
+    monkeypatch.setattr(paths_module, "_faster", faster)
+    backend = gpu("auto")
+    trainer = make_trainer(backend, "on")
+    X, T = data()
+    trainer.run_epoch(cp.asarray(X), cp.asarray(T))
+    choices = capture_paths.choices(backend)
+    # Each (operation, shape) of the two step shapes (16 rows and the 6-row remainder) once.
+    assert len(measured) == len(choices) == 16
+    names = captured_names(trainer)
+    runner = trainer._graph_runner[1]
+    directs = sum(1 for (op, shape, _), route in choices.items()
+                  if route == "direct" and shape[0] == runner.batch)
+    library_calls = sum(name.startswith("cublas") for name in names)
+    assert library_calls == directs and 0 < directs < 8
+    assert sum(name in FUSED_GEMMS for name in names) == 8 - directs
+
+
+def test_unsupported_epilogue_keeps_that_gemm_fused(cp, monkeypatch):
+    api = emulated_cublas.EmulatedBlas(emulated, unsupported={"bgrada"})
+    monkeypatch.setattr(capture_paths, "new_api", lambda: api)
+    trainer = make_trainer(gpu("cublas"), "on")
+    X, T = data()
+    trainer.run_epoch(cp.asarray(X), cp.asarray(T))
+    names = captured_names(trainer)
+    assert names.count("gemm_weight_grads") == 3 and names.count("cublasDgemm_v2") == 5
+
+
+def test_missing_library_falls_back_to_fused_with_one_warning(cp, monkeypatch):
+    def missing():
+        raise capture_paths.cublas_direct.BlasError("cannot load cuBLAS / cuBLASLt: none")
+
+    monkeypatch.setattr(capture_paths, "new_api", missing)
+    trainer = make_trainer(gpu("cublas"), "on")
+    X, T = data()
+    with pytest.warns(RuntimeWarning, match="fused GEMMs only: cannot load cuBLAS"):
+        trainer.run_epoch(cp.asarray(X), cp.asarray(T))
+    assert set(captured_names(trainer)) >= FUSED_GEMMS
