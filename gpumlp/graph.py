@@ -1,10 +1,11 @@
 """Whole training steps captured as CUDA graphs and replayed (CuPy backend).
 
 At MNIST-sized batches a step is launch-bound: its arithmetic takes microseconds while each
-eager launch costs several.  Every operation of a gpumlp step is one of our own kernels
-(CuPy refuses cuBLAS during capture, so the fused GEMMs are used), so the whole step —
-gather the batch, forward, loss, backward, optimizer update — is captured once per batch
-size and replayed.  What changes from step to step lives in device memory: the batch's first
+eager launch costs several.  Every operation of a gpumlp step is one of our own kernels or a
+direct cuBLAS(Lt) call bound to the runner's stream before capture (CuPy's wrappers refuse
+to run during capture; each GEMM takes the route measured faster in the warm-up,
+:mod:`gpumlp.backends.capture_paths`), so the whole step — gather the batch, forward, loss,
+backward, optimizer update — is captured once per batch size and replayed.  What changes from step to step lives in device memory: the batch's first
 row, the dropout counter and the optimizer's step count (moved on by the ``advance_step``
 kernel inside the graph), the learning rate (written once per epoch) and the loss (summed on
 the device and read once per epoch).  A step therefore makes no allocation, no host
