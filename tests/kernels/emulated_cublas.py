@@ -30,6 +30,8 @@ from gpumlp.backends.cublas_direct import (AUX_LD_MULTIPLE, OP_N, BlasApi, BlasU
 
 NEEDS_BIAS = {"bias", "relu_bias", "relu_aux_bias", "drelu_bgrad", "bgrada", "bgradb"}
 NEEDS_AUX = {"relu_aux_bias", "drelu_bgrad"}
+_READS = ("a", "b", "c", "bias_in", "aux_in")
+_WRITES = ("d", "bias_out", "aux_out", "workspace")
 
 
 class EmulatedPlan:
@@ -46,15 +48,20 @@ class _Call:
         self.blas, self.name, self.run = blas, name, run
         self.launches = 0
 
+    def accesses(self, args: tuple) -> tuple[list, list]:
+        """The captured pointers this call reads and those it writes."""
+        em = self.blas.em
+        reads = [v for k, v in args if k in _READS and isinstance(v, em._Pointer)]
+        writes = [v for k, v in args if k in _WRITES and isinstance(v, em._Pointer)]
+        return reads + writes, writes
+
     def execute(self, grid: Any, block: Any, args: tuple, stream: Any = None) -> None:
         em = self.blas.em
         stream = stream if stream is not None else em.current_stream()
         arrays = {key: value.resolve(self.name) if isinstance(value, em._Pointer) else value
                   for key, value in args}
-        reads = [arrays[k] for k in ("a", "b", "c", "bias_in", "aux_in") if
-                 arrays.get(k) is not None]
-        writes = [arrays[k] for k in ("d", "bias_out", "aux_out", "workspace") if
-                  arrays.get(k) is not None]
+        reads = [arrays[k] for k in _READS if arrays.get(k) is not None]
+        writes = [arrays[k] for k in _WRITES if arrays.get(k) is not None]
         with em._LOCK:
             em._access(stream, reads, writes, self.name)
             self.launches += 1
@@ -144,7 +151,7 @@ class EmulatedBlas(BlasApi):
         if stream.capture is not None:
             fixed = tuple((k, em._Pointer(v) if isinstance(v, em.DeviceArray) else v)
                           for k, v in args)
-            stream.capture.append((call, None, None, fixed))
+            stream.capture_node((call, None, None, fixed))
         else:
             call.execute(None, None, args, stream)
 

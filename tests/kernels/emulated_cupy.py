@@ -92,6 +92,8 @@ class Stream:
         self.clock: dict[int, int] = {}
         self.capture: list | None = None
         self.capture_problems: list[str] = []
+        #: The captured nodes this stream's next node depends on (multi-stream capture).
+        self.capture_tail: frozenset = frozenset()
         if not null:
             STATE.streams.add(self)
 
@@ -137,15 +139,35 @@ class Stream:
             raise CaptureViolation("the legacy default stream cannot be captured")
         if self.capture is not None:
             raise CaptureViolation(f"{self!r} is already capturing")
-        self.capture, self.capture_problems = [], []
+        self.capture, self.capture_problems = CaptureList(), []
+        self.capture.origin, self.capture.problems_of_origin = self, self.capture_problems
+        self.capture_tail = frozenset()
+
+    def capture_node(self, node: tuple) -> None:
+        """Record ``node`` into this stream's capture, depending on the stream's frontier."""
+        capture = self.capture
+        capture.deps.append(self.capture_tail)
+        capture.append(node)
+        self.capture_tail = frozenset({len(capture) - 1})
 
     def end_capture(self) -> "Graph":
         if self.capture is None:
             raise CaptureViolation(f"{self!r} is not capturing")
         launches, problems = self.capture, self.capture_problems
+        if getattr(launches, "origin", self) is not self:
+            raise CaptureViolation(f"{self!r} joined a capture begun on another stream: "
+                                   "only the origin stream ends it")
+        joined = [s for s in list(STATE.streams) if s is not self and s.capture is launches]
         self.capture, self.capture_problems = None, []
+        reached = launches.ancestors(self.capture_tail)
+        for stream in joined:  # CUDA: cudaErrorStreamCaptureUnjoined
+            stream.capture, stream.capture_problems = None, []
+            if not stream.capture_tail <= reached:
+                problems.append(f"work forked to {stream!r} was not joined back into the "
+                                "capturing stream")
         if problems:
             raise CaptureViolation("during stream capture: " + "; ".join(problems))
+        launches.check_branches()
         return Graph(launches)
 
     def is_capturing(self) -> bool:
@@ -163,6 +185,16 @@ class Stream:
     def wait_event(self, event: "Event") -> None:
         with _LOCK:
             _merge(self.clock, event.snapshot)
+            joining = getattr(event, "capture_join", None)
+            if joining is not None:  # an event of a capture: this stream joins that capture
+                capture, nodes = joining
+                if self.capture is None:
+                    self.capture, self.capture_problems = capture, capture.problems_of_origin
+                    self.capture_tail = nodes
+                elif self.capture is capture:
+                    self.capture_tail = self.capture_tail | nodes
+                else:
+                    raise CaptureViolation(f"{self!r} waits on an event of another capture")
 
     def done(self) -> bool:
         return True
@@ -218,6 +250,9 @@ class Event:
                 stream.enqueue()
             self.stream, self.snapshot = stream, stream.snapshot()
             self.time = time.perf_counter()
+            # Recorded in a capture: a stream waiting on it forks from these nodes.
+            self.capture_join = ((stream.capture, stream.capture_tail)
+                                 if stream.capture is not None else None)
 
     def synchronize(self) -> None:
         with _LOCK:
@@ -583,9 +618,14 @@ class EmulatedKernel:
                                 "to a kernel (CuPy refuses it: Unsupported type)")
         if stream.capture is not None:
             fixed = tuple(_Pointer(v) if isinstance(v, DeviceArray) else v for v in args)
-            stream.capture.append((self, grid, block, fixed))
+            stream.capture_node((self, grid, block, fixed))
         else:
             self.execute(grid, block, args, stream)
+
+    def accesses(self, args: tuple) -> tuple[list, list]:
+        """The captured pointers this launch reads and those it writes."""
+        pointers = [(v, w) for v, w in zip(args, self.writes) if isinstance(v, _Pointer)]
+        return [v for v, _ in pointers], [v for v, w in pointers if w]
 
     def execute(self, grid: tuple, block: tuple, args: tuple,
                 stream: Stream | None = None) -> None:
@@ -603,6 +643,75 @@ class EmulatedKernel:
                 **self.params)
 
 
+class CaptureList(list):
+    """The nodes of one capture in recording order (a topological order), with each node's
+    dependencies: the previous node of its stream, plus the nodes of events it waited on
+    (streams forked from the capturing stream by an event join the capture, as in CUDA)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deps: list[frozenset] = []
+        self.origin: Any = None
+        self.problems_of_origin: list[str] = []
+
+    def ancestors(self, nodes: frozenset) -> set:
+        """``nodes`` and every node they depend on, transitively."""
+        seen, todo = set(), list(nodes)
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(self.deps[node])
+        return seen
+
+    def check_branches(self) -> None:
+        """Two nodes that no dependency orders may run at the same time on a GPU: neither
+        may write memory the other reads or writes (raises :class:`CaptureViolation`)."""
+        closure = [self.ancestors(frozenset({i})) for i in range(len(self))]
+        ranges = [_node_ranges(node) for node in self]
+        for j in range(len(self)):
+            for i in range(j):
+                if i in closure[j]:
+                    continue
+                clash = _overlap(ranges[i], ranges[j])
+                if clash:
+                    raise CaptureViolation(
+                        f"captured {self[i][0].name} (node {i}) and {self[j][0].name} (node "
+                        f"{j}) are on parallel branches and both touch {clash}: a data race "
+                        "on a GPU")
+
+
+def _interval(pointer: "_Pointer") -> tuple[int, int, int]:
+    """``(block, first byte, end byte)`` a captured pointer's view spans."""
+    start, end = pointer.offset, pointer.offset + pointer.dtype.itemsize
+    for size, stride in zip(pointer.shape, pointer.strides):
+        if size == 0:
+            return id(pointer.root()), start, start
+        if stride > 0:
+            end += (size - 1) * stride
+        else:
+            start += (size - 1) * stride
+    return id(pointer.root()), start, end
+
+
+def _node_ranges(node: tuple) -> tuple[list, list]:
+    kernel, _grid, _block, args = node
+    reads, writes = kernel.accesses(args)
+    return [_interval(p) for p in reads], [_interval(p) for p in writes]
+
+
+def _overlap(first: tuple[list, list], second: tuple[list, list]) -> str:
+    """A description of memory one node writes and the other touches, or ''."""
+    def clashes(written: list, touched: list) -> str:
+        for block, start, end in written:
+            for other, o_start, o_end in touched:
+                if block == other and start < o_end and o_start < end:
+                    return f"bytes {max(start, o_start)}..{min(end, o_end)} of one block"
+        return ""
+    return (clashes(first[1], first[0] + second[0] + second[1])
+            or clashes(second[1], first[0] + first[1] + second[0]))
+
+
 class Graph:
     """A captured graph: the launches recorded on the capturing stream."""
 
@@ -611,6 +720,16 @@ class Graph:
 
     def upload(self, stream: Stream | None = None) -> None:
         pass
+
+    def critical_path(self) -> int:
+        """Nodes on the longest chain of dependencies (what a replay's latency follows)."""
+        deps = getattr(self.launches, "deps", None)
+        if deps is None:
+            return len(self.launches)
+        depth: list[int] = []
+        for node_deps in deps:
+            depth.append(1 + max((depth[d] for d in node_deps), default=0))
+        return max(depth, default=0)
 
     def launch(self, stream: Stream | None = None) -> None:
         hook = STATE.before_graph_launch
