@@ -436,8 +436,14 @@ def _add_bench(commands: Any) -> None:
     add_bench_command(commands)
 
 
+def _add_selftest(commands: Any) -> None:
+    from .selftest import add_selftest_command
+
+    add_selftest_command(commands)
+
+
 #: Every command's registration, in the order ``gpumlp --help`` lists them.
-COMMANDS = [_add_train, _add_evaluate, _add_export, _add_info, _add_bench]
+COMMANDS = [_add_train, _add_evaluate, _add_export, _add_info, _add_bench, _add_selftest]
 
 
 if __name__ == "__main__":  # pragma: no cover
