@@ -5,7 +5,10 @@ eager launch costs several.  Every operation of a gpumlp step is one of our own 
 direct cuBLAS(Lt) call bound to the runner's stream before capture (CuPy's wrappers refuse
 to run during capture; each GEMM takes the route measured faster in the warm-up,
 :mod:`gpumlp.backends.capture_paths`), so the whole step — gather the batch, forward, loss,
-backward, optimizer update — is captured once per batch size and replayed.  What changes from step to step lives in device memory: the batch's first
+backward, optimizer update — is captured once per batch size and replayed.  Each layer's
+weight-gradient GEMM is captured on a second stream forked from the runner's, so in the graph
+it is a branch parallel to the backward chain (joined before the update), and only the first
+layer's weight gradient lies on the step's critical path.  What changes from step to step lives in device memory: the batch's first
 row, the dropout counter and the optimizer's step count (moved on by the ``advance_step``
 kernel inside the graph), the learning rate (written once per epoch) and the loss (summed on
 the device and read once per epoch).  A step therefore makes no allocation, no host
@@ -44,6 +47,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .backends import capture_paths
 
 GRAPH_MODES = ("auto", "on", "off")
 
@@ -86,6 +90,8 @@ class GraphStepRunner:
         self.loss_rest = cupy.zeros((), dtype=dtype)
         self.state = self.backend.new_step_state(dtype)
         self.stream = cupy.cuda.Stream(non_blocking=True)
+        # The weight gradients' branch of each captured step (capture_paths.weight_grads_beside).
+        self.side = cupy.cuda.Stream(non_blocking=True)
         self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
         with self.on_stream():
             self._copy_in(X, T)
@@ -133,8 +139,10 @@ class GraphStepRunner:
         backend.gather_rows_at(self.X, self.perm, self.start, xb)
         backend.gather_rows_at(self.T, self.perm, self.start, tb)
         # step=0: the dropout counters are offsets from the device-side counter base.
-        net.loss_and_gradients(xb, tb, buffers.workspace, decay=trainer.alpha / rows,
-                               dropout=trainer.dropout, seed=trainer.dropout_seed, step=0)
+        # The weight gradients run beside the backward chain, joined before the update.
+        with capture_paths.weight_grads_beside(self.stream, self.side):
+            net.loss_and_gradients(xb, tb, buffers.workspace, decay=trainer.alpha / rows,
+                                   dropout=trainer.dropout, seed=trainer.dropout_seed, step=0)
         backend.advance_step(self.start, rows, net.n_layers)
         trainer.optimizer.step(net.params, net.grads)
 

@@ -19,10 +19,12 @@ graph runner's step gets the same choice:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 import warnings
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -89,13 +91,43 @@ def is_capturing(cupy: Any) -> bool:
     return bool(cupy.cuda.get_current_stream().is_capturing())
 
 
+_side_stream: contextvars.ContextVar = contextvars.ContextVar("gpumlp_weight_grads_stream",
+                                                              default=None)
+
+
+@contextlib.contextmanager
+def weight_grads_beside(main: Any, side: Any) -> Iterator[None]:
+    """Inside, each weight-gradient GEMM of a recorded step runs on ``side``, forked from
+    ``main`` (the current stream) by an event just after its input delta is written; at the
+    end ``main`` waits for ``side``.  In a capture the weight gradients thus become a parallel
+    branch beside the backward chain (nothing on ``main`` reads what they write before the
+    join), which shortens the graph's critical path."""
+    token = _side_stream.set(side)
+    try:
+        yield
+    finally:
+        _side_stream.reset(token)
+        main.wait_event(side.record())
+
+
 def run(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
         direct: Callable[[Any], Callable[[], None] | None] | None) -> str:
     """Run one GEMM of a recorded step by the route chosen for it; returns the route.
 
     ``direct(blas)`` prepares the direct variant (cuBLASLt plans) and returns it, or
     ``None`` when it cannot run this operation; it is called outside capture only.
+    Inside :func:`weight_grads_beside`, a weight gradient runs on the side stream.
     """
+    side = _side_stream.get()
+    if op == "weight_grads" and side is not None:
+        side.wait_event(backend.xp.cuda.get_current_stream().record())
+        with side:
+            return _route(backend, op, shape, dtype, fused, direct)
+    return _route(backend, op, shape, dtype, fused, direct)
+
+
+def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
+           direct: Callable[[Any], Callable[[], None] | None] | None) -> str:
     cupy = backend.xp
     paths = paths_of(backend)
     stream = cupy.cuda.get_current_stream()

@@ -708,8 +708,8 @@ def _overlap(first: tuple[list, list], second: tuple[list, list]) -> str:
                 if block == other and start < o_end and o_start < end:
                     return f"bytes {max(start, o_start)}..{min(end, o_end)} of one block"
         return ""
-    return (clashes(first[1], first[0] + second[0] + second[1])
-            or clashes(second[1], first[0] + first[1] + second[0]))
+    return (clashes(first[1], second[0] + second[1])
+            or clashes(second[1], first[0] + first[1]))
 
 
 class Graph:
