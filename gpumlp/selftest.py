@@ -332,17 +332,27 @@ def add_selftest_command(commands: Any) -> None:
                     "train a few CUDA-graph steps against eager ones. Exit status 0: all "
                     "matched; 1: a mismatch; 2: no CuPy or no CUDA device here. Run it under "
                     "`compute-sanitizer --tool memcheck|racecheck|synccheck` for a deeper check.")
+    _options(parser)
+    parser.set_defaults(run=_run_args)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write the environment and every check as JSON to PATH")
-    parser.set_defaults(run=lambda args: run(json_path=args.json))
+    parser.add_argument("--quick", action="store_true",
+                        help="mlp-256 only (for slow runs, e.g. under compute-sanitizer)")
+
+
+def _run_args(args: argparse.Namespace) -> int:
+    shapes = {"mlp-256": SHAPES["mlp-256"]} if args.quick else SHAPES
+    return run(shapes=shapes, json_path=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gpumlp.selftest [--json PATH]``."""
+    """``python -m gpumlp.selftest [--json PATH] [--quick]``."""
     parser = argparse.ArgumentParser(prog="gpumlp selftest")
-    parser.add_argument("--json", default=None, metavar="PATH")
-    args = parser.parse_args(argv)
-    return run(json_path=args.json)
+    _options(parser)
+    return _run_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover
