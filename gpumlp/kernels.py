@@ -21,8 +21,8 @@ Importing this module never imports CuPy.
 Examples
 --------
 >>> from gpumlp import kernels
->>> kernels.name_expression("gemm_bias_act", "float32", act="relu", dropout=True)
-'gemm_bias_act<float, 1, true>'
+>>> kernels.name_expression("gemm_bias_act", "float32", act="relu", dropout=True, tile=1)
+'gemm_bias_act<float, 1, true, 1>'
 >>> kernels.launch_config("gemm_bias_act", 256, 300)
 ((5, 4, 1), (256, 1, 1))
 """
@@ -42,8 +42,8 @@ import numpy as np
 
 from . import activations
 
-__all__ = ["KERNELS", "KernelSpec", "KernelsUnavailable", "NvrtcCompileError", "get_kernel",
-           "kernel_dir", "kernels_enabled", "launch_config", "load_module", "name_expression",
+__all__ = ["KERNELS", "KernelSpec", "KernelsUnavailable", "NvrtcCompileError", "gemm_tiles",
+           "get_kernel", "kernel_dir", "kernels_enabled", "launch_config", "load_module", "name_expression",
            "name_expressions", "nvrtc_compile_all", "source_code", "sources"]
 
 #: NumPy dtype name -> C++ type of ``T``.
@@ -58,6 +58,21 @@ COMPILE_OPTIONS = ("-std=c++17",)
 
 _DROPOUT_ARGS = ("T keep", "unsigned long long seed", "const long long* counter_base",
                  "long long counter_offset")
+#: Split-K scratch of the GEMMs (both may be null with one split); see gpumlp/gemm_plan.py.
+_SPLIT_ARGS = ("T* workspace", "int* tile_counters")
+#: GEMM tiles (GPUMLP_GEMM_TILE_* in kernels/gemm_tile.cuh): code -> (BM, BN, BK, threads).
+GEMM_TILES: dict[int, tuple[int, int, int, int]] = {0: (64, 64, 16, 256), 1: (128, 128, 16, 256),
+                                                    2: (64, 16, 16, 64)}
+#: The tiles instantiated per dtype: float64 keeps the one simple tile.  Per kernel, the
+#: backward GEMM (whose output is never thin) has no narrow tile: see KERNELS.
+GEMM_TILES_BY_DTYPE: dict[str, tuple[int, ...]] = {"float32": (0, 1, 2), "float64": (0,)}
+
+
+def gemm_tiles(kernel: str, dtype: Any) -> tuple[int, ...]:
+    """The tiles ``kernel`` is instantiated with for ``dtype``."""
+    spec = _spec_for(kernel)
+    allowed = GEMM_TILES_BY_DTYPE[_dtype_name(dtype)]
+    return tuple(t for t in spec.tiles if t in allowed)
 
 
 @dataclass(frozen=True)
@@ -76,28 +91,33 @@ class KernelSpec:
     signature: tuple[str, ...]
     launch: str
     acts: tuple[int, ...] = ()
+    #: GEMM tiles instantiated (for float32; float64 has tile 0 only): see :func:`gemm_tiles`.
+    tiles: tuple[int, ...] = ()
 
     def grid(self) -> list[dict[str, Any]]:
         """Every instantiation, as keyword arguments of :func:`name_expression`."""
-        axes = {"dtype": tuple(DTYPES), "act": self.acts}
+        axes = {"dtype": tuple(DTYPES), "act": self.acts, "tile": self.tiles}
         values = [axes.get(p, (False, True)) for p in self.template]
-        return [dict(zip(self.template, combo)) for combo in itertools.product(*values)]
+        combos = [dict(zip(self.template, combo)) for combo in itertools.product(*values)]
+        return [c for c in combos
+                if "tile" not in c or c["tile"] in gemm_tiles(self.name, c["dtype"])]
 
 
-def _spec(name, source, template, signature, launch, acts=()):
-    return name, KernelSpec(name, source, template, tuple(signature), launch, acts)
+def _spec(name, source, template, signature, launch, acts=(), tiles=()):
+    return name, KernelSpec(name, source, template, tuple(signature), launch, acts, tiles)
 
 
 KERNELS: dict[str, KernelSpec] = dict([
-    _spec("gemm_bias_act", "gemm.cu", ("dtype", "act", "dropout"),
+    _spec("gemm_bias_act", "gemm.cu", ("dtype", "act", "dropout", "tile"),
           ("T* out", "const T* x", "const T* w", "const T* b", "long long n", "long long k",
-           "long long m", *_DROPOUT_ARGS), "gemm", ALL_ACTS),
-    _spec("gemm_backprop_act", "gemm.cu", ("dtype", "act", "dropout"),
+           "long long m", *_DROPOUT_ARGS, *_SPLIT_ARGS), "gemm", ALL_ACTS, (0, 1, 2)),
+    _spec("gemm_backprop_act", "gemm.cu", ("dtype", "act", "dropout", "tile"),
           ("T* out", "const T* h_next", "const T* w_next", "const T* a", "long long n",
-           "long long k", "long long m", *_DROPOUT_ARGS), "gemm", DIFFERENTIABLE_ACTS),
-    _spec("gemm_weight_grads", "gemm.cu", ("dtype",),
+           "long long k", "long long m", *_DROPOUT_ARGS, *_SPLIT_ARGS), "gemm",
+          DIFFERENTIABLE_ACTS, (0, 1)),
+    _spec("gemm_weight_grads", "gemm.cu", ("dtype", "tile"),
           ("T* dw", "T* db", "const T* a_prev", "const T* h", "const T* w", "long long n",
-           "long long k", "long long m", "T decay"), "gemm"),
+           "long long k", "long long m", "T decay", *_SPLIT_ARGS), "gemm", (), (0, 1, 2)),
     _spec("bias_act", "epilogue.cu", ("dtype", "act", "dropout"),
           ("T* z", "const T* b", "long long n", "long long m", *_DROPOUT_ARGS), "flat4",
           ALL_ACTS),
@@ -124,6 +144,11 @@ KERNELS: dict[str, KernelSpec] = dict([
     _spec("gather_rows", "gather.cu", ("dtype",),
           ("T* out", "const T* src", "const long long* perm", "const long long* start",
            "long long rows", "long long cols"), "flat"),
+    _spec("gather_batch", "gather.cu", ("dtype",),
+          ("T* xb", "T* tb", "const T* x", "const T* t", "const long long* perm",
+           "long long* start", "long long rows", "long long x_cols", "long long t_cols",
+           "long long* counter_base", "long long counters_per_step", "int* step",
+           "int* blocks_done"), "flat"),
     _spec("advance_step", "step.cu", (),
           ("long long* start", "long long rows", "long long* counter_base",
            "long long counters_per_step", "int* step"), "single"),
@@ -131,8 +156,8 @@ KERNELS: dict[str, KernelSpec] = dict([
 
 # Launch geometry; must agree with the constants in kernels/common.cuh and gemm_tile.cuh.
 BLOCK = 256
-GEMM_TILE = 64
 MAX_GRID_Y = 65535
+MAX_GRID_Z = 65535
 #: Cap on 1-D grids: the kernels stride over the rest, and more blocks only add scheduling.
 MAX_BLOCKS = 65535
 
@@ -170,6 +195,14 @@ def name_expression(kernel: str, dtype: Any = None, **params: Any) -> str:
     for p in spec.template:
         if p == "dtype":
             args.append(DTYPES[_dtype_name(dtype)])
+        elif p == "tile":
+            tile = params["tile"]
+            allowed = gemm_tiles(kernel, dtype)
+            if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) \
+                    or int(tile) not in allowed:
+                raise ValueError(f"{kernel} has no instantiation for tile={tile!r} with "
+                                 f"dtype={_dtype_name(dtype)}; allowed tiles: {allowed}")
+            args.append(str(int(tile)))
         elif p == "act":
             act = params["act"]
             code = activations.CODES[activations.canonical(act)] if isinstance(act, str) else act
@@ -193,11 +226,14 @@ def sources() -> list[str]:
     return list(dict.fromkeys(spec.source for spec in KERNELS.values()))
 
 
-def launch_config(kernel: str, *shape: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def launch_config(kernel: str, *shape: int, tile: int = 0, splits: int = 1
+                  ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """``(grid, block)`` for a launch; ``shape`` is the output's shape.
 
-    GEMMs: the ``(M, N)`` output; row kernels (softmax): ``(n, k)``; elementwise kernels:
-    any shape (only its size matters).  Every kernel strides, so a smaller grid stays correct.
+    GEMMs: the ``(M, N)`` output, with the ``tile`` (a key of :data:`GEMM_TILES`) and the
+    number of k ``splits`` (grid z; see :mod:`gpumlp.gemm_plan`); row kernels (softmax):
+    ``(n, k)``; elementwise kernels: any shape (only its size matters).  Every kernel
+    strides, so a smaller grid in x and y stays correct.
     """
     spec = _spec_for(kernel)
     if not shape or any(int(s) < 0 for s in shape):
@@ -211,8 +247,15 @@ def launch_config(kernel: str, *shape: int) -> tuple[tuple[int, int, int], tuple
         if len(shape) != 2:
             raise ValueError(f"{kernel} needs the (M, N) output shape, got {shape!r}")
         rows, cols = (int(s) for s in shape)
-        return ((blocks(cols, GEMM_TILE, 2**31 - 1), blocks(rows, GEMM_TILE, MAX_GRID_Y), 1),
-                (BLOCK, 1, 1))
+        if tile not in GEMM_TILES:
+            raise ValueError(f"tile={tile!r} is not a GEMM tile; choose one of "
+                             f"{sorted(GEMM_TILES)}")
+        if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) \
+                or not 1 <= splits <= MAX_GRID_Z:
+            raise ValueError(f"splits={splits!r} must be an integer in [1, {MAX_GRID_Z}]")
+        bm, bn, _, threads = GEMM_TILES[tile]
+        return ((blocks(cols, bn, 2**31 - 1), blocks(rows, bm, MAX_GRID_Y), int(splits)),
+                (threads, 1, 1))
     if spec.launch == "rows":
         if len(shape) != 2:
             raise ValueError(f"{kernel} needs the (n, k) shape, got {shape!r}")

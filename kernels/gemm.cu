@@ -1,32 +1,99 @@
-// Fused GEMM kernels (row-major, C-contiguous operands).  Launch: block (256, 1, 1),
-// grid (ceil(N / 64), min(ceil(M / 64), 65535)) for an M x N output; the kernels stride over
-// tiles, so any smaller grid is also correct.  Static shared memory only.
+// Fused GEMM kernels (row-major, C-contiguous operands), templated on the tile of
+// gemm_tile.cuh.  Launch (gpumlp/gemm_plan.py computes it): block (Shape<TILE>::THREADS, 1, 1),
+// grid (ceil(N / BN), min(ceil(M / BM), 65535), splits) for an M x N output; the kernels stride
+// over tiles, so any smaller grid in x and y is also correct.  With splits > 1, `workspace`
+// holds splits * tiles * BM * BN (+ splits * ceil(N / BN) * BN) elements of T and
+// `tile_counters` one zeroed int per tile (they are left zeroed); with one split both may be
+// null.  Static shared memory only.
 #include "gemm_tile.cuh"
 #include "pointwise.cuh"
 
+namespace gemm {
+
+// Both 16-byte aligned, and rows of a multiple of 4 elements: quads of the output are stored
+// (and the matching quads of a read) as whole vectors.
+template <typename T>
+__device__ __forceinline__ bool quads_ok(const T* p, long long cols)
+{
+    return p == nullptr || (((unsigned long long)p % 16 == 0) && cols % 4 == 0);
+}
+
+// The dropout keep flags of the 4 consecutive elements base .. base+3: one Philox block when
+// base is a multiple of 4 (rows of a multiple of 4), else the two blocks the quad straddles.
+template <typename T, bool DROPOUT>
+__device__ __forceinline__ void keep_flags(bool (&kept)[4], const DropoutCall<T>& drop,
+                                           long long base)
+{
+    if constexpr (DROPOUT) {
+        const long long g = base >> 2, off = base & 3;
+        const Philox4 first = drop.words(g);
+        Philox4 second = first;
+        if (off != 0) second = drop.words(g + 1);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long lane = off + j;
+            kept[j] = drop.kept_word(lane < 4 ? pick_word(first, lane)
+                                              : pick_word(second, lane - 4));
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) kept[j] = true;
+    }
+}
+
+}  // namespace gemm
+
 // out (n x m) = phi(x (n x k) @ w (k x m) + b), then inverted dropout when DROPOUT.
-template <typename T, int ACT, bool DROPOUT>
-__global__ void __launch_bounds__(GPUMLP_GEMM_THREADS)
+template <typename T, int ACT, bool DROPOUT, int TILE>
+__global__ void __launch_bounds__(gemm::Shape<TILE>::THREADS, gemm::Shape<TILE>::MIN_BLOCKS)
 gemm_bias_act(T* out, const T* x, const T* w, const T* b, long long n, long long k,
               long long m, T keep, unsigned long long seed, const long long* counter_base,
-              long long counter_offset)
+              long long counter_offset, T* workspace, int* tile_counters)
 {
     using namespace gemm;
-    const DropoutCall<T> drop = make_dropout<T, DROPOUT>(keep, seed, counter_base,
-                                                         counter_offset);
-    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
-    for (long long tr = blockIdx.y; tr * BM < n; tr += gridDim.y) {
-        for (long long tc = blockIdx.x; tc * BN < m; tc += gridDim.x) {
-            T acc[TM][TN] = {};
-            multiply_tile<T, true, false>(acc, x, k, w, m, n, m, k, tr * BM, tc * BN, nullptr);
-            for (int i = 0; i < TM; ++i) {
-                const long long r = tr * BM + ty + i * TY;
-                for (int j = 0; j < TN; ++j) {
-                    const long long c = tc * BN + tx + j * TX;
-                    if (r < n && c < m) {
-                        const long long idx = r * m + c;
-                        const bool kept = DROPOUT ? drop.kept(idx) : true;
-                        out[idx] = forward_element<T, ACT, DROPOUT>(acc[i][j] + b[c], kept, drop);
+    using S = Shape<TILE>;
+    const int tid = threadIdx.x, tx = tid % S::TX, ty = tid / S::TX;
+    // Tile indices fit an int (2^31 tiles of 16+ rows); fewer 64-bit registers stay live.
+    const int tiles_m = (int)((n + S::BM - 1) / S::BM);
+    const int tiles_n = (int)((m + S::BN - 1) / S::BN);
+    long long k_begin, k_end;
+    split_range<S>(k, k_begin, k_end);
+    const bool vec_out = quads_ok(out, m);
+    for (int tr = blockIdx.y; tr < tiles_m; tr += gridDim.y) {
+        for (int tc = blockIdx.x; tc < tiles_n; tc += gridDim.x) {
+            T acc[S::TM][S::TN] = {};
+            T unused = T(0);
+            multiply_tile<T, S, true, false>(acc, x, k, w, m, n, m, k_begin, k_end,
+                                             (long long)tr * S::BM, (long long)tc * S::BN, false, unused);
+            if (!split_k_reduce<T, S>(acc, workspace, tile_counters, (long long)tr * tiles_n + tc,
+                                      (long long)tiles_m * tiles_n, tc, tiles_n, false, unused))
+                continue;
+            // Made here, not before the main loop: nothing of it stays live across the loop.
+            const DropoutCall<T> drop = make_dropout<T, DROPOUT>(keep, seed, counter_base,
+                                                                 counter_offset);
+#pragma unroll
+            for (int i = 0; i < S::TM; ++i) {
+                const long long r = (long long)tr * S::BM + block_row<S>(ty, i);
+#pragma unroll
+                for (int q = 0; q < S::QN; ++q) {
+                    const long long c = (long long)tc * S::BN + block_col<S>(tx, 4 * q);
+                    if (r >= n || c >= m) continue;
+                    const long long base = r * m + c;
+                    bool kept[4];
+                    keep_flags<T, DROPOUT>(kept, drop, base);
+                    T v[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const T bias = c + j < m ? b[c + j] : T(0);
+                        v[j] = forward_element<T, ACT, DROPOUT>(acc[i][4 * q + j] + bias,
+                                                                kept[j], drop);
+                    }
+                    if (vec_out) {
+                        store4(out + base, v);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < 4; ++j)
+                            if (c + j < m) out[base + j] = v[j];
                     }
                 }
             }
@@ -36,29 +103,61 @@ gemm_bias_act(T* out, const T* x, const T* w, const T* b, long long n, long long
 
 // out (n x k) = (h_next (n x m) @ w_next^T) * phi'(a), w_next k x m, a n x k (the layer's
 // stored output; out may alias a).  With DROPOUT the forward mask is regenerated.
-template <typename T, int ACT, bool DROPOUT>
-__global__ void __launch_bounds__(GPUMLP_GEMM_THREADS)
+template <typename T, int ACT, bool DROPOUT, int TILE>
+__global__ void __launch_bounds__(gemm::Shape<TILE>::THREADS, gemm::Shape<TILE>::MIN_BLOCKS)
 gemm_backprop_act(T* out, const T* h_next, const T* w_next, const T* a, long long n,
                   long long k, long long m, T keep, unsigned long long seed,
-                  const long long* counter_base, long long counter_offset)
+                  const long long* counter_base, long long counter_offset, T* workspace,
+                  int* tile_counters)
 {
     using namespace gemm;
-    const DropoutCall<T> drop = make_dropout<T, DROPOUT>(keep, seed, counter_base,
-                                                         counter_offset);
-    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
-    for (long long tr = blockIdx.y; tr * BM < n; tr += gridDim.y) {
-        for (long long tc = blockIdx.x; tc * BN < k; tc += gridDim.x) {
-            T acc[TM][TN] = {};
-            multiply_tile<T, true, true>(acc, h_next, m, w_next, m, n, k, m, tr * BM, tc * BN,
-                                         nullptr);
-            for (int i = 0; i < TM; ++i) {
-                const long long r = tr * BM + ty + i * TY;
-                for (int j = 0; j < TN; ++j) {
-                    const long long c = tc * BN + tx + j * TX;
-                    if (r < n && c < k) {
-                        const long long idx = r * k + c;
-                        const bool kept = DROPOUT ? drop.kept(idx) : true;
-                        out[idx] = backward_element<T, ACT, DROPOUT>(acc[i][j], a[idx], kept, drop);
+    using S = Shape<TILE>;
+    const int tid = threadIdx.x, tx = tid % S::TX, ty = tid / S::TX;
+    // Tile indices fit an int (2^31 tiles of 16+ rows); fewer 64-bit registers stay live.
+    const int tiles_m = (int)((n + S::BM - 1) / S::BM);
+    const int tiles_n = (int)((k + S::BN - 1) / S::BN);
+    long long k_begin, k_end;
+    split_range<S>(m, k_begin, k_end);
+    const bool vec_out = quads_ok(out, k) && quads_ok(a, k);
+    for (int tr = blockIdx.y; tr < tiles_m; tr += gridDim.y) {
+        for (int tc = blockIdx.x; tc < tiles_n; tc += gridDim.x) {
+            T acc[S::TM][S::TN] = {};
+            T unused = T(0);
+            multiply_tile<T, S, true, true>(acc, h_next, m, w_next, m, n, k, k_begin, k_end,
+                                            (long long)tr * S::BM, (long long)tc * S::BN, false, unused);
+            if (!split_k_reduce<T, S>(acc, workspace, tile_counters, (long long)tr * tiles_n + tc,
+                                      (long long)tiles_m * tiles_n, tc, tiles_n, false, unused))
+                continue;
+            // Made here, not before the main loop: nothing of it stays live across the loop.
+            const DropoutCall<T> drop = make_dropout<T, DROPOUT>(keep, seed, counter_base,
+                                                                 counter_offset);
+#pragma unroll
+            for (int i = 0; i < S::TM; ++i) {
+                const long long r = (long long)tr * S::BM + block_row<S>(ty, i);
+#pragma unroll
+                for (int q = 0; q < S::QN; ++q) {
+                    const long long c = (long long)tc * S::BN + block_col<S>(tx, 4 * q);
+                    if (r >= n || c >= k) continue;
+                    const long long base = r * k + c;
+                    bool kept[4];
+                    keep_flags<T, DROPOUT>(kept, drop, base);
+                    T av[4], v[4];
+                    if (vec_out) {
+                        load4_global(av, a + base);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) av[j] = c + j < k ? a[base + j] : T(0);
+                    }
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        v[j] = backward_element<T, ACT, DROPOUT>(acc[i][4 * q + j], av[j],
+                                                                 kept[j], drop);
+                    if (vec_out) {
+                        store4(out + base, v);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < 4; ++j)
+                            if (c + j < k) out[base + j] = v[j];
                     }
                 }
             }
@@ -69,32 +168,64 @@ gemm_backprop_act(T* out, const T* h_next, const T* w_next, const T* a, long lon
 // dw (k x m) = a_prev^T (a_prev n x k) @ h (n x m) + decay * w, and db (m) = column sums of h.
 // The blocks of the first tile row also sum the columns of the h tiles they stage, so the
 // bias gradient costs no extra pass over h.  w is read only when decay != 0 (may be null).
-template <typename T>
-__global__ void __launch_bounds__(GPUMLP_GEMM_THREADS)
+template <typename T, int TILE>
+__global__ void __launch_bounds__(gemm::Shape<TILE>::THREADS, gemm::Shape<TILE>::MIN_BLOCKS)
 gemm_weight_grads(T* dw, T* db, const T* a_prev, const T* h, const T* w, long long n,
-                  long long k, long long m, T decay)
+                  long long k, long long m, T decay, T* workspace, int* tile_counters)
 {
     using namespace gemm;
-    const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
-    for (long long tr = blockIdx.y; tr * BM < k; tr += gridDim.y) {
-        for (long long tc = blockIdx.x; tc * BN < m; tc += gridDim.x) {
-            T acc[TM][TN] = {};
+    using S = Shape<TILE>;
+    const int tid = threadIdx.x, tx = tid % S::TX, ty = tid / S::TX;
+    // Tile indices fit an int (2^31 tiles of 16+ rows); fewer 64-bit registers stay live.
+    const int tiles_m = (int)((k + S::BM - 1) / S::BM);
+    const int tiles_n = (int)((m + S::BN - 1) / S::BN);
+    long long k_begin, k_end;
+    split_range<S>(n, k_begin, k_end);
+    const bool decayed = decay != T(0);
+    const bool vec_out = quads_ok(dw, m) && (!decayed || quads_ok(w, m));
+    for (int tr = blockIdx.y; tr < tiles_m; tr += gridDim.y) {
+        for (int tc = blockIdx.x; tc < tiles_n; tc += gridDim.x) {
+            T acc[S::TM][S::TN] = {};
             T col_sum = T(0);
-            multiply_tile<T, false, false>(acc, a_prev, k, h, m, k, m, n, tr * BM, tc * BN,
-                                           tr == 0 ? &col_sum : nullptr);
-            for (int i = 0; i < TM; ++i) {
-                const long long r = tr * BM + ty + i * TY;
-                for (int j = 0; j < TN; ++j) {
-                    const long long c = tc * BN + tx + j * TX;
-                    if (r < k && c < m) {
-                        const long long idx = r * m + c;
-                        T g = acc[i][j];
-                        if (decay != T(0)) g += decay * w[idx];
-                        dw[idx] = g;
+            const bool sums = tr == 0;  // the first tile row also yields the bias gradient
+            multiply_tile<T, S, false, false>(acc, a_prev, k, h, m, k, m, k_begin, k_end,
+                                              (long long)tr * S::BM, (long long)tc * S::BN, sums, col_sum);
+            if (!split_k_reduce<T, S>(acc, workspace, tile_counters, (long long)tr * tiles_n + tc,
+                                      (long long)tiles_m * tiles_n, tc, tiles_n, sums, col_sum))
+                continue;
+#pragma unroll
+            for (int i = 0; i < S::TM; ++i) {
+                const long long r = (long long)tr * S::BM + block_row<S>(ty, i);
+#pragma unroll
+                for (int q = 0; q < S::QN; ++q) {
+                    const long long c = (long long)tc * S::BN + block_col<S>(tx, 4 * q);
+                    if (r >= k || c >= m) continue;
+                    const long long base = r * m + c;
+                    T wv[4] = {T(0), T(0), T(0), T(0)}, v[4];
+                    if (decayed) {
+                        if (vec_out) {
+                            load4_global(wv, w + base);
+                        } else {
+#pragma unroll
+                            for (int j = 0; j < 4; ++j) wv[j] = c + j < m ? w[base + j] : T(0);
+                        }
+                    }
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        v[j] = acc[i][4 * q + j];
+                        if (decayed) v[j] += decay * wv[j];
+                    }
+                    if (vec_out) {
+                        store4(dw + base, v);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < 4; ++j)
+                            if (c + j < m) dw[base + j] = v[j];
                     }
                 }
             }
-            if (tr == 0 && tid < BN && tc * BN + tid < m) db[tc * BN + tid] = col_sum;
+            if (tr == 0 && tid < S::BN && (long long)tc * S::BN + tid < m)
+                db[(long long)tc * S::BN + tid] = col_sum;
         }
     }
 }

@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
-from gpumlp import activations, kernels
+from gpumlp import activations, gemm_plan, kernels
 from gpumlp.backends.base import Backend
 from gpumlp.dropout import Dropout, keep_mask
 
@@ -41,23 +41,32 @@ def rng_for(*params) -> np.random.Generator:
 
 
 class Guarded:
-    """Arrays carved from the middle of NaN-guarded buffers; check() verifies the guards."""
+    """Arrays carved from the middle of NaN-guarded buffers; check() verifies the guards.
 
-    def __init__(self):
+    The guard of GUARD elements leaves the arrays off 16-byte boundaries, so kernels take
+    their scalar paths; ``aligned=True`` widens it to put every array on a 16-byte boundary
+    (the vector paths)."""
+
+    def __init__(self, aligned=False):
         self.buffers = []
+        self.aligned = aligned
 
     def array(self, shape, dtype, values=None) -> np.ndarray:
         size = int(np.prod(shape))
-        full = np.full(size + 2 * GUARD, np.nan, dtype=dtype)
-        inner = full[GUARD:GUARD + size].reshape(shape)
+        full = np.full(size + 2 * GUARD + 16, np.nan, dtype=dtype)
+        start = GUARD
+        while self.aligned and (full.ctypes.data + start * full.itemsize) % 16:
+            start += 1
+        inner = full[start:start + size].reshape(shape)
+        assert not self.aligned or inner.ctypes.data % 16 == 0
         if values is not None:
             inner[...] = values
-        self.buffers.append((full, full.copy()))
+        self.buffers.append((full, full.copy(), start, size))
         return inner
 
     def check(self):
-        for full, original in self.buffers:
-            for sl in (slice(0, GUARD), slice(-GUARD, None)):
+        for full, original, start, size in self.buffers:
+            for sl in (slice(0, start), slice(start + size, None)):
                 assert full[sl].tobytes() == original[sl].tobytes(), "write out of bounds"
 
 
@@ -85,71 +94,145 @@ def dropout_args(dtype, dropout):
 
 
 # ------------------------------------------------------------------------------ GEMMs
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("dropout", [False, True])
-@pytest.mark.parametrize("act", FORWARD_ACTS)
-@pytest.mark.parametrize("n,k,m", GEMM_SHAPES)
-def test_gemm_bias_act(host, n, k, m, act, dropout, dtype, grid=None):
-    rng, g = rng_for("fwd", n, k, m, act, dropout, dtype), Guarded()
+def gemm_launch(host, kernel, dtype, M, N, K, tile, splits, grid, **kwargs):
+    """Launch a GEMM with the plan for (tile, splits), its split-K scratch and grid; check
+    that the tile counters are left zeroed (the next launch or graph replay relies on it)."""
+    plan = gemm_plan.choose(kernel, dtype, M, N, K, tile=tile, splits=splits)
+    workspace = counters = None
+    if plan.splits > 1:
+        # NaN, not zeros: a partial read before it is written poisons the result.
+        workspace = np.full(plan.workspace_size, np.nan, dtype=dtype)
+        counters = np.zeros(plan.counter_size, dtype=np.int32)
+    launch_grid = plan.grid if grid is None else (*grid[:2], plan.splits)
+    host.launch(kernel, dtype, launch_grid, plan.block, tile=plan.tile, workspace=workspace,
+                tile_counters=counters, **kwargs)
+    if counters is not None:
+        assert not counters.any(), "split-K tile counters not reset"
+
+
+def check_gemm_bias_act(host, n, k, m, act, dropout, dtype, grid=None, tile=0, splits=1,
+                       aligned=False):
+    rng, g = rng_for("fwd", n, k, m, act, dropout, dtype), Guarded(aligned)
     x, w = g.array((n, k), dtype, random(rng, (n, k), dtype)), g.array((k, m), dtype,
                                                                        random(rng, (k, m), dtype, 0.3))
     b, out = g.array((m,), dtype, random(rng, (m,), dtype)), g.array((n, m), dtype)
     args, drop = dropout_args(dtype, dropout)
-    config_grid, block = kernels.launch_config("gemm_bias_act", n, m)
-    host.launch("gemm_bias_act", dtype, grid or config_grid, block, act=act, dropout=dropout,
-                out=out, x=x, w=w, b=b, n=n, k=k, m=m, **args)
+    gemm_launch(host, "gemm_bias_act", dtype, n, m, k, tile, splits, grid, act=act,
+                dropout=dropout, out=out, x=x, w=w, b=b, n=n, k=k, m=m, **args)
     want = REF.affine_act(x, w, b, ACT_NAMES[act], np.empty_like(out), dropout=drop)
     assert_matches(out, want, dtype, dropout)
     g.check()
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("act", FORWARD_ACTS)
+@pytest.mark.parametrize("n,k,m", GEMM_SHAPES)
+def test_gemm_bias_act(host, n, k, m, act, dropout, dtype):
+    check_gemm_bias_act(host, n, k, m, act, dropout, dtype)
+
+
+def check_gemm_backprop_act(host, n, k, m, act, dropout, dtype, grid=None, tile=0, splits=1,
+                           aligned=False):
+    rng, g = rng_for("bwd", n, k, m, act, dropout, dtype), Guarded(aligned)
+    h_next = g.array((n, m), dtype, random(rng, (n, m), dtype))
+    w_next = g.array((k, m), dtype, random(rng, (k, m), dtype, 0.3))
+    a = g.array((n, k), dtype, rng.uniform(-0.95, 0.95, (n, k)))
+    out = g.array((n, k), dtype)
+    args, drop = dropout_args(dtype, dropout)
+    gemm_launch(host, "gemm_backprop_act", dtype, n, k, m, tile, splits, grid, act=act,
+                dropout=dropout, out=out, h_next=h_next, w_next=w_next, a=a, n=n, k=k, m=m,
+                **args)
+    want = REF.backprop_hidden(h_next, w_next, a, ACT_NAMES[act], np.empty_like(out), drop)
+    assert_matches(out, want, dtype, dropout)
+    g.check()
+    return out
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dropout", [False, True])
 @pytest.mark.parametrize("act", BACKWARD_ACTS)
 @pytest.mark.parametrize("n,k,m", GEMM_SHAPES)
-def test_gemm_backprop_act(host, n, k, m, act, dropout, dtype, grid=None):
-    rng, g = rng_for("bwd", n, k, m, act, dropout, dtype), Guarded()
-    h_next = g.array((n, m), dtype, random(rng, (n, m), dtype))
-    w_next = g.array((k, m), dtype, random(rng, (k, m), dtype, 0.3))
-    a = g.array((n, k), dtype, rng.uniform(-0.95, 0.95, (n, k)))
-    out = g.array((n, k), dtype)
-    args, drop = dropout_args(dtype, dropout)
-    config_grid, block = kernels.launch_config("gemm_backprop_act", n, k)
-    host.launch("gemm_backprop_act", dtype, grid or config_grid, block, act=act,
-                dropout=dropout, out=out, h_next=h_next, w_next=w_next, a=a, n=n, k=k, m=m,
-                **args)
-    want = REF.backprop_hidden(h_next, w_next, a, ACT_NAMES[act], np.empty_like(out), drop)
-    assert_matches(out, want, dtype, dropout)
-    g.check()
+def test_gemm_backprop_act(host, n, k, m, act, dropout, dtype):
+    check_gemm_backprop_act(host, n, k, m, act, dropout, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("decay", [0.0, 0.01])
-@pytest.mark.parametrize("n,k,m", GEMM_SHAPES)
-def test_gemm_weight_grads(host, n, k, m, decay, dtype, grid=None):
-    rng, g = rng_for("wgrad", n, k, m, decay, dtype), Guarded()
+def check_gemm_weight_grads(host, n, k, m, decay, dtype, grid=None, tile=0, splits=1,
+                           aligned=False):
+    rng, g = rng_for("wgrad", n, k, m, decay, dtype), Guarded(aligned)
     a_prev = g.array((n, k), dtype, random(rng, (n, k), dtype))
     h = g.array((n, m), dtype, random(rng, (n, m), dtype))
     w = g.array((k, m), dtype, random(rng, (k, m), dtype))
     dw, db = g.array((k, m), dtype), g.array((m,), dtype)
-    config_grid, block = kernels.launch_config("gemm_weight_grads", k, m)
     # Without decay w must not be read: pass a null pointer.
-    host.launch("gemm_weight_grads", dtype, grid or config_grid, block, dw=dw, db=db,
+    gemm_launch(host, "gemm_weight_grads", dtype, k, m, n, tile, splits, grid, dw=dw, db=db,
                 a_prev=a_prev, h=h, w=w if decay else None, n=n, k=k, m=m, decay=dtype(decay))
     want_dw, want_db = np.empty_like(dw), np.empty_like(db)
     REF.weight_grads(a_prev, h, want_dw, want_db, w, decay)
     assert_matches(dw, want_dw, dtype)
     assert_matches(db, want_db, dtype)
     g.check()
+    return dw, db
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+@pytest.mark.parametrize("n,k,m", GEMM_SHAPES)
+def test_gemm_weight_grads(host, n, k, m, decay, dtype):
+    check_gemm_weight_grads(host, n, k, m, decay, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("grid", [(1, 1, 1), (2, 2, 1)])
 def test_gemms_stride_over_tiles_with_a_small_grid(host, grid, dtype):
     n, k, m = GEMM_SHAPES[4]
-    test_gemm_bias_act(host, n, k, m, activations.CODES["tanh"], True, dtype, grid=grid)
-    test_gemm_backprop_act(host, n, k, m, activations.CODES["sigmoid"], True, dtype, grid=grid)
-    test_gemm_weight_grads(host, n, k, m, 0.01, dtype, grid=grid)
+    check_gemm_bias_act(host, n, k, m, activations.CODES["tanh"], True, dtype, grid=grid)
+    check_gemm_backprop_act(host, n, k, m, activations.CODES["sigmoid"], True, dtype, grid=grid)
+    check_gemm_weight_grads(host, n, k, m, 0.01, dtype, grid=grid)
+
+
+#: Every (dtype, tile) instantiated, each with one split and with split-K.
+GEMM_VARIANTS = [(np.dtype(d).type, tile, splits)
+                 for d, tiles in kernels.GEMM_TILES_BY_DTYPE.items() for tile in tiles
+                 for splits in (1, 3)]
+#: (n, k, m): odd sizes (scalar copies, partial tiles and a last split of 1 of 16 k), and
+#: multiples of 4 with aligned arrays (16-byte vector copies and stores); inner sizes of
+#: 65 / 68 / 33 k give splits of [32, 32, 1] / [32, 32, 4] / [16, 16, 1].
+VARIANT_SHAPES = [((130, 65, 37), False), ((68, 68, 132), True), ((33, 33, 10), False),
+                  ((36, 20, 12), True)]
+
+
+@pytest.mark.parametrize("shape,aligned", VARIANT_SHAPES)
+@pytest.mark.parametrize("dtype,tile,splits", GEMM_VARIANTS)
+def test_gemm_tile_and_split_variants(host, dtype, tile, splits, shape, aligned):
+    """Every tile and split-K variant of the three GEMMs, on the vector and scalar paths."""
+    n, k, m = shape
+    common = dict(tile=tile, splits=splits, aligned=aligned)
+    check_gemm_bias_act(host, n, k, m, activations.CODES["tanh"], True, dtype, **common)
+    check_gemm_bias_act(host, n, k, m, activations.CODES["relu"], False, dtype, **common)
+    if tile in kernels.gemm_tiles("gemm_backprop_act", dtype):  # its output is never thin
+        check_gemm_backprop_act(host, n, k, m, activations.CODES["sigmoid"], True, dtype,
+                                **common)
+    check_gemm_weight_grads(host, n, k, m, 0.01, dtype, **common)
+    check_gemm_weight_grads(host, n, k, m, 0.0, dtype, **common)
+
+
+@pytest.mark.parametrize("tile", kernels.GEMM_TILES_BY_DTYPE["float32"])
+def test_split_k_is_deterministic_and_small_grids_stride(host, tile):
+    """The same split-K launch gives the same bits every time (partials are added in split
+    order whichever block arrives last), also when a small grid strides over the tiles."""
+    n, k, m = 70, 90, 40
+    act = activations.CODES["relu"]
+    first = check_gemm_bias_act(host, n, k, m, act, True, np.float32, tile=tile, splits=4)
+    again = check_gemm_bias_act(host, n, k, m, act, True, np.float32, tile=tile, splits=4)
+    strided = check_gemm_bias_act(host, n, k, m, act, True, np.float32, tile=tile, splits=4,
+                                 grid=(1, 1, 1))
+    assert first.tobytes() == again.tobytes() == strided.tobytes()
+    dw, db = check_gemm_weight_grads(host, n, k, m, 0.01, np.float32, tile=tile, splits=4)
+    dw2, db2 = check_gemm_weight_grads(host, n, k, m, 0.01, np.float32, tile=tile, splits=4,
+                                      grid=(1, 1, 1))
+    assert dw.tobytes() == dw2.tobytes() and db.tobytes() == db2.tobytes()
 
 
 # ------------------------------------------------------------------------ elementwise

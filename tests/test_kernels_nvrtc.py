@@ -58,16 +58,21 @@ def test_derived_names_cover_every_kernel_dtype_and_activation():
                          ("bias_act", activations.CODES.values()),
                          ("gemm_backprop_act", differentiable), ("act_grad", differentiable)]:
         for ctype in ("float", "double"):
+            tiles = kernels.gemm_tiles(kernel, "float32" if ctype == "float" else "float64")
+            suffixes = [f", {tile}" for tile in tiles] if kernel.startswith("gemm") else [""]
             for act in acts:
                 for flag in ("false", "true"):
-                    assert f"{kernel}<{ctype}, {act}, {flag}>" in names
-    for kernel in ("gemm_weight_grads", "softmax_xent", "softmax_rows", "sigmoid_bce",
+                    for suffix in suffixes:
+                        assert f"{kernel}<{ctype}, {act}, {flag}{suffix}>" in names
+    assert {"gemm_weight_grads<float, 0>", "gemm_weight_grads<float, 1>",
+            "gemm_weight_grads<float, 2>", "gemm_weight_grads<double, 0>"} <= set(names)
+    for kernel in ("softmax_xent", "softmax_rows", "sigmoid_bce",
                    "squared_error", "adam_step", "gather_rows"):
         assert {f"{kernel}<float>", f"{kernel}<double>"} <= set(names)
     assert {"sgd_step<float, true>", "sgd_step<double, false>"} <= set(names)
     assert "advance_step" in names  # the one kernel with no template parameters
     expected = sum(len(spec.grid()) for spec in kernels.KERNELS.values())
-    assert len(names) == expected == 107
+    assert len(names) == expected == 145
 
 
 _KERNEL = re.compile(r"(?:template\s*<([^>]*)>\s*)?__global__\s+void\s+"
@@ -87,7 +92,7 @@ def test_table_matches_the_sources():
         assert spec.source == source
         kinds = []
         for param in (p.split() for p in template.split(",") if p.strip()):
-            kinds.append({"typename": "dtype", "int": "act"}.get(param[0], param[-1].lower()))
+            kinds.append("dtype" if param[0] == "typename" else param[-1].lower())
         assert tuple(kinds) == spec.template, name
         declared = tuple(" ".join(p.split()) for p in params.split(","))
         assert declared == spec.signature, name
@@ -96,7 +101,8 @@ def test_table_matches_the_sources():
 def test_name_expression_accepts_names_codes_and_dtypes():
     assert kernels.name_expression("act_grad", "float64", act="tanh",
                                    dropout=1) == "act_grad<double, 4, true>"
-    assert kernels.name_expression("gemm_weight_grads", float) == "gemm_weight_grads<double>"
+    assert kernels.name_expression("gemm_weight_grads", float,
+                                   tile=0) == "gemm_weight_grads<double, 0>"
     assert kernels.name_expression("sgd_step", "f4", nesterov=False) == "sgd_step<float, false>"
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import kernels
+from .. import gemm_plan
 from ..dropout import Dropout
 from . import capture_paths, contracts, step_state
 from .base import Backend
@@ -130,6 +131,10 @@ class CupyBackend(Backend):
             self.use_kernels = False  # warned once by gpumlp.kernels
             return None
 
+    def _gemm_plan(self, kernel: str, dtype: Any, M: int, N: int, K: int) -> Any:
+        """Tile and split-K of a fused GEMM with an M x N output (gpumlp.gemm_plan)."""
+        return gemm_plan.choose(kernel, dtype, M, N, K, gemm_plan.device_sm_count(self.xp))
+
     def _dropout_args(self, dtype: Any, dropout: Dropout | None) -> tuple:
         # Eager: the counter is all in `dropout.counter` (the eager base stays 0); captured:
         # it is an offset from the recording runner's base, which the graph advances.
@@ -179,7 +184,9 @@ class CupyBackend(Backend):
                            out=(out, "n m"))
         n, k, m = size["n"], size["k"], size["m"]
         dropped = dropout is not None
-        fused_fn = self._kernel("gemm_bias_act", x.dtype, act=act, dropout=dropped)
+        plan = self._gemm_plan("gemm_bias_act", x.dtype, n, m, k)
+        fused_fn = self._kernel("gemm_bias_act", x.dtype, act=act, dropout=dropped,
+                                tile=plan.tile)
         epilogue = self._kernel("bias_act", x.dtype, act=act, dropout=dropped)
         if fused_fn is None or epilogue is None:
             return super().affine_act(x, w, b, act, out, dropout)
@@ -187,8 +194,8 @@ class CupyBackend(Backend):
         sizes = (np.int64(n), np.int64(k), np.int64(m))
 
         def fused():
-            grid, block = kernels.launch_config("gemm_bias_act", n, m)
-            fused_fn(grid, block, (out, x, w, b, *sizes, *drop))
+            fused_fn(plan.grid, plan.block, (out, x, w, b, *sizes, *drop,
+                                             *gemm_plan.scratch(self, self.xp, plan, x.dtype)))
 
         def cublas():
             self.xp.matmul(x, w, out=out)
@@ -231,16 +238,17 @@ class CupyBackend(Backend):
         size = self._check("backprop_hidden", dtype, h_next=(h_next, "n m"),
                            w_next=(w_next, "k m"), a=(a, "n k"), out=(out, "n k"))
         n, k, m = size["n"], size["k"], size["m"]
+        plan = self._gemm_plan("gemm_backprop_act", a.dtype, n, k, m)
         fused_fn = self._kernel("gemm_backprop_act", a.dtype, act=act,
-                                dropout=dropout is not None)
+                                dropout=dropout is not None, tile=plan.tile)
         if fused_fn is None:
             return super().backprop_hidden(h_next, w_next, a, act, out, dropout)
         drop = self._dropout_args(a.dtype, dropout)
 
         def fused():
-            grid, block = kernels.launch_config("gemm_backprop_act", n, k)
-            fused_fn(grid, block, (out, h_next, w_next, a, np.int64(n), np.int64(k),
-                                   np.int64(m), *drop))
+            fused_fn(plan.grid, plan.block, (out, h_next, w_next, a, np.int64(n), np.int64(k),
+                                             np.int64(m), *drop,
+                                             *gemm_plan.scratch(self, self.xp, plan, a.dtype)))
 
         def cublas():
             self.xp.matmul(h_next, w_next.T, out=out)
@@ -257,7 +265,8 @@ class CupyBackend(Backend):
         size = self._check("weight_grads", dtype, a_prev=(a_prev, "n k"), h=(h, "n m"),
                            dw=(dw, "k m"), db=(db, "m"), w=(w if decay else None, "k m"))
         n, k, m = size["n"], size["k"], size["m"]
-        fused_fn = self._kernel("gemm_weight_grads", h.dtype)
+        plan = self._gemm_plan("gemm_weight_grads", h.dtype, k, m, n)
+        fused_fn = self._kernel("gemm_weight_grads", h.dtype, tile=plan.tile)
         if fused_fn is None:
             return super().weight_grads(a_prev, h, dw, db, w, decay)
         dt = h.dtype.type
@@ -265,9 +274,9 @@ class CupyBackend(Backend):
         w_arg = w if decay else None
 
         def fused():
-            grid, block = kernels.launch_config("gemm_weight_grads", k, m)
-            fused_fn(grid, block, (dw, db, a_prev, h, w_arg, np.int64(n), np.int64(k),
-                                   np.int64(m), dt(decay)))
+            fused_fn(plan.grid, plan.block, (dw, db, a_prev, h, w_arg, np.int64(n), np.int64(k),
+                                             np.int64(m), dt(decay),
+                                             *gemm_plan.scratch(self, self.xp, plan, h.dtype)))
 
         def cublas():
             self.xp.matmul(a_prev.T, h, out=dw)

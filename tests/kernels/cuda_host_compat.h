@@ -7,14 +7,22 @@
 // `static`: one copy shared by the block's threads.  threadIdx/blockIdx are thread_local.
 // Not modelled: warps (kernels must not rely on warp-synchronous code, and do not), memory
 // spaces, concurrency between blocks (atomics are still real atomics).
+//
+// cp.async (kernels/async_copy.cuh) is modelled strictly: a copy is only queued when issued
+// and is carried out when a cp_async_wait<N> retires its group, reading global memory then;
+// misaligned addresses and copies still in flight when a block ends abort the run, as the
+// hardware would fault or the kernel would read stale shared memory.
 #ifndef GPUMLP_CUDA_HOST_COMPAT_H
 #define GPUMLP_CUDA_HOST_COMPAT_H
+#define GPUMLP_HOST_COMPAT 1
 
 #include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <thread>
 #include <vector>
 
@@ -32,8 +40,76 @@ inline std::barrier<>* compat_block_barrier = nullptr;
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 inline void __syncthreads() { compat_block_barrier->arrive_and_wait(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+// Vector types with CUDA's alignment (a misaligned vector access faults on a GPU).
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return double2{x, y}; }
+
+// ld.global.cg: read around L1.  The host has one coherent memory: a plain read.
+template <typename T>
+inline T __ldcg(const T* p)
+{
+    return *p;
+}
+
+[[noreturn]] inline void compat_fault(const char* what)
+{
+    std::fprintf(stderr, "cuda_host_compat: %s\n", what);
+    std::abort();
+}
+
+// ---- cp.async: copies queued per thread, performed group by group at cp_async_wait.
+struct CompatAsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes, src_bytes;
+};
+inline thread_local std::vector<CompatAsyncCopy> compat_async_open;  // not yet committed
+inline thread_local std::deque<std::vector<CompatAsyncCopy>> compat_async_groups;
+
+template <int BYTES>
+inline void cp_async(void* smem, const void* gmem, int src_bytes)
+{
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+    if ((unsigned long long)smem % BYTES != 0 || (unsigned long long)gmem % BYTES != 0)
+        compat_fault("misaligned cp.async address");
+    if (src_bytes < 0 || src_bytes > BYTES) compat_fault("cp.async src-size out of range");
+    compat_async_open.push_back(CompatAsyncCopy{smem, gmem, BYTES, src_bytes});
+}
+
+inline void cp_async_commit()
+{
+    compat_async_groups.push_back(std::move(compat_async_open));
+    compat_async_open.clear();
+}
+
+template <int N>
+inline void cp_async_wait()
+{
+    while (compat_async_groups.size() > (std::size_t)N) {
+        for (const CompatAsyncCopy& c : compat_async_groups.front()) {
+            std::memset(c.dst, 0, c.bytes);
+            std::memcpy(c.dst, c.src, c.src_bytes);
+        }
+        compat_async_groups.pop_front();
+    }
+}
+
+inline void compat_check_no_async_in_flight()
+{
+    if (!compat_async_open.empty() || !compat_async_groups.empty())
+        compat_fault("cp.async copies still in flight at the end of a block");
+}
 
 inline unsigned int __umulhi(unsigned int a, unsigned int b)
 {
@@ -69,6 +145,7 @@ void compat_launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args)
                     for (unsigned bx = 0; bx < grid.x; ++bx) {
                         blockIdx = dim3{bx, by, bz};
                         kernel(args...);
+                        compat_check_no_async_in_flight();
                         barrier.arrive_and_wait();  // the next block reuses __shared__ storage
                     }
         });

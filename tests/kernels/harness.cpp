@@ -1,11 +1,12 @@
 // The kernels of kernels/*.cu compiled for the CPU (see cuda_host_compat.h), exported to
 // Python through ctypes.  One entry point per kernel template:
 //
-//   int run_<kernel>(int dtype_bits, int p1, int p2, unsigned gx, unsigned gy, unsigned bx,
-//                    unsigned by, void** args, const int* tags, int nargs)
+//   int run_<kernel>(int dtype_bits, int p1, int p2, int p3, unsigned gx, unsigned gy,
+//                    unsigned gz, unsigned bx, unsigned by, void** args, const int* tags,
+//                    int nargs)
 //
-// dtype_bits (32/64) and the template flags p1, p2 (activation code, dropout, nesterov, in
-// template order; unused ones ignored) pick the instantiation at run time; args points at
+// dtype_bits (32/64) and the template parameters p1, p2, p3 (activation code, dropout, GEMM
+// tile, nesterov, in template order; unused ones ignored) pick the instantiation at run time; args points at
 // the kernel arguments exactly as cuLaunchKernel's kernelParams, and tags[i] says what type
 // the caller marshalled argument i as (the codes of arg_tag below).  As on a GPU, a kernel
 // reads each argument as its declared C++ type whatever was passed, so an argument whose
@@ -92,20 +93,42 @@ bool with_bool(int flag, F&& f)
 
 using AllActs = std::make_integer_sequence<int, 6>;
 using DifferentiableActs = std::make_integer_sequence<int, 5>;  // no hard_limit
+using GemmTiles = std::make_integer_sequence<int, 3>;          // GPUMLP_GEMM_TILE_*
 
 }  // namespace
 
 #define HARNESS_ENTRY(name) \
-    extern "C" int run_##name(int bits, int p1, int p2, unsigned gx, unsigned gy, \
-                              unsigned bx, unsigned by, void** args, const int* tags, \
-                              int nargs)
-#define HARNESS_GEOMETRY dim3{gx, gy, 1}, dim3{bx, by, 1}
+    extern "C" int run_##name(int bits, int p1, int p2, int p3, unsigned gx, unsigned gy, \
+                              unsigned gz, unsigned bx, unsigned by, void** args, \
+                              const int* tags, int nargs)
+#define HARNESS_GEOMETRY dim3{gx, gy, gz}, dim3{bx, by, 1}
 #define HARNESS_ARGS args, tags, nargs
+
+// GEMM kernels templated on <T, ACT, bool, TILE>.
+#define HARNESS_ACT_FLAG_TILE(name, acts) \
+    HARNESS_ENTRY(name) \
+    { \
+        int status = -1; \
+        with_dtype(bits, [&](auto t) { \
+            using T = decltype(t); \
+            with_int(p1, acts{}, [&](auto act) { \
+                with_bool(p2, [&](auto flag) { \
+                    with_int(p3, GemmTiles{}, [&](auto tile) { \
+                        status = launch_packed( \
+                            HARNESS_GEOMETRY, name<T, act.value, flag.value, tile.value>, \
+                            HARNESS_ARGS); \
+                    }); \
+                }); \
+            }); \
+        }); \
+        return status; \
+    }
 
 // Kernels templated on <T, ACT, bool>.
 #define HARNESS_ACT_FLAG(name, acts) \
     HARNESS_ENTRY(name) \
     { \
+        (void)p3; \
         int status = -1; \
         with_dtype(bits, [&](auto t) { \
             using T = decltype(t); \
@@ -125,6 +148,7 @@ using DifferentiableActs = std::make_integer_sequence<int, 5>;  // no hard_limit
     { \
         (void)p1; \
         (void)p2; \
+        (void)p3; \
         int status = -1; \
         with_dtype(bits, [&](auto t) { \
             status = launch_packed(HARNESS_GEOMETRY, name<decltype(t)>, HARNESS_ARGS); \
@@ -132,22 +156,38 @@ using DifferentiableActs = std::make_integer_sequence<int, 5>;  // no hard_limit
         return status; \
     }
 
-HARNESS_ACT_FLAG(gemm_bias_act, AllActs)
-HARNESS_ACT_FLAG(gemm_backprop_act, DifferentiableActs)
+HARNESS_ACT_FLAG_TILE(gemm_bias_act, AllActs)
+HARNESS_ACT_FLAG_TILE(gemm_backprop_act, DifferentiableActs)
 HARNESS_ACT_FLAG(bias_act, AllActs)
 HARNESS_ACT_FLAG(act_grad, DifferentiableActs)
-HARNESS_PLAIN(gemm_weight_grads)
 HARNESS_PLAIN(softmax_xent)
 HARNESS_PLAIN(softmax_rows)
 HARNESS_PLAIN(sigmoid_bce)
 HARNESS_PLAIN(squared_error)
 HARNESS_PLAIN(adam_step)
 HARNESS_PLAIN(gather_rows)
+HARNESS_PLAIN(gather_batch)
+
+// gemm_weight_grads<T, TILE>: the tile is its first template parameter after T.
+HARNESS_ENTRY(gemm_weight_grads)
+{
+    (void)p2;
+    (void)p3;
+    int status = -1;
+    with_dtype(bits, [&](auto t) {
+        with_int(p1, GemmTiles{}, [&](auto tile) {
+            status = launch_packed(HARNESS_GEOMETRY, gemm_weight_grads<decltype(t), tile.value>,
+                                   HARNESS_ARGS);
+        });
+    });
+    return status;
+}
 
 // sgd_step<T, bool NESTEROV>: the flag is its first template parameter after T.
 HARNESS_ENTRY(sgd_step)
 {
     (void)p2;
+    (void)p3;
     int status = -1;
     with_dtype(bits, [&](auto t) {
         with_bool(p1, [&](auto nesterov) {
@@ -164,5 +204,6 @@ HARNESS_ENTRY(advance_step)
     (void)bits;
     (void)p1;
     (void)p2;
+    (void)p3;
     return launch_packed(HARNESS_GEOMETRY, advance_step, HARNESS_ARGS);
 }

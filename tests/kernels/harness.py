@@ -144,7 +144,7 @@ class Harness:
         codes = [int(flags.pop(p)) for p in spec.template if p != "dtype"]
         if flags:
             raise TypeError(f"{kernel} has no template parameters {sorted(flags)}")
-        codes += [0] * (2 - len(codes))
+        codes += [0] * (3 - len(codes))
         packed = [marshal(value) for value in args]
         tags = (ctypes.c_int * max(1, len(packed)))(*[tag for tag, _, _ in packed])
         argv = (ctypes.c_void_p * max(1, len(packed)))(
@@ -152,7 +152,8 @@ class Harness:
         entry = getattr(self.lib, f"run_{kernel}")
         entry.restype = ctypes.c_int
         status = entry(ctypes.c_int(dtype.itemsize * 8), *map(ctypes.c_int, codes),
-                       *map(ctypes.c_uint, grid[:2]), *map(ctypes.c_uint, block[:2]), argv,
+                       *map(ctypes.c_uint, (*grid[:3], 1)[:3]),  # grid z defaults to 1
+                       *map(ctypes.c_uint, block[:2]), argv,
                        tags, ctypes.c_int(len(packed)))
         if status == -1:
             raise ValueError(f"no host instantiation of {kernel} for {dtype} {codes}")

@@ -1,0 +1,209 @@
+"""How each fused GEMM is launched: its tile, its split-K factor, and the split-K scratch.
+
+At MNIST sizes the output of a layer is small (a 256 x 256 output is 4 tiles of 128 x 128),
+so a grid of output tiles alone leaves most of an H100's 132 SMs idle.  :func:`choose`
+estimates, for every tile of :data:`gpumlp.kernels.GEMM_TILES` and split-K factor, the time
+from the number of waves the blocks make over the device's SMs, and picks the fastest:
+
+* compute: ``waves x (time of one block's FMAs with its SM shared by the resident blocks,
+  at the tile's efficiency) + a fixed fill / drain latency per wave``;
+* split-K reduction (splits > 1): every split writes its partial tile and the last block
+  reads them all back (``2 x splits x tiles x BM x BN`` elements through memory) and waits
+  on the per-tile counter.
+
+The constants are H100 (SXM) figures and SASS counts (the FFMA share of each tile's main
+loop, ``pytest -m kernels tests/test_kernels_sass.py``), not measurements; the split into
+waves is what matters at these sizes.  The SM count is the device's when one is present.
+The choice is deterministic for a given (shape, dtype, SM count): split-K sums in a fixed
+order, so a given device always produces the same bits.
+
+Split-K launches need a workspace and zeroed per-tile counters (the kernels leave them
+zeroed); :func:`scratch` keeps one pair per backend and plan, allocated once and never
+freed or resized, so a CUDA graph that captured their addresses stays valid.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import kernels
+
+__all__ = ["DEFAULT_SM_COUNT", "GemmPlan", "choose", "device_sm_count", "estimate_us",
+           "scratch", "GEMM_SHAPES"]
+
+#: SMs of an H100 SXM, used when no device can be asked.
+DEFAULT_SM_COUNT = 132
+#: FP32 FMAs per microsecond of one H100 SM (128 lanes at about 1.75 GHz).
+FMA_PER_SM_US = 128 * 1755.0
+#: Device memory bandwidth in bytes per microsecond (HBM3, about 3.35 TB/s).
+BYTES_PER_US = 3.35e6
+#: Latency to fill and drain one wave of blocks (prologue copies, epilogue stores), µs.
+WAVE_LATENCY_US = 1.0
+#: Extra latency of the split-K handshake (fence, counter, second read of partials), µs.
+SPLIT_LATENCY_US = 0.7
+#: Largest split-K factor tried.
+MAX_SPLITS = 32
+#: Per tile: (blocks resident per SM, share of issue slots that are FFMA in the main loop),
+#: from the sm_90 SASS table in benchmarks/README.md (registers and shared memory per block).
+TILE_TRAITS: dict[int, tuple[int, float]] = {0: (2, 0.74), 1: (1, 0.87), 2: (8, 0.63)}
+
+#: kernel -> how its (M, N, K) follow from the backend's (n, k, m) sizes.
+GEMM_SHAPES = {
+    "gemm_bias_act": "output n x m, inner k",
+    "gemm_backprop_act": "output n x k, inner m",
+    "gemm_weight_grads": "output k x m, inner n",
+}
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """One launch of a fused GEMM with an ``M x N`` output and inner size ``K``."""
+
+    kernel: str
+    M: int
+    N: int
+    K: int
+    tile: int
+    splits: int
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    #: Elements of T the split-K workspace needs (0 with one split).
+    workspace_size: int
+    #: Ints of the per-tile counters (0 with one split).
+    counter_size: int
+    estimate_us: float
+
+
+def _tiles(M: int, N: int, tile: int) -> tuple[int, int]:
+    bm, bn, _, _ = kernels.GEMM_TILES[tile]
+    return -(-M // bm), -(-N // bn)
+
+
+def estimate_us(M: int, N: int, K: int, tile: int, splits: int,
+                sm_count: int = DEFAULT_SM_COUNT, itemsize: int = 4) -> float:
+    """The model's time (µs) of one launch; see the module docstring."""
+    bm, bn, bk, _ = kernels.GEMM_TILES[tile]
+    resident, efficiency = TILE_TRAITS[tile]
+    tiles_m, tiles_n = _tiles(M, N, tile)
+    k_tiles = max(1, -(-K // bk))
+    per_split = -(-k_tiles // splits)
+    blocks = tiles_m * tiles_n * splits
+    waves = -(-blocks // (sm_count * resident))
+    # A partial last wave leaves SMs with fewer blocks, which then run faster; count the
+    # SMs' load rather than whole waves once there is more than one.
+    busiest = -(-blocks // sm_count)  # blocks on the busiest SM
+    block_fmas = bm * bn * per_split * bk
+    if itemsize == 8:
+        efficiency /= 2.0  # FP64 at half the FP32 rate on H100
+    compute = busiest * block_fmas / (FMA_PER_SM_US * efficiency) + waves * WAVE_LATENCY_US
+    if splits == 1:
+        return compute
+    traffic = 2 * splits * tiles_m * tiles_n * bm * bn * itemsize
+    return compute + traffic / BYTES_PER_US + SPLIT_LATENCY_US
+
+
+def _check_sizes(kernel: str, M: int, N: int, K: int, sm_count: int) -> None:
+    if kernel not in GEMM_SHAPES:
+        raise ValueError(f"kernel={kernel!r} is not a GEMM; choose one of {sorted(GEMM_SHAPES)}")
+    for name, value in (("M", M), ("N", N), ("K", K)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}={value!r} must be a non-negative integer")
+    if isinstance(sm_count, bool) or not isinstance(sm_count, (int, np.integer)) \
+            or sm_count < 1:
+        raise ValueError(f"sm_count={sm_count!r} must be a positive integer")
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose(kernel: str, dtype_name: str, M: int, N: int, K: int, sm_count: int,
+            tile: int | None, splits: int | None) -> GemmPlan:
+    itemsize = np.dtype(dtype_name).itemsize
+    tiles = kernels.gemm_tiles(kernel, dtype_name) if tile is None else (tile,)
+    best = None
+    for t in tiles:
+        bk = kernels.GEMM_TILES[t][2]
+        k_tiles = max(1, -(-K // bk))
+        # Only splits that give every split a k-tile of its own, and whose count is not
+        # beaten by a smaller one with the same k-tiles per split.
+        choices = (splits,) if splits is not None else sorted({
+            -(-k_tiles // per) for per in range(1, k_tiles + 1)
+            if -(-k_tiles // per) <= MAX_SPLITS})
+        for s in choices:
+            cost = estimate_us(M, N, K, t, s, sm_count, itemsize)
+            key = (round(cost, 6), s, -kernels.GEMM_TILES[t][0] * kernels.GEMM_TILES[t][1])
+            if best is None or key < best[0]:
+                best = (key, t, s, cost)
+    _, t, s, cost = best
+    grid, block = kernels.launch_config(kernel, M, N, tile=t, splits=s)
+    tiles_m, tiles_n = _tiles(M, N, t)
+    bm, bn, _, _ = kernels.GEMM_TILES[t]
+    workspace = s * (tiles_m * tiles_n * bm * bn + tiles_n * bn) if s > 1 else 0
+    return GemmPlan(kernel, M, N, K, t, s, grid, block, workspace,
+                    tiles_m * tiles_n if s > 1 else 0, cost)
+
+
+def choose(kernel: str, dtype: Any, M: int, N: int, K: int, sm_count: int = DEFAULT_SM_COUNT,
+           tile: int | None = None, splits: int | None = None) -> GemmPlan:
+    """The launch plan of ``kernel`` for an ``M x N`` output with inner size ``K``.
+
+    ``tile`` and ``splits`` force a choice (tests, tuning); otherwise the fastest by
+    :func:`estimate_us` over the tiles instantiated for ``dtype``.  Cached.
+
+    Examples
+    --------
+    >>> plan = choose("gemm_bias_act", "float32", 256, 256, 784)
+    >>> plan.splits > 1  # 4 output tiles would leave most of 132 SMs idle
+    True
+    """
+    _check_sizes(kernel, M, N, K, sm_count)
+    dtype_name = kernels._dtype_name(dtype)
+    if tile is not None and tile not in kernels.gemm_tiles(kernel, dtype_name):
+        raise ValueError(f"tile={tile!r} has no {kernel} {dtype_name} instantiation; "
+                         f"allowed: {kernels.gemm_tiles(kernel, dtype_name)}")
+    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, (int, np.integer))
+                               or not 1 <= splits <= kernels.MAX_GRID_Z):
+        raise ValueError(f"splits={splits!r} must be an integer in [1, {kernels.MAX_GRID_Z}]")
+    return _choose(kernel, dtype_name, int(M), int(N), int(K), int(sm_count),
+                   None if tile is None else int(tile), None if splits is None else int(splits))
+
+
+_SM_COUNTS: dict[Any, int] = {}
+
+
+def device_sm_count(xp: Any) -> int:
+    """The current device's SM count (``xp`` is CuPy), or :data:`DEFAULT_SM_COUNT`."""
+    try:
+        device = xp.cuda.Device().id
+        if device not in _SM_COUNTS:
+            props = xp.cuda.runtime.getDeviceProperties(device)
+            _SM_COUNTS[device] = int(props["multiProcessorCount"])
+        return _SM_COUNTS[device]
+    except Exception:  # no device properties (a stand-in module): the H100 default
+        return DEFAULT_SM_COUNT
+
+
+_SCRATCH: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def scratch(owner: Any, xp: Any, plan: GemmPlan, dtype: Any) -> tuple[Any, Any]:
+    """``(workspace, tile_counters)`` for ``plan``: ``(None, None)`` (null pointers) with one
+    split, else device arrays kept for ``owner`` (a backend) and this plan.
+
+    The arrays are made on first use (outside a capture: the eager warm-up step) and never
+    freed or resized while ``owner`` lives, so captured graphs keep valid addresses.  The
+    counters start at zero and every launch leaves them at zero.  Launches that share a
+    plan must not run concurrently (they are on one stream in gpumlp).
+    """
+    if plan.splits == 1:
+        return None, None
+    buffers = _SCRATCH.setdefault(owner, {})
+    key = (plan.kernel, plan.M, plan.N, plan.K, plan.tile, plan.splits, np.dtype(dtype).str)
+    if key not in buffers:
+        buffers[key] = (xp.empty(plan.workspace_size, dtype=dtype),
+                        xp.zeros(plan.counter_size, dtype=np.int32))
+    return buffers[key]

@@ -1,0 +1,271 @@
+"""Read a kernel's sm_90 SASS (nvcc + cuobjdump) as a speed proxy where there is no GPU.
+
+For each kernel: registers, spills and local memory (ptxas), static shared memory, the
+theoretical occupancy on an H100 SM, and the hottest loop: among the loops of the SASS (a
+backward branch to an earlier label), the one with the most FFMA (DFMA for float64), innermost
+on ties.  Its FFMA share is FFMA / all instructions of the loop body (NOPs excluded): the FMA
+pipe can be busy at most that share of the issue slots, so it bounds the fraction of FP32
+peak the loop can reach.  These are instruction counts, not measurements.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpumlp import kernels
+
+ARCH = "sm_90"
+#: H100 SM: 64K registers, 228 KB shared (227 KB usable per block), 64 warps, 32 blocks.
+SM_REGISTERS, SM_SHARED, SM_WARPS, SM_BLOCKS = 65536, 233472, 64, 32
+SHARED_RESERVED_PER_BLOCK = 1024
+
+
+class ToolsUnavailable(RuntimeError):
+    """nvcc, cuobjdump or nvdisasm is missing; the message says how to get it."""
+
+
+def _venv_cuda_bins() -> list[str]:
+    """The bin folders of PyPI's nvidia-cuda-* wheels in this environment."""
+    base = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
+    return [str(p) for p in sorted(base.glob("*/bin")) if p.is_dir()]
+
+
+def find_tools() -> dict[str, str]:
+    """Paths of nvcc, cuobjdump and nvdisasm (PATH, /usr/local/cuda*, the venv's wheels)."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/bin",
+                              *sorted(map(str, Path("/usr/local").glob("cuda*/bin"))),
+                              *_venv_cuda_bins()])
+    tools = {name: shutil.which(name, path=search) for name in ("nvcc", "cuobjdump", "nvdisasm")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        raise ToolsUnavailable(
+            f"{', '.join(missing)} not found: install the CUDA toolkit's nvcc and "
+            "`pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm` (the `kernels` extra)")
+    return tools
+
+
+def instantiation_source(expressions: list[str]) -> str:
+    """gemm.cu with explicit instantiations of ``expressions`` (nvcc has no name expressions)."""
+    lines = [kernels.source_code("gemm.cu")]
+    for expression in expressions:
+        name, params = expression.split("<", 1)
+        ctype = params.split(",")[0].rstrip(">").strip()
+        signature = ", ".join(kernels.KERNELS[name].signature)
+        signature = re.sub(r"\bT\b", ctype, signature)
+        lines.append(f"template __global__ void {name}<{params}({signature});")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class KernelReport:
+    expression: str
+    registers: int
+    spill_bytes: int
+    stack_bytes: int
+    shared_bytes: int
+    threads: int
+    occupancy: float  # resident warps / 64
+    loop_instructions: int
+    loop_ffma: int
+    loop_lds128: int
+    loop_local: int
+    kernel_local: int
+
+    @property
+    def ffma_share(self) -> float:
+        return self.loop_ffma / self.loop_instructions if self.loop_instructions else 0.0
+
+
+def occupancy(registers: int, shared: int, threads: int) -> float:
+    """Theoretical occupancy (resident warps / 64) on an H100 SM."""
+    warps = -(-threads // 32)
+    regs_per_warp = -(-max(registers, 1) * 32 // 256) * 256  # allocated per warp, 256 at a time
+    by_regs = SM_REGISTERS // (regs_per_warp * warps)
+    by_shared = SM_SHARED // (shared + SHARED_RESERVED_PER_BLOCK) if shared else SM_BLOCKS
+    by_warps = SM_WARPS // warps
+    blocks = min(by_regs, by_shared, by_warps, SM_BLOCKS)
+    return blocks * warps / SM_WARPS
+
+
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_LABEL = re.compile(r"^\s*\.(L_x_\d+):")
+_BRANCH_TARGET = re.compile(r"`\(\.(L_x_\d+)\)|^\s*(0x[0-9a-f]+)\s*$")
+
+
+def parse_functions(sass: str) -> dict[str, list[tuple[str, str, str | None]]]:
+    """``{mangled name: [(opcode, operands, label or None), ...]}``: the label is the one
+    defined just before the instruction, else its address (``0x1a0``), as branches name
+    their targets one way or the other depending on the cuobjdump version."""
+    functions: dict[str, list] = {}
+    current: list | None = None
+    pending_label = None
+    for line in sass.splitlines():
+        if "Function :" in line:
+            current = functions.setdefault(line.split("Function :")[1].strip(), [])
+            pending_label = None
+            continue
+        if current is None:
+            continue
+        label = _LABEL.match(line)
+        if label:
+            pending_label = label.group(1)
+            continue
+        found = _INSTRUCTION.search(line)
+        if found:
+            address = hex(int(found.group(1), 16))
+            current.append((found.group(2), found.group(3), pending_label or address))
+            if pending_label:  # a branch may name either
+                current[-1] = (found.group(2), found.group(3), f"{pending_label}|{address}")
+            pending_label = None
+    return functions
+
+
+def hottest_loop(instructions: list[tuple[str, str, str | None]], fma: str = "FFMA"
+                 ) -> tuple[int, int] | None:
+    """``(first, last)`` indices of the innermost loop (one holding no other loop) with the
+    most ``fma`` instructions: the main loop, not the tile loop around it and its epilogue."""
+    where = {name: i for i, (_, _, label) in enumerate(instructions) if label
+             for name in label.split("|")}
+    best, best_key, loops = None, None, []
+    for j, (opcode, operands, _) in enumerate(instructions):
+        if not opcode.startswith("BRA"):
+            continue
+        target = _BRANCH_TARGET.search(operands)
+        name = target and (target.group(1) or hex(int(target.group(2), 16)))
+        if not name or where.get(name, j + 1) > j:
+            continue
+        loops.append((where[name], j))
+    inner = [(i, j) for i, j in loops
+             if not any(i <= a and b <= j and (a, b) != (i, j) for a, b in loops)]
+    for i, j in inner:
+        count = sum(1 for op, _, _ in instructions[i:j + 1] if op == fma)
+        key = (count, -(j - i))  # most FMAs, then the tightest loop
+        if best_key is None or key > best_key:
+            best, best_key = (i, j), key
+    return best
+
+
+def _ptxas_usage(log: str) -> dict[str, dict[str, int]]:
+    usage: dict[str, dict[str, int]] = {}
+    name = None
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            name = m.group(1)
+            usage.setdefault(name, {})
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                      line)
+        if m and name:
+            usage[name].update(stack=int(m.group(1)), spill=int(m.group(2)) + int(m.group(3)))
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            name = m.group(1)
+            usage.setdefault(name, {})
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name:
+            usage[name]["registers"] = int(m.group(1))
+        m = re.search(r"(\d+) bytes smem", line)
+        if m and name:
+            usage[name]["shared"] = int(m.group(1))
+    return usage
+
+
+def analyse(expressions: list[str], workdir: Path, arch: str = ARCH) -> list[KernelReport]:
+    """Compile ``expressions`` of gemm.cu with nvcc for ``arch`` and read their SASS."""
+    tools = find_tools()
+    workdir.mkdir(parents=True, exist_ok=True)
+    source, cubin = workdir / "gemm_sass.cu", workdir / "gemm_sass.cubin"
+    source.write_text(instantiation_source(expressions), encoding="utf-8")
+    compiled = subprocess.run(
+        [tools["nvcc"], f"-arch={arch}", "-cubin", "-O3", "-std=c++17", "-Xptxas", "-v",
+         str(source), "-o", str(cubin)], capture_output=True, text=True)
+    if compiled.returncode != 0:
+        raise RuntimeError(f"nvcc failed:\n{compiled.stderr}")
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(tools["nvdisasm"]).parent),
+                                                 os.environ.get("PATH", "")]))
+    sass = subprocess.run([tools["cuobjdump"], "-sass", str(cubin)], capture_output=True,
+                          text=True, env=env, check=True).stdout
+    functions = parse_functions(sass)
+    usage = _ptxas_usage(compiled.stderr)
+    reports = []
+    for expression in expressions:
+        name, params = expression.split("<", 1)
+        dtype = params.split(",")[0].strip().rstrip(">")
+        tile = int(params.rstrip(">").split(",")[-1])
+        mangled = _mangled(name, dtype, functions, usage, expression)
+        body = functions[mangled]
+        info = usage.get(mangled, {})
+        loop = hottest_loop(body, "DFMA" if dtype == "double" else "FFMA")
+        i, j = loop if loop else (0, -1)
+        loop_body = [op for op, _, _ in body[i:j + 1] if op != "NOP"]
+        threads = kernels.GEMM_TILES[tile][3]
+        shared = info.get("shared", 0)
+        reports.append(KernelReport(
+            expression=expression, registers=info.get("registers", 0),
+            spill_bytes=info.get("spill", 0), stack_bytes=info.get("stack", 0),
+            shared_bytes=shared, threads=threads,
+            occupancy=occupancy(info.get("registers", 0), shared, threads),
+            loop_instructions=len(loop_body),
+            loop_ffma=sum(op == ("DFMA" if dtype == "double" else "FFMA") for op in loop_body),
+            loop_lds128=sum(op.startswith("LDS.128") for op in loop_body),
+            loop_local=sum(op.startswith(("LDL", "STL")) for op in loop_body),
+            kernel_local=sum(op.startswith(("LDL", "STL")) for op, _, _ in body)))
+    return reports
+
+
+def _mangled(name, dtype, functions, usage, expression) -> str:
+    """The mangled symbol of ``expression`` (Itanium ABI: template args after ``I``)."""
+    params = [p.strip() for p in expression.split("<", 1)[1].rstrip(">").split(",")]
+    code = {"float": "f", "double": "d"}[dtype]
+    parts = [code]
+    for p in params[1:]:
+        parts.append(f"Lb{int(p == 'true')}E" if p in ("true", "false") else f"Li{p}E")
+    prefix = f"_Z{len(name)}{name}I{''.join(parts)}E"
+    matches = [f for f in functions if f.startswith(prefix)]
+    if len(matches) != 1:
+        raise RuntimeError(f"{expression}: expected one SASS function {prefix}*, "
+                           f"found {matches}")
+    return matches[0]
+
+
+def table(reports: list[KernelReport]) -> str:
+    """A Markdown table of the reports (SASS counts, not measurements)."""
+    lines = ["| kernel | threads | registers | spill bytes | shared KB | occupancy | "
+             "hottest loop: instructions | FFMA | LDS.128 | local | FFMA share |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in reports:
+        lines.append(f"| `{r.expression}` | {r.threads} | {r.registers} | {r.spill_bytes} | "
+                     f"{r.shared_bytes / 1024:.1f} | {100 * r.occupancy:.0f} % | "
+                     f"{r.loop_instructions} | {r.loop_ffma} | {r.loop_lds128} | "
+                     f"{r.loop_local} | {100 * r.ffma_share:.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
+#: The instantiations reported: every float32 tile of the three GEMMs (ReLU, with and
+#: without dropout for the forward) and the float64 tile.
+REPORTED = [
+    "gemm_bias_act<float, 1, false, 1>", "gemm_bias_act<float, 1, true, 1>",
+    "gemm_bias_act<float, 1, false, 0>", "gemm_bias_act<float, 1, false, 2>",
+    "gemm_backprop_act<float, 1, false, 1>", "gemm_backprop_act<float, 1, true, 0>",
+    "gemm_backprop_act<float, 1, true, 1>",
+    "gemm_weight_grads<float, 1>", "gemm_weight_grads<float, 0>", "gemm_weight_grads<float, 2>",
+    "gemm_bias_act<double, 1, false, 0>",
+]
+
+if __name__ == "__main__":
+    # python tests/kernels/sass.py [--keep DIR] [expression ...]: print the table.
+    import tempfile
+
+    args = sys.argv[1:]
+    keep = Path(args.pop(args.index("--keep") + 1)) if "--keep" in args else None
+    if keep:
+        args.remove("--keep")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(table(analyse(args or REPORTED, keep or Path(tmp))), end="")

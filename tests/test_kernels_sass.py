@@ -1,0 +1,70 @@
+"""The fused GEMMs' sm_90 SASS as a speed proxy (no GPU needed; nvcc and cuobjdump are).
+
+Compiles gemm.cu with nvcc for sm_90, disassembles it with cuobjdump (PyPI's
+``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm``, the ``kernels`` extra) and reads the
+hottest loop of each GEMM (tests/kernels/sass.py).  The float32 forward GEMM with the large
+tile, the one that carries the big layers, must keep its main loop at least 70 % FFMA, use
+128-bit shared loads and touch no local memory anywhere; every float32 GEMM must be free of
+local memory and spills.  The table is printed (``pytest -s``) and kept in
+benchmarks/README.md: SASS counts, not measurements.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import load_support
+
+pytestmark = pytest.mark.kernels
+
+sass = load_support("sass")
+
+#: The forward GEMM that must be cuBLAS-class by construction (ReLU, no dropout / dropout).
+GATED = ["gemm_bias_act<float, 1, false, 1>", "gemm_bias_act<float, 1, true, 1>"]
+MIN_FFMA_SHARE = 0.70
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    try:
+        sass.find_tools()
+    except sass.ToolsUnavailable as exc:
+        pytest.skip(str(exc))
+    found = sass.analyse(sass.REPORTED, tmp_path_factory.mktemp("sass"))
+    print("\nsm_90 SASS of the fused GEMMs (instruction counts, not measurements):\n"
+          + sass.table(found))
+    return {report.expression: report for report in found}
+
+
+@pytest.mark.parametrize("expression", GATED)
+def test_forward_gemm_main_loop_is_ffma_bound(reports, expression):
+    report = reports[expression]
+    assert report.loop_instructions > 0, f"{expression}: no loop found in the SASS"
+    assert report.ffma_share >= MIN_FFMA_SHARE, (
+        f"{expression}: hottest loop is {100 * report.ffma_share:.1f} % FFMA "
+        f"({report.loop_ffma} of {report.loop_instructions}); needs >= 70 %")
+    assert report.loop_lds128 > 0, f"{expression}: no 128-bit shared loads (LDS.128)"
+    assert report.loop_local == 0 and report.kernel_local == 0, \
+        f"{expression}: local memory ({report.kernel_local} LDL/STL)"
+
+
+def test_no_float32_gemm_spills_or_uses_local_memory(reports):
+    offenders = {e: (r.spill_bytes, r.stack_bytes, r.kernel_local) for e, r in reports.items()
+                 if "float" in e and (r.spill_bytes or r.stack_bytes or r.kernel_local)}
+    assert not offenders, f"(spill bytes, stack bytes, LDL/STL) per kernel: {offenders}"
+
+
+def test_every_gemm_main_loop_uses_vector_shared_loads(reports):
+    for expression, report in reports.items():
+        assert report.loop_lds128 > 0, f"{expression}: no LDS.128 in the hottest loop"
+
+
+def test_loop_finder_picks_the_innermost_loop_with_the_most_ffma():
+    """A tile loop holding the main loop and an FFMA epilogue is not the hottest loop."""
+    body = [("S2R", "", "0x0"), ("FFMA", "", "L_x_0|0x10"), ("FFMA", "", "L_x_1|0x20"),
+            ("FFMA", "", "0x30"), ("LDS.128", "", "0x40"), ("BRA", " `(.L_x_1)", "0x50"),
+            ("FFMA", "", "0x60"), ("FFMA", "", "0x70"), ("FFMA", "", "0x80"),
+            ("FFMA", "", "0x90"), ("BRA", " 0x10", "0xa0"), ("EXIT", "", "0xb0")]
+    assert sass.hottest_loop(body) == (2, 5)
+    assert sass.occupancy(128, 33 * 1024, 256) == 0.25
+    assert sass.occupancy(64, 17 * 1024, 256) == 0.5
