@@ -332,7 +332,7 @@ def test_a_wrong_scalar_type_is_rejected_by_the_harness(emulated_gpu, kernel, dt
     from gpumlp import kernels
 
     args = list(_valid_launch(cp, kernel, dtype))
-    fn = kernels.get_kernel(kernel, dtype, **_flags(kernel))
+    fn = kernels.get_kernel(kernel, dtype, **_flags(kernel, dtype))
     fn(*_geometry(kernel), tuple(args))  # the well-typed launch runs
     args[index] = value
     with pytest.raises(harness.KernelArgumentError, match=declared):
@@ -376,11 +376,13 @@ def _geometry(kernel):
     return kernels.launch_config(kernel, *((4, 4) if launch in ("gemm", "rows") else (16,)))
 
 
-def _flags(kernel):
+def _flags(kernel, dtype):
+    """Template parameters of the first instantiation of ``kernel`` for ``dtype``."""
     from gpumlp import kernels
 
-    return {p: (0 if p == "act" else False) for p in kernels.KERNELS[kernel].template
-            if p != "dtype"}
+    name = np.dtype(dtype).name
+    first = next(c for c in kernels.KERNELS[kernel].grid() if c.get("dtype", name) == name)
+    return {p: v for p, v in first.items() if p != "dtype"}
 
 
 def _valid_launch(cp, kernel, dtype):
