@@ -5,8 +5,9 @@ so a grid of output tiles alone leaves most of an H100's 132 SMs idle.  :func:`c
 estimates, for every tile of :data:`gpumlp.kernels.GEMM_TILES` and split-K factor, the time
 from the number of waves the blocks make over the device's SMs, and picks the fastest:
 
-* compute: ``waves x (time of one block's FMAs with its SM shared by the resident blocks,
-  at the tile's efficiency) + a fixed fill / drain latency per wave``;
+* compute: the FMAs of the busiest SM's blocks at the tile's efficiency (the FFMA share of
+  its main loop), or the operand traffic of all blocks through L2 if that takes longer
+  (thin tiles reload their operands often), plus a fill / drain latency per wave;
 * split-K reduction (splits > 1): every split writes its partial tile and the last block
   reads them all back (``2 x splits x tiles x BM x BN`` elements through memory) and waits
   on the per-tile counter.
@@ -43,6 +44,8 @@ DEFAULT_SM_COUNT = 132
 FMA_PER_SM_US = 128 * 1755.0
 #: Device memory bandwidth in bytes per microsecond (HBM3, about 3.35 TB/s).
 BYTES_PER_US = 3.35e6
+#: L2 bandwidth in bytes per microsecond (about 5.5 TB/s): the operand tiles' source.
+L2_BYTES_PER_US = 5.5e6
 #: Latency to fill and drain one wave of blocks (prologue copies, epilogue stores), µs.
 WAVE_LATENCY_US = 1.0
 #: Extra latency of the split-K handshake (fence, counter, second read of partials), µs.
@@ -101,7 +104,9 @@ def estimate_us(M: int, N: int, K: int, tile: int, splits: int,
     block_fmas = bm * bn * per_split * bk
     if itemsize == 8:
         efficiency /= 2.0  # FP64 at half the FP32 rate on H100
-    compute = busiest * block_fmas / (FMA_PER_SM_US * efficiency) + waves * WAVE_LATENCY_US
+    fma_time = busiest * block_fmas / (FMA_PER_SM_US * efficiency)
+    operand_bytes = blocks * (bm + bn) * per_split * bk * itemsize
+    compute = max(fma_time, operand_bytes / L2_BYTES_PER_US) + waves * WAVE_LATENCY_US
     if splits == 1:
         return compute
     traffic = 2 * splits * tiles_m * tiles_n * bm * bn * itemsize

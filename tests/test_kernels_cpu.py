@@ -430,3 +430,85 @@ def test_advance_step_moves_the_graph_state(host):
         host.launch("advance_step", np.float32, grid, block, start=start, rows=128,
                     counter_base=counter, counters_per_step=3, step=step)
     assert (start[0], counter[0], step[0]) == (5 + 3 * 128, 2**40 + 9, 10)
+
+
+# --------------------------------------------------------------------- kernel benchmark
+def test_kernel_benchmark_reports_tflops_plans_and_the_square_sgemm(emulated_gpu):
+    """`gpumlp bench --kernels` on the emulated GPU: every operation with TFLOP/s of
+    2 M N K, the fused kernel's tile / split, and the square SGEMM against cuBLAS alone.
+    (The times are the CPU harness's: only the bookkeeping is checked here.)"""
+    from gpumlp.bench.kernel_bench import gemm_flops, markdown, run_kernel_bench, speedups
+
+    cp, _ = emulated_gpu
+    sm_count = gemm_plan.device_sm_count(cp)
+    results = run_kernel_bench(shapes=((20, 12),), batches=(8,), repeats=1, min_ms=0.0,
+                               sgemm_size=24)
+    sgemm = [r for r in results if r["operation"] == "sgemm"]
+    assert {r["variant"] for r in sgemm} == {"fused", "cublas"}
+    for r in results:
+        assert r["flops"] == gemm_flops(r["operation"], r["batch"], r["d_in"], r["d_out"])
+        assert r["tflops"] == pytest.approx(r["flops"] / r["us_per_call"] / 1e6)
+        if r["variant"] == "fused":
+            kernel, M, N, K = {"forward": ("gemm_bias_act", 8, 12, 20),
+                               "backward": ("gemm_backprop_act", 8, 20, 12),
+                               "weight_grads": ("gemm_weight_grads", 20, 12, 8),
+                               "sgemm": ("gemm_bias_act", 24, 24, 24)}[r["operation"]]
+            plan = gemm_plan.choose(kernel, np.float32, M, N, K, sm_count)
+            assert (r["tile"], r["splits"]) == (plan.tile, plan.splits)
+    assert gemm_flops("weight_grads", 8, 20, 12) == 2 * 20 * 12 * 8
+    rows = speedups(results)
+    assert len(rows) == 4 and "fused_vs_cupy" not in rows[-1]
+    table = markdown(rows, results)
+    assert "| sgemm | 24→24 | 24 |" in table and "TFLOP/s" in table
+
+
+# ------------------------------------------------------------------------ GEMM plans
+def test_gemm_plan_fills_the_sms_at_mnist_sizes():
+    """At batch 256 the 784->256 forward has 4 output tiles of 128 x 128: the plan splits K
+    or takes smaller tiles so that the grid covers a good part of 132 SMs; a 4096^3 SGEMM
+    needs neither (the large tile, one split)."""
+    plan = gemm_plan.choose("gemm_bias_act", np.float32, 256, 256, 784)
+    assert plan.grid[0] * plan.grid[1] * plan.grid[2] >= 64
+    big = gemm_plan.choose("gemm_bias_act", np.float32, 4096, 4096, 4096)
+    assert (big.tile, big.splits, big.grid) == (1, 1, (32, 32, 1))
+    thin = gemm_plan.choose("gemm_bias_act", np.float32, 256, 10, 256)
+    assert thin.tile == 2  # 16 wide: 6 wasted columns of 16, not 54 of 64
+    for kernel in gemm_plan.GEMM_SHAPES:  # float64 has the one tile
+        assert gemm_plan.choose(kernel, np.float64, 1000, 300, 500).tile == 0
+
+
+def test_gemm_plan_uses_the_sm_count_and_sizes_the_scratch():
+    few = gemm_plan.choose("gemm_weight_grads", np.float32, 784, 256, 256, sm_count=2)
+    many = gemm_plan.choose("gemm_weight_grads", np.float32, 784, 256, 256, sm_count=132)
+    assert few.splits <= many.splits
+    plan = gemm_plan.choose("gemm_bias_act", np.float32, 100, 70, 300, tile=0, splits=3)
+    tiles_m, tiles_n = 2, 2  # 64 x 64 tiles over 100 x 70
+    assert plan.grid == (tiles_n, tiles_m, 3) and plan.block == (256, 1, 1)
+    assert plan.workspace_size == 3 * (tiles_m * tiles_n * 64 * 64 + tiles_n * 64)
+    assert plan.counter_size == tiles_m * tiles_n
+    one = gemm_plan.choose("gemm_bias_act", np.float32, 100, 70, 300, tile=0, splits=1)
+    assert (one.workspace_size, one.counter_size) == (0, 0)
+
+    class Owner:  # stands for a backend
+        pass
+
+    owner = Owner()
+    assert gemm_plan.scratch(owner, np, one, np.float32) == (None, None)
+    ws, counters = gemm_plan.scratch(owner, np, plan, np.float32)
+    assert ws.size == plan.workspace_size and counters.dtype == np.int32 and not counters.any()
+    again = gemm_plan.scratch(owner, np, plan, np.float32)
+    assert again[0] is ws and again[1] is counters  # never reallocated: graphs keep addresses
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: gemm_plan.choose("bias_act", np.float32, 1, 1, 1), "not a GEMM"),
+    (lambda: gemm_plan.choose("gemm_bias_act", np.float32, -1, 1, 1), "M=-1"),
+    (lambda: gemm_plan.choose("gemm_bias_act", np.float32, 1, 1, 1, sm_count=0), "sm_count"),
+    (lambda: gemm_plan.choose("gemm_bias_act", np.float64, 1, 1, 1, tile=1), "tile=1"),
+    (lambda: gemm_plan.choose("gemm_backprop_act", np.float32, 1, 1, 1, tile=2), "tile=2"),
+    (lambda: gemm_plan.choose("gemm_bias_act", np.float32, 1, 1, 1, splits=0), "splits=0"),
+    (lambda: kernels.launch_config("gemm_bias_act", 4, 4, tile=7), "tile=7"),
+])
+def test_gemm_plan_bad_requests_say_what_is_allowed(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -59,12 +59,14 @@ def test_every_gemm_main_loop_uses_vector_shared_loads(reports):
         assert report.loop_lds128 > 0, f"{expression}: no LDS.128 in the hottest loop"
 
 
-def test_loop_finder_picks_the_innermost_loop_with_the_most_ffma():
-    """A tile loop holding the main loop and an FFMA epilogue is not the hottest loop."""
-    body = [("S2R", "", "0x0"), ("FFMA", "", "L_x_0|0x10"), ("FFMA", "", "L_x_1|0x20"),
-            ("FFMA", "", "0x30"), ("LDS.128", "", "0x40"), ("BRA", " `(.L_x_1)", "0x50"),
-            ("FFMA", "", "0x60"), ("FFMA", "", "0x70"), ("FFMA", "", "0x80"),
-            ("FFMA", "", "0x90"), ("BRA", " 0x10", "0xa0"), ("EXIT", "", "0xb0")]
-    assert sass.hottest_loop(body) == (2, 5)
+def test_loop_finder_picks_the_main_loop():
+    """A tile loop holding the main loop and an FFMA epilogue is not the hottest loop, nor is
+    an FMA-free loop (the branch-to-self after EXIT)."""
+    main = [("FFMA", "", "L_x_1|0x20"), ("FFMA", "", "0x30"), ("FFMA", "", "0x40"),
+            ("LDS.128", "", "0x50"), ("BRA", " `(.L_x_1)", "0x60")]
+    epilogue = [("FFMA", "", "0x70"), ("FFMA", "", "0x80"), ("STG.E", "", "0x90")]
+    body = [("S2R", "", "0x0"), ("IMAD", "", "L_x_0|0x10"), *main, *epilogue,
+            ("BRA", " 0x10", "0xa0"), ("EXIT", "", "0xb0"), ("BRA", " 0xc0", "0xc0")]
+    assert sass.hottest_loop(body) == (2, 6)  # 3 FMAs of its own; the tile loop has 2
     assert sass.occupancy(128, 33 * 1024, 256) == 0.25
     assert sass.occupancy(64, 17 * 1024, 256) == 0.5

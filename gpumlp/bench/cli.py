@@ -62,7 +62,7 @@ def _run_kernel_bench(args: argparse.Namespace) -> int:
     from ..backends import cupy_unavailable_reason
     from ..cli_args import OptionError, check_writable_dir
     from .environment import environment
-    from .kernel_bench import BATCHES, markdown, run_kernel_bench, speedups
+    from .kernel_bench import BATCHES, SGEMM_SIZE, markdown, run_kernel_bench, speedups
     from .report import reserve_stem, write_text
 
     reason = cupy_unavailable_reason()
@@ -71,7 +71,8 @@ def _run_kernel_bench(args: argparse.Namespace) -> int:
     batches = _batches(args.batches) or list(BATCHES)
     check_writable_dir("--out", args.out)
     env = environment({})
-    results = run_kernel_bench(batches=batches, repeats=args.repeats, out=sys.stdout)
+    results = run_kernel_bench(batches=batches, repeats=args.repeats, out=sys.stdout,
+                               sgemm_size=SGEMM_SIZE)
     rows = speedups(results)
     table = markdown(rows, results)
     print(table)

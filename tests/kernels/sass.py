@@ -129,11 +129,13 @@ def parse_functions(sass: str) -> dict[str, list[tuple[str, str, str | None]]]:
 
 def hottest_loop(instructions: list[tuple[str, str, str | None]], fma: str = "FFMA"
                  ) -> tuple[int, int] | None:
-    """``(first, last)`` indices of the innermost loop (one holding no other loop) with the
-    most ``fma`` instructions: the main loop, not the tile loop around it and its epilogue."""
+    """``(first, last)`` indices of the hottest loop: the loop with the most ``fma``
+    instructions of its own (not counting those of the loops nested in it).  So the main
+    loop, not the tile loop around it (whose own FMAs are the epilogue's), nor the staging
+    loops inside an old main loop (which hold none)."""
     where = {name: i for i, (_, _, label) in enumerate(instructions) if label
              for name in label.split("|")}
-    best, best_key, loops = None, None, []
+    best, best_key, loops = None, None, []  # loops: (first, last) of each backward branch
     for j, (opcode, operands, _) in enumerate(instructions):
         if not opcode.startswith("BRA"):
             continue
@@ -142,13 +144,20 @@ def hottest_loop(instructions: list[tuple[str, str, str | None]], fma: str = "FF
         if not name or where.get(name, j + 1) > j:
             continue
         loops.append((where[name], j))
-    inner = [(i, j) for i, j in loops
-             if not any(i <= a and b <= j and (a, b) != (i, j) for a, b in loops)]
-    for i, j in inner:
-        count = sum(1 for op, _, _ in instructions[i:j + 1] if op == fma)
-        key = (count, -(j - i))  # most FMAs, then the tightest loop
+    loops = sorted(set(loops))
+    counts = {(i, j): sum(1 for op, _, _ in instructions[i:j + 1] if op == fma)
+              for i, j in loops}
+
+    def inside(inner, outer):
+        return inner != outer and outer[0] <= inner[0] and inner[1] <= outer[1]
+
+    for loop in loops:
+        nested = [other for other in loops if inside(other, loop)]
+        children = [c for c in nested if not any(inside(c, other) for other in nested)]
+        own = counts[loop] - sum(counts[c] for c in children)
+        key = (own, -(loop[1] - loop[0]))  # most FMAs of its own, then the tightest
         if best_key is None or key > best_key:
-            best, best_key = (i, j), key
+            best, best_key = loop, key
     return best
 
 
