@@ -8,11 +8,13 @@ to run during capture; each GEMM takes the route measured faster in the warm-up,
 backward, optimizer update — is captured once per batch size and replayed.  Each layer's
 weight-gradient GEMM is captured on a second stream forked from the runner's, so in the graph
 it is a branch parallel to the backward chain (joined before the update), and only the first
-layer's weight gradient lies on the step's critical path.  What changes from step to step lives in device memory: the batch's first
-row, the dropout counter and the optimizer's step count (moved on by the ``advance_step``
-kernel inside the graph), the learning rate (written once per epoch) and the loss (summed on
-the device and read once per epoch).  A step therefore makes no allocation, no host
-synchronisation and one graph launch per ``steps_per_graph`` steps.
+layer's weight gradient lies on the step's critical path.
+
+What changes from step to step lives in device memory: the batch's first row, the dropout
+counter and the optimizer's step count (moved on inside the graph by the ``gather_batch``
+kernel that also forms the batch), the learning rate (written once per epoch) and the loss
+(summed on the device and read once per epoch).  A step therefore makes no allocation, no
+host synchronisation and one graph launch per ``steps_per_graph`` steps.
 
 The permutation of each epoch comes from the trainer's host generator, copied to the device
 once per epoch (480 kB for 60,000 rows): the graph and eager paths then see the same batches,
@@ -86,6 +88,7 @@ class GraphStepRunner:
         # Made on the caller's stream; the first entry to the runner's stream waits for it.
         self.perm = cupy.arange(self.n, dtype=cupy.int64)
         self.start = cupy.zeros((), dtype=cupy.int64)
+        self.blocks_done = cupy.zeros((), dtype=cupy.int32)  # gather_batch's block count
         self.loss_full = cupy.zeros((), dtype=dtype)
         self.loss_rest = cupy.zeros((), dtype=dtype)
         self.state = self.backend.new_step_state(dtype)
@@ -136,14 +139,17 @@ class GraphStepRunner:
         backend, net, trainer = self.backend, self.net, self.trainer
         buffers = trainer.step_buffers(rows, self.X, self.T)
         xb, tb = buffers.x, buffers.t
-        backend.gather_rows_at(self.X, self.perm, self.start, xb)
-        backend.gather_rows_at(self.T, self.perm, self.start, tb)
-        # step=0: the dropout counters are offsets from the device-side counter base.
+        # One launch gathers both halves of the batch and moves the step state on (batch
+        # start, dropout counter base, optimizer step count): the kernels after it read the
+        # advanced state, so the dropout counters are offsets from the next step's base
+        # (step=-1) and the optimizer reads the count of the step it makes, as before.
+        backend.gather_batch_at(self.X, self.T, self.perm, self.start, xb, tb, net.n_layers,
+                                self.blocks_done)
         # The weight gradients run beside the backward chain, joined before the update.
         with capture_paths.weight_grads_beside(self.stream, self.side):
             net.loss_and_gradients(xb, tb, buffers.workspace, decay=trainer.alpha / rows,
-                                   dropout=trainer.dropout, seed=trainer.dropout_seed, step=0)
-        backend.advance_step(self.start, rows, net.n_layers)
+                                   dropout=trainer.dropout, seed=trainer.dropout_seed,
+                                   step=-1)
         trainer.optimizer.step(net.params, net.grads)
 
     def _warm_up(self) -> None:

@@ -49,16 +49,17 @@ def captured_step(cp, rows=64):
 
 @pytest.mark.kernels
 def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
-    # A 3-layer step: 2 gathers, 3 forward GEMMs, the loss, 2 backward and 3 weight-gradient
-    # GEMMs, the step bookkeeping and the optimizer: 13 nodes.  The weight gradients form a
-    # branch beside the backward chain, so only the first layer's lies on the critical path:
-    # gathers 2 + forward 3 + loss + backward 2 + first weight gradient + bookkeeping + Adam.
+    # A 3-layer step: one gather of the batch (which also moves the step state on), 3 forward
+    # GEMMs, the loss, 2 backward and 3 weight-gradient GEMMs and the optimizer: 11 nodes
+    # (two gathers and a bookkeeping node were 13).  The weight gradients form a branch
+    # beside the backward chain, so only the first layer's lies on the critical path:
+    # gather + forward 3 + loss + backward 2 + first weight gradient + Adam = 9.
     runner = captured_step(cp)
     one = runner.graph_one
-    assert len(one.launches) == 13
-    assert one.critical_path() == 11
-    assert len(runner.graph_many.launches) == 13 * runner.steps_per_graph
-    assert runner.graph_many.critical_path() == 11 * runner.steps_per_graph
+    assert len(one.launches) == 11
+    assert one.critical_path() == 9
+    assert len(runner.graph_many.launches) == 11 * runner.steps_per_graph
+    assert runner.graph_many.critical_path() == 9 * runner.steps_per_graph
     names = [node[0].name for node in one.launches]
     deps = one.launches.deps
     for i, name in enumerate(names):
@@ -68,7 +69,7 @@ def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
     monkeypatch.setattr(capture_paths, "weight_grads_beside",
                         lambda main, side: contextlib.nullcontext())
     chain = captured_step(cp).graph_one
-    assert len(chain.launches) == 13 and chain.critical_path() == 13
+    assert len(chain.launches) == 11 and chain.critical_path() == 11
 
 
 @pytest.mark.kernels
@@ -152,3 +153,31 @@ def test_joined_fork_replays_in_dependency_order(cp, blas):
     h = np.arange(16, dtype=np.float32).reshape(4, 4) / 10
     m = h @ h
     np.testing.assert_allclose(mid.get(), (m @ h) @ (m @ m), rtol=1e-5)
+
+
+@pytest.mark.kernels
+def test_gather_batch_gathers_both_arrays_then_moves_the_step_on(host):
+    """On the CPU build of the kernel, with several blocks (the last one advances)."""
+    rng = np.random.default_rng(9)
+    X, T = rng.normal(size=(50, 12)), rng.normal(size=(50, 3))
+    perm = rng.permutation(50).astype(np.int64)
+    start, base = np.array(4, np.int64), np.array(30, np.int64)
+    step, done = np.array(7, np.int32), np.array(0, np.int32)
+    rows = 40
+    grid, block = kernels.launch_config("gather_batch", rows * (12 + 3))
+    assert grid[0] > 1
+    for launch in range(2):
+        first = int(start)
+        xb, tb = np.full((rows, 12), np.nan), np.full((rows, 3), np.nan)
+        if launch == 1:
+            perm[:] = np.roll(perm, 1)
+            start[...] = 0
+            first = 0
+        host.launch("gather_batch", np.float64, grid, block, xb=xb, tb=tb, x=X, t=T,
+                    perm=perm, start=start, rows=np.int64(rows), x_cols=np.int64(12),
+                    t_cols=np.int64(3), counter_base=base,
+                    counters_per_step=np.int64(3), step=step, blocks_done=done)
+        np.testing.assert_array_equal(xb, X[perm[first:first + rows]])
+        np.testing.assert_array_equal(tb, T[perm[first:first + rows]])
+        assert int(start) == first + rows and int(done) == 0
+    assert int(base) == 36 and int(step) == 9

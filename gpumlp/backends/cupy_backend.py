@@ -395,6 +395,27 @@ class CupyBackend(Backend):
         fn(grid, block, (start, np.int64(rows), state.counter_base,
                          np.int64(counters_per_step), state.step))
 
+    def gather_batch_at(self, X, T, perm, start, xb, tb, counters_per_step: int,
+                        blocks_done) -> None:
+        """``xb[i] = X[perm[start + i]]`` and ``tb[i] = T[perm[start + i]]`` in one launch,
+        which then moves the recording runner's step state on as :meth:`advance_step` does
+        (``blocks_done``: an int32 device counter at 0, left at 0)."""
+        state = step_state.current()
+        if state is None:
+            raise RuntimeError("gather_batch_at moves a graph runner's step state: call it "
+                               "inside backend.recording(state, ...)")
+        dtype = contracts.float_dtype("gather_batch_at", "X", X)
+        size = self._check("gather_batch_at", dtype, X=(X, "total c"), T=(T, "total d"),
+                           perm=(perm, "total", np.int64), start=(start, "", np.int64),
+                           xb=(xb, "r c"), tb=(tb, "r d"),
+                           blocks_done=(blocks_done, "", np.int32))
+        rows, x_cols, t_cols = size["r"], size["c"], size["d"]
+        fn = kernels.get_kernel("gather_batch", X.dtype)
+        grid, block = kernels.launch_config("gather_batch", rows * (x_cols + t_cols))
+        fn(grid, block, (xb, tb, X, T, perm, start, np.int64(rows), np.int64(x_cols),
+                         np.int64(t_cols), state.counter_base, np.int64(counters_per_step),
+                         state.step, blocks_done))
+
     def permutation(self, n: int, rng: Any) -> Any:
         return self.xp.asarray(rng.permutation(n).astype(np.int64))
 

@@ -166,6 +166,7 @@ HARNESS_PLAIN(sigmoid_bce)
 HARNESS_PLAIN(squared_error)
 HARNESS_PLAIN(adam_step)
 HARNESS_PLAIN(gather_rows)
+HARNESS_PLAIN(gather_batch)
 
 // gemm_weight_grads<T, TILE>: the tile is its first template parameter after T.
 HARNESS_ENTRY(gemm_weight_grads)
