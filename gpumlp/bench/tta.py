@@ -19,6 +19,7 @@ so ``--seeds`` runs several and the table shows each.
 from __future__ import annotations
 
 import math
+import os
 import re
 import statistics
 import sys
@@ -401,6 +402,9 @@ def markdown(results: list[dict[str, Any]], environment: dict[str, Any], target:
         lines.append(f"| {r['subject']} | {r['seed']} | {r['epochs_to_target'] or ''} | "
                      f"{seconds} | {r['train_seconds_per_epoch']:.2f} | "
                      f"{r['eval_seconds']:.1f} | {r['best_accuracy']:.4f} | {ratio} |")
+    load = environment.get("load_average")
+    if load:
+        lines += ["", f"Load average (1, 5, 15 min) before and after the run: {load}"]
     medians = median_seconds(results)
     if len({r["seed"] for r in results}) > 1 and medians:
         lines.append("")
@@ -461,6 +465,14 @@ def add_tta_arguments(bench: Any, otherwise: Callable[[Any], int]) -> None:
     bench.set_defaults(run=lambda args: run_tta_command(args) if args.tta else otherwise(args))
 
 
+def _load_average() -> list[float] | None:
+    """The host's 1, 5 and 15-minute load averages, where the OS reports them."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def run_tta_command(args: Any, out: TextIO | None = None) -> int:
     """``gpumlp bench --tta``: measure, print the table, write the JSON and markdown."""
     from ..backends import available_backends
@@ -491,8 +503,11 @@ def run_tta_command(args: Any, out: TextIO | None = None) -> int:
     data = load_dataset(dataset)
     env = environment(peer_modules)  # before the run: the commit and tree it measures
     recipe = default_recipe()
+    load_before = _load_average()
     results = run_tta(factories, data.X_train, data.y_train, data.X_test, data.y_test,
                       recipe, seeds, args.target_accuracy, out)
+    # Other processes slow a CPU run down: the load around it says how much to trust it.
+    env["load_average"] = [load_before, _load_average()]
     settings = {"target": args.target_accuracy, "dataset": dataset, "seeds": seeds,
                 "recipe": {**recipe, "hidden": list(recipe["hidden"])}}
     print(file=out)
