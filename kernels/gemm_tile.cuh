@@ -120,8 +120,10 @@ __device__ __forceinline__ int clamp_int(long long v)
 // p[k * ld + w]; the copy of slice [k0, k0 + BK) lands in S[kk][w].
 //
 // K_CONTIG: consecutive threads walk k (contiguous in memory); each element is copied on
-// its own (transposed).  Otherwise V consecutive elements along w per copy (V = 16 bytes /
-// sizeof(T) on the vector path, 1 on the scalar path for unaligned operands).
+// its own (transposed).  Otherwise each thread copies V = 16 bytes / sizeof(T) consecutive
+// elements along w: one 16-byte copy when `vec` (base and leading dimension allow it), else
+// V element copies with the same thread layout (unaligned user arrays).  The choice is a
+// uniform branch, so one main loop serves both.
 template <typename T, int W, int BK, int THREADS, int LD, bool K_CONTIG, int V>
 struct Loader {
     static constexpr int E = sizeof(T);
@@ -139,10 +141,12 @@ struct Loader {
     int k_left;           // k extent left from k_begin, minus this thread's k offset
     unsigned int valid;   // K_CONTIG: rows in range (bit i); else bytes of the vector in range
     int slot;             // this thread's first shared slot, as an offset into S
+    bool vec;             // 16-byte copies (not K_CONTIG)
 
     __device__ __forceinline__ Loader(const T* p, long long ld_, long long w0, long long w_end,
-                                      long long k_begin, long long k_end, int tid)
+                                      long long k_begin, long long k_end, int tid, bool vec_)
     {
+        vec = vec_;
         const int along = tid % PER_LINE, line = tid / PER_LINE;
         line_step = (long long)STEP * ld_;
         if constexpr (K_CONTIG) {
@@ -181,7 +185,13 @@ struct Loader {
 #pragma unroll
             for (int i = 0; i < COPIES; ++i) {
                 const int bytes = k_rel + i * STEP < k_left ? (int)valid : 0;
-                cp_async<V * E>(dst + i * STEP * LD, src, bytes);
+                if (vec) {
+                    cp_async<V * E>(dst + i * STEP * LD, src, bytes);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < V; ++e)
+                        cp_async<E>(dst + i * STEP * LD + e, src + e, bytes > e * E ? E : 0);
+                }
                 src += line_step;
             }
         }
@@ -195,8 +205,8 @@ __device__ __forceinline__ bool vector_ok(const T* p, long long ld)
     return ((unsigned long long)p % 16 == 0) && (ld % (16 / (long long)sizeof(T)) == 0);
 }
 
-// The double-buffered main loop with one choice of copy width per operand.
-template <typename T, class S, bool A_K_CONTIG, bool B_K_CONTIG, bool VEC>
+// The double-buffered main loop.
+template <typename T, class S, bool A_K_CONTIG, bool B_K_CONTIG>
 __device__ __forceinline__ void main_loop(T (&acc)[S::TM][S::TN], const T* a, long long lda,
                                           const T* b, long long ldb, long long M, long long N,
                                           long long k_begin, long long k_end, long long row0,
@@ -205,13 +215,13 @@ __device__ __forceinline__ void main_loop(T (&acc)[S::TM][S::TN], const T* a, lo
                                           T (&Bs)[2][S::BK][S::BN + S::PAD])
 {
     constexpr int BK = S::BK, LDA = S::BM + S::PAD, LDB = S::BN + S::PAD;
-    constexpr int VA = A_K_CONTIG || !VEC ? 1 : 16 / sizeof(T);
-    constexpr int VB = B_K_CONTIG || !VEC ? 1 : 16 / sizeof(T);
+    constexpr int VA = A_K_CONTIG ? 1 : 16 / sizeof(T);
+    constexpr int VB = B_K_CONTIG ? 1 : 16 / sizeof(T);
     const int tid = threadIdx.x, tx = tid % S::TX, ty = tid / S::TX;
-    const Loader<T, S::BM, BK, S::THREADS, LDA, A_K_CONTIG, VA> load_a(a, lda, row0, M,
-                                                                       k_begin, k_end, tid);
-    const Loader<T, S::BN, BK, S::THREADS, LDB, B_K_CONTIG, VB> load_b(b, ldb, col0, N,
-                                                                       k_begin, k_end, tid);
+    const Loader<T, S::BM, BK, S::THREADS, LDA, A_K_CONTIG, VA> load_a(
+        a, lda, row0, M, k_begin, k_end, tid, !A_K_CONTIG && vector_ok(a, lda));
+    const Loader<T, S::BN, BK, S::THREADS, LDB, B_K_CONTIG, VB> load_b(
+        b, ldb, col0, N, k_begin, k_end, tid, !B_K_CONTIG && vector_ok(b, ldb));
     const int tiles = (int)((k_end - k_begin + BK - 1) / BK);
     load_a.issue(As[0], 0);
     load_b.issue(Bs[0], 0);
@@ -261,9 +271,8 @@ __device__ __forceinline__ void main_loop(T (&acc)[S::TM][S::TN], const T* a, lo
 // (element (k, c) at b[c*ldb + k] if B_K_CONTIG else b[k*ldb + c]).  With sum_b_cols,
 // threads tid < BN also add column tid of opB over [k_begin, k_end) to b_col_sum: the
 // weight-gradient kernel gets the bias gradient from the tiles it already staged.
-// The operands contiguous along w are copied in 16-byte vectors when both such operands
-// allow it (base and leading dimension), else element by element; the choice is made here,
-// once, so each version of the main loop stays free of it.
+// An operand contiguous along w is copied in 16-byte vectors when its base and leading
+// dimension allow it, else element by element (Loader).
 // Every thread of the block must call this (it synchronises).
 template <typename T, class S, bool A_K_CONTIG, bool B_K_CONTIG>
 __device__ __forceinline__ void multiply_tile(T (&acc)[S::TM][S::TN], const T* a,
@@ -275,17 +284,8 @@ __device__ __forceinline__ void multiply_tile(T (&acc)[S::TM][S::TN], const T* a
     __shared__ __align__(16) T As[2][S::BK][S::BM + S::PAD];
     __shared__ __align__(16) T Bs[2][S::BK][S::BN + S::PAD];
     if (k_end <= k_begin) return;  // uniform over the block
-    const bool vec = (A_K_CONTIG || vector_ok(a, lda)) && (B_K_CONTIG || vector_ok(b, ldb));
-    if (A_K_CONTIG && B_K_CONTIG) {  // nothing to vectorise: one version
-        main_loop<T, S, A_K_CONTIG, B_K_CONTIG, false>(acc, a, lda, b, ldb, M, N, k_begin,
-                                                       k_end, row0, col0, sum_b_cols, b_col_sum, As, Bs);
-    } else if (vec) {
-        main_loop<T, S, A_K_CONTIG, B_K_CONTIG, true>(acc, a, lda, b, ldb, M, N, k_begin,
-                                                      k_end, row0, col0, sum_b_cols, b_col_sum, As, Bs);
-    } else {
-        main_loop<T, S, A_K_CONTIG, B_K_CONTIG, false>(acc, a, lda, b, ldb, M, N, k_begin,
-                                                       k_end, row0, col0, sum_b_cols, b_col_sum, As, Bs);
-    }
+    main_loop<T, S, A_K_CONTIG, B_K_CONTIG>(acc, a, lda, b, ldb, M, N, k_begin, k_end, row0,
+                                            col0, sum_b_cols, b_col_sum, As, Bs);
 }
 
 // Row / column of element (i, j) of a thread's register block, relative to the tile.
