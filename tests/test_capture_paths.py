@@ -133,3 +133,30 @@ def test_missing_library_falls_back_to_fused_with_one_warning(cp, monkeypatch):
     with pytest.warns(RuntimeWarning, match="fused GEMMs only: cannot load cuBLAS"):
         trainer.run_epoch(cp.asarray(X), cp.asarray(T))
     assert set(captured_names(trainer)) >= FUSED_GEMMS
+
+
+def test_relu_layers_without_dropout_are_whole_cublaslt_calls(cp, blas_api):
+    """Bias + ReLU (mask kept) forward and dReLU backward from that mask: a ReLU layer with
+    no epilogue kernel of ours, training exactly as the eager and NumPy steps do."""
+    X, T = data()
+    trainers = []
+    for backend, mode in ((gpu("cublas"), "on"), (gpu("fused"), "off"),
+                          (get_backend("numpy"), "off")):
+        net = Network([12, 16, 8, 3], activation="relu", backend=backend, seed=0,
+                      dtype=np.float64)
+        trainers.append(Trainer(net, Adam(backend, net.params, 1e-2), batch_size=16,
+                                alpha=1e-3, seed=0, cuda_graph=mode))
+    for _ in range(2):
+        for trainer in trainers:
+            on_gpu = trainer.network.backend.name == "cupy"
+            trainer.run_epoch(cp.asarray(X) if on_gpu else X, cp.asarray(T) if on_gpu else T)
+    for other in trainers[1:]:
+        np.testing.assert_allclose(trainers[0].network.get_flat_params(),
+                                   other.network.get_flat_params(), rtol=1e-9, atol=1e-12)
+    names = captured_names(trainers[0])
+    assert names.count("cublasLtMatmul[relu_aux_bias]") == 2  # the two hidden layers
+    assert names.count("cublasLtMatmul[drelu]") == 2
+    assert names.count("cublasDgemm_v2") == 1 and names.count("bias_act") == 1  # output
+    assert names.count("cublasLtMatmul[bgrada]") == 3
+    assert "act_grad" not in names and not FUSED_GEMMS & set(names)
+    assert len(names) == 12  # with the batch gather, the loss and the optimizer

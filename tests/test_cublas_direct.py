@@ -95,12 +95,13 @@ def test_fused_relu_layer_forward_backward_and_weight_gradient(cp, blas, stream,
     db, db_w = cp.full((m,), np.nan, np.float32), cp.full((m,), np.nan, np.float32)
     dw = cp.full((k, m), np.nan, np.float32)
     mask = cp.zeros(aux_bytes(m, n), np.uint8)
-    for op, left, right in (("forward_relu", x, w), ("backward_drelu", h_next, w_next),
+    for op, left, right in (("forward_relu", x, w),
+                            ("backward_drelu_bgrad", h_next, w_next),
                             ("weight_grads", x, delta)):
         blas.fused_gemms(op, left.shape, right.shape, np.float32, stream)
     with stream:
         blas.affine_relu(x, w, b, a, mask, stream)
-        blas.backprop_relu(h_next, w_next, mask, delta, db, stream)
+        blas.backprop_relu(h_next, w_next, mask, delta, stream, db=db)
         blas.weight_grads(x, delta, dw, db_w, stream, w=w, decay=0.01)
     want_a, want_delta, want_db, want_dw = relu_layer_reference(
         host(x), host(w), host(b), host(h_next), host(w_next), 0.01)
@@ -205,7 +206,7 @@ def test_unsupported_epilogue_is_reported_while_planning(cp):
     s = cp.cuda.Stream(non_blocking=True)
     blas.prepare(s)
     with pytest.raises(BlasUnsupported, match="drelu_bgrad"):
-        blas.fused_gemms("backward_drelu", (8, 4), (6, 4), np.float32, s)
+        blas.fused_gemms("backward_drelu_bgrad", (8, 4), (6, 4), np.float32, s)
     blas.fused_gemms("forward_relu", (8, 4), (4, 6), np.float32, s)  # others still plan
 
 

@@ -58,7 +58,8 @@ def test_relu_layer_epilogues_and_capture(cupy, blas_and_stream):
         db, db_w = cupy.empty(m, f32), cupy.empty(m, f32)
         mask = cupy.zeros(aux_bytes(m, n), cupy.uint8)
         try:
-            for op, left, right in (("forward_relu", x, w), ("backward_drelu", h_next, w_next),
+            for op, left, right in (("forward_relu", x, w),
+                                    ("backward_drelu_bgrad", h_next, w_next),
                                     ("weight_grads", x, delta)):
                 blas.fused_gemms(op, left.shape, right.shape, f32, stream)
         except BlasUnsupported as exc:
@@ -66,7 +67,7 @@ def test_relu_layer_epilogues_and_capture(cupy, blas_and_stream):
 
         def layer():
             blas.affine_relu(x, w, b, a, mask, stream)
-            blas.backprop_relu(h_next, w_next, mask, delta, db, stream)
+            blas.backprop_relu(h_next, w_next, mask, delta, stream, db=db)
             blas.weight_grads(x, delta, dw, db_w, stream, w=w, decay=1e-3)
 
         def check():

@@ -48,6 +48,10 @@ class CapturePaths:
         self._blas: cublas_direct.DirectBlas | None = None
         self.unavailable: str | None = None
         self._lock = threading.Lock()
+        #: ReLU bit-masks kept by cuBLASLt forwards, by (address, shape) of the activations.
+        self.masks: dict[tuple, Any] = {}
+        #: The activations whose latest recorded forward wrote its mask (see ForwardRelu).
+        self.live_masks: set[tuple] = set()
 
     def blas(self, stream: Any) -> cublas_direct.DirectBlas | None:
         """The direct route bound to ``stream`` (binding it now: call outside capture), or
@@ -114,8 +118,8 @@ def run(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], Non
         direct: Callable[[Any], Callable[[], None] | None] | None) -> str:
     """Run one GEMM of a recorded step by the route chosen for it; returns the route.
 
-    ``direct(blas)`` prepares the direct variant (cuBLASLt plans) and returns it, or
-    ``None`` when it cannot run this operation; it is called outside capture only.
+    ``direct(blas, paths)`` prepares the direct variant (cuBLASLt plans and masks outside
+    capture) and returns its launch, or ``None`` when it cannot run this operation.
     Inside :func:`weight_grads_beside`, a weight gradient runs on the side stream.
     """
     side = _side_stream.get()
@@ -132,10 +136,13 @@ def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], 
     paths = paths_of(backend)
     stream = cupy.cuda.get_current_stream()
     key = (op, shape, np.dtype(dtype).str)
+    # A forward overwrites its activations: a mask kept for them is stale unless this very
+    # forward (a cuBLASLt ReLU variant) writes it again.
+    paths.live_masks.discard(getattr(direct, "activations_key", None))
     if is_capturing(cupy):
         blas = paths.prepared(stream)
         if paths.choice.get(key) == "direct" and blas is not None:
-            variant = direct(blas) if direct is not None else None
+            variant = direct(blas, paths) if direct is not None else None
             if variant is not None:
                 variant()
                 return "direct"
@@ -147,7 +154,7 @@ def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], 
         blas = paths.blas(stream)
         if blas is not None:
             try:
-                variant = direct(blas)
+                variant = direct(blas, paths)
             except cublas_direct.BlasUnsupported:
                 variant = None
     if key not in paths.choice:
@@ -180,34 +187,86 @@ def choices(backend: Any) -> dict[tuple, str]:
 
 
 # ---------------------------------------------------------------- the direct variants
-def forward(x: Any, w: Any, out: Any, epilogue: Callable[[], None]
-            ) -> Callable[[Any], Callable[[], None]]:
-    """``out = x w`` on cuBLAS, then our bias + activation (+ dropout) epilogue kernel."""
-    def make(blas: Any) -> Callable[[], None]:
+# Each returns ``make(blas, paths)``, which prepares the variant (outside capture: plans and
+# masks) and returns the launch, or ``None`` where the variant cannot run.
+
+def _key(array: Any) -> tuple:
+    return cublas_direct.pointer(array), tuple(array.shape)
+
+
+class _Variant:
+    """A direct variant's factory; ``activations_key`` names the activations a forward
+    writes (their kept ReLU mask, if any, is stale once any other forward writes them)."""
+
+    activations_key: tuple | None = None
+
+    def __init__(self, make: Callable[[Any, CapturePaths], Callable[[], None] | None],
+                 activations: Any = None):
+        self.make = make
+        if activations is not None:
+            self.activations_key = _key(activations)
+
+    def __call__(self, blas: Any, paths: CapturePaths) -> Callable[[], None] | None:
+        return self.make(blas, paths)
+
+
+def forward(x: Any, w: Any, out: Any, epilogue: Callable[[], None],
+            b: Any = None, relu_mask: bool = False) -> _Variant:
+    """``out = x w`` on cuBLAS, then our bias + activation (+ dropout) epilogue kernel; or,
+    with ``relu_mask`` (a ReLU layer without dropout), ``out = relu(x w + b)`` in one
+    cuBLASLt call that also keeps the ReLU bit-mask for :func:`backward`."""
+    def make(blas: Any, paths: CapturePaths) -> Callable[[], None] | None:
+        stream = blas.cupy.cuda.get_current_stream()
+        if relu_mask:
+            key = _key(out)
+            mask = paths.masks.get(key)
+            if mask is None:
+                if is_capturing(blas.cupy):
+                    return None  # never made in the warm-up: not this route
+                n, m = out.shape
+                mask = paths.masks[key] = blas.cupy.zeros(cublas_direct.aux_bytes(m, n),
+                                                          dtype=np.uint8)
+            if not is_capturing(blas.cupy):
+                blas.fused_gemms("forward_relu", x.shape, w.shape, out.dtype, stream)
+
+            def launch_relu() -> None:
+                blas.affine_relu(x, w, b, out, mask, stream)
+                paths.live_masks.add(key)
+            return launch_relu
+
         def launch() -> None:
-            stream = blas.cupy.cuda.get_current_stream()
             blas.matmul(x, w, out, stream)
             epilogue()
         return launch
-    return make
+    return _Variant(make, out)
 
 
-def backward(h_next: Any, w_next: Any, out: Any, epilogue: Callable[[], None]
-             ) -> Callable[[Any], Callable[[], None]]:
-    """``out = h_next w_next^T`` on cuBLAS, then our ``⊙ phi'`` (+ dropout) kernel."""
-    def make(blas: Any) -> Callable[[], None]:
+def backward(h_next: Any, w_next: Any, out: Any, epilogue: Callable[[], None],
+             a: Any = None, relu: bool = False) -> _Variant:
+    """``out = h_next w_next^T`` on cuBLAS, then our ``⊙ phi'`` (+ dropout) kernel; or, for a
+    ReLU layer whose forward kept its mask in this step, ``DRELU`` in one cuBLASLt call."""
+    def make(blas: Any, paths: CapturePaths) -> Callable[[], None] | None:
+        stream = blas.cupy.cuda.get_current_stream()
+        if relu and a is not None and _key(a) in paths.live_masks:
+            mask = paths.masks[_key(a)]
+            if not is_capturing(blas.cupy):
+                blas.fused_gemms("backward_drelu", h_next.shape, w_next.shape, out.dtype,
+                                 stream)
+
+            def launch_drelu() -> None:
+                blas.backprop_relu(h_next, w_next, mask, out, stream)
+            return launch_drelu
+
         def launch() -> None:
-            stream = blas.cupy.cuda.get_current_stream()
             blas.matmul(h_next, w_next, out, stream, right_t=True)
             epilogue()
         return launch
-    return make
+    return _Variant(make)
 
 
-def weight_grads(a_prev: Any, h: Any, dw: Any, db: Any, w: Any, decay: float
-                 ) -> Callable[[Any], Callable[[], None]]:
+def weight_grads(a_prev: Any, h: Any, dw: Any, db: Any, w: Any, decay: float) -> _Variant:
     """``dw = a_prev^T h + decay w`` and ``db = sum_rows h`` in one cuBLASLt call."""
-    def make(blas: Any) -> Callable[[], None]:
+    def make(blas: Any, paths: CapturePaths) -> Callable[[], None]:
         stream = blas.cupy.cuda.get_current_stream()
         if not is_capturing(blas.cupy):  # the plan (heuristic) is made in the warm-up
             blas.fused_gemms("weight_grads", a_prev.shape, h.shape, h.dtype, stream)
@@ -216,4 +275,4 @@ def weight_grads(a_prev: Any, h: Any, dw: Any, db: Any, w: Any, decay: float
             blas.weight_grads(a_prev, h, dw, db, stream, w=w if decay else None,
                               decay=decay)
         return launch
-    return make
+    return _Variant(make)

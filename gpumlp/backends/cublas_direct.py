@@ -50,7 +50,7 @@ COMPUTE_TYPE = {"<f4": 68, "<f8": 70}  # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_64F
 DATA_TYPE = {"<f4": 0, "<f8": 1}  # CUDA_R_32F, CUDA_R_64F
 #: cublasLtEpilogue_t values used here.
 EPILOGUES = {"default": 1, "bias": 4, "relu_bias": 6, "relu_aux_bias": 134,
-             "drelu_bgrad": 152, "bgrada": 256, "bgradb": 512}
+             "drelu": 136, "drelu_bgrad": 152, "bgrada": 256, "bgradb": 512}
 #: cublasLtMatmulDescAttributes_t
 DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
 DESC_AUX_POINTER, DESC_AUX_LD = 11, 12
@@ -349,12 +349,13 @@ class DirectBlas:
         """The cuBLASLt plan of a fused ``op``; raises :class:`BlasUnsupported` when the
         library has no algorithm for it.  Call before capture (the heuristic synchronises)."""
         epilogue = {"forward_relu": "relu_aux_bias", "forward_bias": "bias",
-                    "backward_drelu": "drelu_bgrad", "weight_grads": "bgrada",
+                    "backward_drelu": "drelu", "backward_drelu_bgrad": "drelu_bgrad",
+                    "weight_grads": "bgrada",
                     "gemm": "default"}[op]
         key = (op, np.dtype(dtype).str, g)
         if key not in self._plans:
             _, lt_handle, _ = self._bound(stream)
-            ld = aux_ld(g.m) if epilogue in ("relu_aux_bias", "drelu_bgrad") else 0
+            ld = aux_ld(g.m) if epilogue in ("relu_aux_bias", "drelu", "drelu_bgrad") else 0
             self._plans[key] = self.api.lt_plan(lt_handle, np.dtype(dtype), g, epilogue, ld,
                                                 self.workspace_bytes)
         return self._plans[key]
@@ -404,12 +405,13 @@ class DirectBlas:
         self._lt("forward_bias", x, False, w, False, out, stream, bias=b)
         return out
 
-    def backprop_relu(self, h_next: Any, w_next: Any, mask: Any, out: Any, db: Any,
-                      stream: Any) -> Any:
-        """``out = (h_next w_next^T) ⊙ relu'`` from the forward mask, and ``db`` its column
-        sums (the layer's bias gradient): one cuBLASLt call."""
-        self._lt("backward_drelu", h_next, False, w_next, True, out, stream, bias=db,
-                 aux=mask)
+    def backprop_relu(self, h_next: Any, w_next: Any, mask: Any, out: Any, stream: Any,
+                      db: Any = None) -> Any:
+        """``out = (h_next w_next^T) ⊙ relu'`` from the forward's mask (``DRELU``), and with
+        ``db`` also its column sums, the layer's bias gradient (``DRELU_BGRAD``): one
+        cuBLASLt call."""
+        op = "backward_drelu" if db is None else "backward_drelu_bgrad"
+        self._lt(op, h_next, False, w_next, True, out, stream, bias=db, aux=mask)
         return out
 
     def weight_grads(self, a_prev: Any, h: Any, dw: Any, db: Any, stream: Any,
@@ -426,7 +428,8 @@ class DirectBlas:
         """Plan the cuBLASLt call of ``op`` for operands of these row-major shapes (see
         :meth:`plan`); the transposes are those of the operations above."""
         transposes = {"forward_relu": (False, False), "forward_bias": (False, False),
-                      "backward_drelu": (False, True), "weight_grads": (True, False)}[op]
+                      "backward_drelu": (False, True), "backward_drelu_bgrad": (False, True),
+                      "weight_grads": (True, False)}[op]
         g = rowmajor_gemm(left_shape, transposes[0], right_shape, transposes[1])
         return self.plan(op, dtype, g, stream)
 

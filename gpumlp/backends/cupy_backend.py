@@ -204,7 +204,8 @@ class CupyBackend(Backend):
 
         self._choose("forward", (n, k, m), x.dtype, fused, cublas, capture_paths.forward(
             x, w, out, lambda: epilogue(*kernels.launch_config("bias_act", n, m),
-                                        (out, b, np.int64(n), np.int64(m), *drop))))
+                                        (out, b, np.int64(n), np.int64(m), *drop)),
+            b=b, relu_mask=act == "relu" and not dropped))
         return out
 
     def softmax(self, z, out):
@@ -255,7 +256,8 @@ class CupyBackend(Backend):
             self.act_grad(out, a, act, out, dropout)
 
         self._choose("backward", (n, k, m), a.dtype, fused, cublas, capture_paths.backward(
-            h_next, w_next, out, lambda: self.act_grad(out, a, act, out, dropout)))
+            h_next, w_next, out, lambda: self.act_grad(out, a, act, out, dropout),
+            a=a, relu=act == "relu" and dropout is None))
         return out
 
     def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0):

@@ -29,7 +29,7 @@ from gpumlp.backends.cublas_direct import (AUX_LD_MULTIPLE, OP_N, BlasApi, BlasU
                                            ColumnMajorGemm)
 
 NEEDS_BIAS = {"bias", "relu_bias", "relu_aux_bias", "drelu_bgrad", "bgrada", "bgradb"}
-NEEDS_AUX = {"relu_aux_bias", "drelu_bgrad"}
+NEEDS_AUX = {"relu_aux_bias", "drelu", "drelu_bgrad"}
 _READS = ("a", "b", "c", "bias_in", "aux_in")
 _WRITES = ("d", "bias_out", "aux_out", "workspace")
 
@@ -236,8 +236,9 @@ class EmulatedBlas(BlasApi):
                     packed = np.packbits(mask.reshape(-1), bitorder="little")
                     m["aux_out"].reshape(-1)[:packed.size] = packed
                 value = np.maximum(value, 0)
-            if epilogue == "drelu_bgrad":
+            if epilogue in ("drelu", "drelu_bgrad"):
                 value = value * bits(m["aux_in"].reshape(-1))
+            if epilogue == "drelu_bgrad":
                 m["bias_out"][...] = value.sum(axis=1, dtype=dtype)
             if epilogue == "bgrada":
                 m["bias_out"][...] = A.sum(axis=1, dtype=dtype)
@@ -250,6 +251,6 @@ class EmulatedBlas(BlasApi):
             "a": a, "b": b, "c": c if beta != 0 else None, "d": d,
             "bias_in": bias if reads_bias else None,
             "bias_out": bias if bias is not None and not reads_bias else None,
-            "aux_in": aux if epilogue == "drelu_bgrad" else None,
+            "aux_in": aux if epilogue in ("drelu", "drelu_bgrad") else None,
             "aux_out": aux if epilogue == "relu_aux_bias" else None,
             "workspace": workspace}, run)
