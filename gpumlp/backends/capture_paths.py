@@ -6,10 +6,11 @@ cuBLAS and cuBLASLt can when called directly (:mod:`gpumlp.backends.cublas_direc
 graph runner's step gets the same choice:
 
 * during the runner's **warm-up** (recording its step state, not capturing), each GEMM of the
-  step is timed once per (operation, shape, dtype) both ways — the fused kernel, and cuBLAS
-  (forward, backward) or cuBLASLt with the bias gradient fused (weight gradient) followed by
-  our epilogue kernel — with the handles bound to the runner's stream and the cuBLASLt plans
-  made there, outside any capture;
+  step is timed once per (operation, shape, dtype) both ways — the fused kernel, and the
+  direct route: cuBLAS followed by our epilogue kernel; for a ReLU layer without dropout one
+  cuBLASLt call (bias + ReLU keeping the bit-mask forward, dReLU from it backward); for a
+  weight gradient one cuBLASLt call with the bias gradient fused — with the handles bound to
+  the runner's stream and the plans and masks made there, outside any capture;
 * during the **capture**, the faster one is recorded.  Where the direct route is unavailable
   (no cuBLAS library, an epilogue cuBLASLt has no algorithm for, a stream not prepared in the
   warm-up) the fused kernel is used, as before.

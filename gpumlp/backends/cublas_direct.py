@@ -23,9 +23,9 @@ which is what PyTorch does.  This module does exactly that:
 
 cuBLASLt epilogues fuse a ReLU layer completely when it has no dropout:
 ``RELU_AUX_BIAS`` (forward: bias, ReLU, and the ReLU bit-mask kept for the backward pass),
-``DRELU_BGRAD`` (backward delta ``(H W^T) ⊙ relu'`` with the layer's bias gradient) and
-``BGRADA`` (weight gradient with the bias gradient; with gpumlp's row-major layout the
-summed operand is cuBLAS's ``A``).  Other activations, and dropout, use a plain GEMM and
+``DRELU`` / ``DRELU_BGRAD`` (backward delta ``(H W^T) ⊙ relu'`` from that mask, optionally
+with the layer's bias gradient) and ``BGRADA`` (weight gradient with the bias gradient; with
+gpumlp's row-major layout the summed operand is cuBLAS's ``A``).  Other activations, and dropout, use a plain GEMM and
 gpumlp's epilogue kernels.  A configuration the library cannot run (the heuristic returns no
 algorithm) raises :class:`BlasUnsupported` while planning, before any capture, so the caller
 falls back to its own kernels.
