@@ -93,7 +93,8 @@ class GraphStepRunner:
         self.loss_rest = cupy.zeros((), dtype=dtype)
         self.state = self.backend.new_step_state(dtype)
         self.stream = cupy.cuda.Stream(non_blocking=True)
-        # The weight gradients' branch of each captured step (capture_paths.weight_grads_beside).
+        # The weight gradients' branch of each captured step
+        # (capture_paths.weight_grads_beside).
         self.side = cupy.cuda.Stream(non_blocking=True)
         self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
         with self.on_stream():

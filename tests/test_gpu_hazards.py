@@ -234,7 +234,18 @@ def operations(gpu, state):
                             "start": ((), np.int64), "out": ((ROWS, K), None)}),
         "advance_step": (lambda a: advance(gpu, state, a["start"]),
                          {"start": ((), np.int64)}),
+        "gather_batch_at": (lambda a: gather_batch(gpu, state, a),
+                            {"X": ((N, K), None), "T": ((N, M), None),
+                             "perm": ((N,), np.int64), "start": ((), np.int64),
+                             "xb": ((ROWS, K), None), "tb": ((ROWS, M), None),
+                             "blocks_done": ((), np.int32)}),
     }
+
+
+def gather_batch(gpu, state, a):
+    with gpu.recording(state, None):
+        gpu.gather_batch_at(a["X"], a["T"], a["perm"], a["start"], a["xb"], a["tb"], 3,
+                            a["blocks_done"])
 
 
 def advance(gpu, state, start):
@@ -259,7 +270,7 @@ def corrupt(cp, em, array, how):
         return cp.asnumpy(array)
     if how == "dtype":
         other = {np.dtype(np.float32): np.float64, np.dtype(np.float64): np.float32,
-                 np.dtype(np.int64): np.int32}[array.dtype]
+                 np.dtype(np.int64): np.int32, np.dtype(np.int32): np.int64}[array.dtype]
         return array.astype(other)
     if how == "device":
         return em.on_device(array, 1)
@@ -274,7 +285,7 @@ CORRUPTIONS = {"strided": ValueError, "dtype": TypeError, "host": TypeError,
                "device": ValueError, "shape": ValueError}
 OPERATIONS = ["affine_act", "softmax", "sigmoid", "act_grad", "backprop_hidden",
               "weight_grads", "softmax_xent", "sigmoid_bce", "squared_error", "sgd_step",
-              "adam_step", "gather_rows", "gather_rows_at", "advance_step"]
+              "adam_step", "gather_rows", "gather_rows_at", "advance_step", "gather_batch_at"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -524,3 +535,29 @@ def test_capture_and_replays_leave_the_pool_unchanged(emulated_gpu):
             runner._set_device_state(0)  # the graph's two steps start at the first row
             graph.launch(runner.stream)
     assert pool_state() == before, "replays allocated or freed pool memory"
+
+
+def test_split_k_scratch_is_never_shared_between_models_or_threads(emulated_gpu):
+    """A split-K GEMM's workspace and tile counters are written by every launch: shared by
+    two runners (or threads, or streams) they would race.  Each recording runner's state and
+    each thread's eager state owns its own; the same owner gets the same buffers (captured
+    graphs keep their addresses)."""
+    from gpumlp import gemm_plan
+
+    gpu = gpu_backend()
+    plan = gemm_plan.choose("gemm_bias_act", "float32", 256, 256, 784, splits=4)
+    states = [gpu.new_step_state(np.float32) for _ in range(2)]
+    owned = []
+    for state in states:
+        with gpu.recording(state, None):
+            owned.append(gpu._scratch(plan, np.float32))
+            assert gpu._scratch(plan, np.float32)[0] is owned[-1][0]
+    owned.append(gpu._scratch(plan, np.float32))  # eager, this thread
+    other = []
+    thread = threading.Thread(target=lambda: other.append(gpu._scratch(plan, np.float32)))
+    thread.start()
+    thread.join()
+    owned += other
+    workspaces = {id(workspace) for workspace, _ in owned}
+    counters = {id(counter) for _, counter in owned}
+    assert len(workspaces) == len(counters) == 4

@@ -25,10 +25,10 @@ cuBLASLt epilogues fuse a ReLU layer completely when it has no dropout:
 ``RELU_AUX_BIAS`` (forward: bias, ReLU, and the ReLU bit-mask kept for the backward pass),
 ``DRELU`` / ``DRELU_BGRAD`` (backward delta ``(H W^T) ⊙ relu'`` from that mask, optionally
 with the layer's bias gradient) and ``BGRADA`` (weight gradient with the bias gradient; with
-gpumlp's row-major layout the summed operand is cuBLAS's ``A``).  Other activations, and dropout, use a plain GEMM and
-gpumlp's epilogue kernels.  A configuration the library cannot run (the heuristic returns no
-algorithm) raises :class:`BlasUnsupported` while planning, before any capture, so the caller
-falls back to its own kernels.
+gpumlp's row-major layout the summed operand is cuBLAS's ``A``).  Other activations, and
+dropout, use a plain GEMM and gpumlp's epilogue kernels.  A configuration the library cannot
+run (the heuristic returns no algorithm) raises :class:`BlasUnsupported` while planning,
+before any capture, so the caller falls back to its own kernels.
 
 Layout: gpumlp's matrices are row-major; a row-major ``r x c`` matrix is a column-major
 ``c x r`` one, so ``C = op(A) op(B)`` (row-major) is computed as ``C^T = op(B)^T op(A)^T``

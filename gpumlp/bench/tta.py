@@ -408,7 +408,8 @@ def markdown(results: list[dict[str, Any]], environment: dict[str, Any], target:
     medians = median_seconds(results)
     if len({r["seed"] for r in results}) > 1 and medians:
         lines.append("")
-        lines += [f"{name}: median {seconds:.1f} s to {pct}" for name, seconds in medians.items()]
+        lines += [f"{name}: median {seconds:.1f} s to {pct}"
+                  for name, seconds in medians.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -422,7 +423,8 @@ def median_seconds(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def unused_stem(out_dir: Path, stem: str) -> Path:
-    """``out_dir / stem``, or with ``-2``, ``-3``, ... so that no results file is overwritten."""
+    """``out_dir / stem``, or with ``-2``, ``-3``, ... so that no results file is
+    overwritten."""
     candidate, n = out_dir / stem, 1
     while any(candidate.with_name(candidate.name + ext).exists() for ext in (".json", ".md")):
         n += 1
