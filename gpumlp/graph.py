@@ -249,6 +249,17 @@ class GraphStepRunner:
         self.stream.synchronize()
 
     # ----------------------------------------------------------------------- graph or eager
+    @staticmethod
+    def known_slower_than_eager(trainer: Any, rows: int) -> bool:
+        """Whether a replayed step was measured slower than an eager one for the step shape
+        ``trainer`` would capture on ``rows`` rows (then no runner need be built)."""
+        from . import graph_auto
+
+        net = trainer.network
+        key = graph_auto.step_shape(net, min(trainer.batch_size, rows), trainer.dropout,
+                                    trainer.alpha, net.backend.xp.cuda.runtime.getDevice())
+        return graph_auto.VERDICTS.get(key) is False
+
     def faster_than_eager(self) -> bool:
         """Whether a replayed full-batch step beats the same step launched eagerly.
 

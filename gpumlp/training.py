@@ -248,6 +248,9 @@ class Trainer:
             if self.cuda_graph == "on":
                 raise ValueError(f"cuda_graph='on' cannot be honoured: {reason}")
             return None
+        if self.cuda_graph == "auto" and GraphStepRunner.known_slower_than_eager(self, len(X)):
+            self._graph_runner = None
+            return None  # measured before for this step shape: eager launches are faster
         # Shapes, not arrays: new data of the same shape (partial_fit's next chunk) is copied
         # into the captured buffers instead of being captured again.
         key = (X.shape, X.dtype.str, T.shape, T.dtype.str, self.batch_size, self.alpha,
@@ -266,6 +269,7 @@ class Trainer:
             self._graph_runner[1].load(X, T)
         runner = self._graph_runner[1]
         if self.cuda_graph == "auto" and not runner.faster_than_eager():
+            self._graph_runner = None  # unused: free its buffers and graphs
             return None  # measured for this step shape: eager launches are faster
         return runner
 

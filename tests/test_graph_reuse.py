@@ -111,6 +111,16 @@ def test_auto_replays_only_where_measured_faster(cp, monkeypatch, graph_faster):
             trainer.run_epoch(cp.asarray(X), cp.asarray(T))
     assert len(measured) == 1  # once per step shape, then the verdict is reused
     assert len(replays) == (2 if graph_faster else 0)
+    assert (auto._graph_runner is not None) == graph_faster  # an unused runner is freed
+    # Another trainer of the same step shape follows the verdict without measuring again,
+    # and without capturing at all where eager launches were faster.
+    built = []
+    init = GraphStepRunner.__init__
+    monkeypatch.setattr(GraphStepRunner, "__init__",
+                        lambda self, *a, **k: built.append(1) or init(self, *a, **k))
+    again = make_trainer(gpu(), "auto")
+    again.run_epoch(cp.asarray(chunks(1)[0][0]), cp.asarray(chunks(1)[0][1]))
+    assert len(measured) == 1 and len(built) == (1 if graph_faster else 0)
     # Measuring left no trace: the same weights and counts as eager training alone.
     np.testing.assert_allclose(auto.network.get_flat_params(),
                                eager.network.get_flat_params(), rtol=1e-10, atol=1e-12)
