@@ -135,6 +135,13 @@ class CupyBackend(Backend):
         """Tile and split-K of a fused GEMM with an M x N output (gpumlp.gemm_plan)."""
         return gemm_plan.choose(kernel, dtype, M, N, K, gemm_plan.device_sm_count(self.xp))
 
+    def _scratch(self, plan: Any, dtype: Any) -> tuple[Any, Any]:
+        """Split-K scratch of a fused GEMM: owned by the recording runner's step state (its
+        graphs keep the addresses; two models never share it) or by this thread's eager
+        state, never by this shared backend."""
+        owner = step_state.current() or self._eager_state(dtype)
+        return gemm_plan.scratch(owner, self.xp, plan, dtype)
+
     def _dropout_args(self, dtype: Any, dropout: Dropout | None) -> tuple:
         # Eager: the counter is all in `dropout.counter` (the eager base stays 0); captured:
         # it is an offset from the recording runner's base, which the graph advances.
@@ -195,7 +202,7 @@ class CupyBackend(Backend):
 
         def fused():
             fused_fn(plan.grid, plan.block, (out, x, w, b, *sizes, *drop,
-                                             *gemm_plan.scratch(self, self.xp, plan, x.dtype)))
+                                             *self._scratch(plan, x.dtype)))
 
         def cublas():
             self.xp.matmul(x, w, out=out)
@@ -249,7 +256,7 @@ class CupyBackend(Backend):
         def fused():
             fused_fn(plan.grid, plan.block, (out, h_next, w_next, a, np.int64(n), np.int64(k),
                                              np.int64(m), *drop,
-                                             *gemm_plan.scratch(self, self.xp, plan, a.dtype)))
+                                             *self._scratch(plan, a.dtype)))
 
         def cublas():
             self.xp.matmul(h_next, w_next.T, out=out)
@@ -278,7 +285,7 @@ class CupyBackend(Backend):
         def fused():
             fused_fn(plan.grid, plan.block, (dw, db, a_prev, h, w_arg, np.int64(n), np.int64(k),
                                              np.int64(m), dt(decay),
-                                             *gemm_plan.scratch(self, self.xp, plan, h.dtype)))
+                                             *self._scratch(plan, h.dtype)))
 
         def cublas():
             self.xp.matmul(a_prev.T, h, out=dw)
