@@ -17,7 +17,11 @@
 //   t is multiplied; two barriers per tile.
 // * Vector copies need a 16-byte aligned base and a leading dimension that is a multiple of
 //   the vector: the kernels check both at run time (uniform branch) and otherwise copy element
-//   by element, so unaligned user arrays stay correct.
+//   by element, so unaligned user arrays stay correct.  Output quads are stored as 16-byte
+//   vectors under the same condition on the output (and on the matrix the epilogue reads).
+// * Dropout: a thread's output quad r*m + c .. +3 is one Philox group when m % 4 == 0 (one
+//   Philox block per 4 outputs), else it straddles two groups and both are drawn.  Nothing
+//   is indexed at run time, so no register array falls to local memory.
 // * Split-K (gridDim.z > 1): the block of split z multiplies k-tiles [z * per, (z+1) * per),
 //   writes its partial tile to a workspace, and the last block to arrive at the tile's
 //   counter (a semaphore) adds the partials in the fixed order z = 0, 1, ... and runs the
@@ -25,9 +29,11 @@
 //   counter, so the counters stay zero between launches and graph replays.
 //
 // Tiles (GPUMLP_GEMM_TILE_*): SQUARE 64x64 with 4x4 per thread, both dtypes (the float64
-// kernels use only this one); LARGE 128x128 with 8x8 per thread (float32); NARROW 64x16 with
-// 4x4 per thread, 64 threads, for outputs about 10 wide.  gpumlp/gemm_plan.py mirrors the
-// table and chooses tile and split per shape.
+// kernels use only this one); LARGE 128x128 with 8x8 per thread (float32), compiled for one
+// block per SM: capped at 128 registers for two, ptxas spills around the main loop; NARROW
+// 64x16 with 4x4 per thread, 64 threads, for outputs about 10 wide.  The SASS counts are in
+// benchmarks/README.md.  gpumlp/kernels.py (GEMM_TILES) and gpumlp/gemm_plan.py mirror the
+// table; the plan chooses tile and split per shape.
 #ifndef GPUMLP_GEMM_TILE_CUH
 #define GPUMLP_GEMM_TILE_CUH
 
