@@ -98,6 +98,7 @@ def test_train_prints_progress_accuracy_and_saves(trained):
     loaded = gpumlp.load(model)
     assert loaded.hidden_layer_sizes == (32,) and loaded.n_iter_ == 2
     assert loaded.n_features_in_ == 784 and list(loaded.classes_) == list(range(10))
+    assert loaded.get_params()["init"] == "he"  # the recipe's, not the estimators' default
 
 
 @needs_fashion

@@ -40,7 +40,7 @@ def default_recipe() -> dict[str, Any]:
 
     recipe = dict(RECIPE)
     recipe["hidden"] = tuple(int(s) for s in str(recipe["hidden"]).split(","))
-    recipe.setdefault("init", "he")  # the recipe's initialisation (He-uniform, zero biases)
+    recipe.setdefault("init", "he")
     return recipe
 
 
