@@ -66,8 +66,8 @@ def minimize_lbfgs(network: Network, X: Any, T: Any, alpha: float = 0.0,
     try:
         from scipy.optimize import minimize
     except ImportError:
-        raise ImportError("solver='lbfgs' uses SciPy's L-BFGS-B; install scipy (pip install "
-                          "scipy), or use solver='adam' or 'sgd'") from None
+        raise ImportError("solver='lbfgs' uses SciPy's L-BFGS-B; install it with "
+                          "pip install 'gpumlp[lbfgs]', or use solver='adam' or 'sgd'") from None
     from .training import DivergenceError
 
     backend = network.backend
