@@ -305,6 +305,12 @@ class BaseMLP(ParamsMixin):
             raise ValueError(f"validation_fraction={self.validation_fraction} leaves no "
                              f"training samples out of {n}")
         val = self._validation_indices(y, n_val, rng)
+        if val.size == 0:
+            raise ValueError("early_stopping=True needs a validation row, but every class has "
+                             "a single sample; add samples or set early_stopping=False")
+        if weights is not None and not np.asarray(weights)[val].sum() > 0:
+            raise ValueError("early_stopping=True: the sample_weight of every validation row "
+                             "is zero, so no validation score can be computed")
         train = np.setdiff1d(np.arange(n), val)
         backend = self.network_.backend
         val_d, train_d = backend.xp.asarray(val), backend.xp.asarray(train)
@@ -495,11 +501,16 @@ class MLPClassifier(BaseMLP):
     def _validation_indices(self, y: np.ndarray, n_val: int, rng: np.random.Generator):
         if y.ndim == 2:
             return super()._validation_indices(y, n_val, rng)
-        # Stratified: each class contributes in proportion to its frequency.
-        picks = []
-        for label in np.unique(y):
-            members = rng.permutation(np.flatnonzero(y == label))
-            picks.append(members[:max(1, int(round(len(members) * n_val / len(y))))])
+        # Stratified: exactly n_val rows (fewer only when every class is down to one training
+        # row), each class in proportion to its frequency, the largest remainders rounded up.
+        labels, counts = np.unique(y, return_counts=True)
+        quota = counts * n_val / len(y)
+        take = np.minimum(np.floor(quota).astype(int), counts - 1)
+        while take.sum() < n_val and (take < counts - 1).any():
+            shortfall = np.where(take < counts - 1, quota - take, -np.inf)
+            take[np.argmax(shortfall)] += 1
+        picks = [rng.permutation(np.flatnonzero(y == label))[:k]
+                 for label, k in zip(labels, take)]
         return np.sort(np.concatenate(picks))
 
     def _score_outputs(self, output: Any, T: Any, weights: np.ndarray | None = None) -> float:

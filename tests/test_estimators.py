@@ -459,3 +459,36 @@ def test_public_names_exported():
     for name in ("MLPClassifier", "MLPRegressor", "Perceptron", "ConvergenceWarning",
                  "DivergenceWarning", "BackendUnavailable", "load"):
         assert hasattr(gpumlp, name)
+
+
+@pytest.mark.parametrize("n, fraction, classes", [(30, 0.1, 10), (200, 0.1, 3), (41, 0.25, 7),
+                                                  (12, 0.5, 2)])
+def test_stratified_validation_split_holds_out_exactly_what_is_asked(n, fraction, classes):
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.arange(classes), rng.integers(0, classes, n - classes)])
+    model = MLPClassifier(validation_fraction=fraction, random_state=0, backend="numpy")
+    n_val = max(1, int(round(fraction * n)))
+    held = model._validation_indices(y, n_val, np.random.default_rng(0))
+    assert len(held) == n_val and len(np.unique(held)) == n_val
+    left = np.delete(y, held)
+    assert set(np.unique(left)) == set(range(classes))  # every class still trains
+
+
+def test_early_stopping_with_singleton_classes_is_a_clear_error():
+    X = np.arange(8, dtype=np.float32).reshape(4, 2)
+    model = MLPClassifier(early_stopping=True, backend="numpy", max_iter=2)
+    with pytest.raises(ValueError, match="validation row"):
+        model.fit(X, [0, 1, 2, 3])
+
+
+def test_early_stopping_with_zero_validation_weights_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 2)).astype(np.float32)
+    y = np.arange(20) % 2
+    model = MLPClassifier(early_stopping=True, validation_fraction=0.5, backend="numpy",
+                          max_iter=2, random_state=0)
+    held = model._validation_indices(y, 10, np.random.default_rng(0))  # the split fit makes
+    weights = np.ones(20)
+    weights[held] = 0
+    with pytest.raises(ValueError, match="sample_weight of every validation row"):
+        model.fit(X, y, sample_weight=weights)
