@@ -54,7 +54,11 @@ SPLIT_LATENCY_US = 0.7
 MAX_SPLITS = 32
 #: Per tile: (blocks resident per SM, share of issue slots that are FFMA in the main loop),
 #: from the sm_90 SASS table in benchmarks/README.md (registers and shared memory per block).
-TILE_TRAITS: dict[int, tuple[int, float]] = {0: (2, 0.74), 1: (1, 0.87), 2: (8, 0.63)}
+#: The TF32 tile (3) is given FP32-FMA equivalents: H100 TF32 tensor cores run about 7.4x the
+#: FP32 FMA rate (495 against 67 TFLOP/s dense); a simple wmma tile that reloads fragments
+#: from shared memory every k step is credited a third of that (a guess until measured).
+TILE_TRAITS: dict[int, tuple[int, float]] = {0: (2, 0.74), 1: (1, 0.87), 2: (8, 0.63),
+                                             3: (4, 2.5)}
 
 #: kernel -> how its (M, N, K) follow from the backend's (n, k, m) sizes.
 GEMM_SHAPES = {
@@ -126,9 +130,9 @@ def _check_sizes(kernel: str, M: int, N: int, K: int, sm_count: int) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _choose(kernel: str, dtype_name: str, M: int, N: int, K: int, sm_count: int,
-            tile: int | None, splits: int | None) -> GemmPlan:
+            tile: int | None, splits: int | None, precision: str) -> GemmPlan:
     itemsize = np.dtype(dtype_name).itemsize
-    tiles = kernels.gemm_tiles(kernel, dtype_name) if tile is None else (tile,)
+    tiles = kernels.gemm_tiles(kernel, dtype_name, precision) if tile is None else (tile,)
     best = None
     for t in tiles:
         bk = kernels.GEMM_TILES[t][2]
@@ -153,11 +157,13 @@ def _choose(kernel: str, dtype_name: str, M: int, N: int, K: int, sm_count: int,
 
 
 def choose(kernel: str, dtype: Any, M: int, N: int, K: int, sm_count: int = DEFAULT_SM_COUNT,
-           tile: int | None = None, splits: int | None = None) -> GemmPlan:
+           tile: int | None = None, splits: int | None = None,
+           precision: str = "float32") -> GemmPlan:
     """The launch plan of ``kernel`` for an ``M x N`` output with inner size ``K``.
 
     ``tile`` and ``splits`` force a choice (tests, tuning); otherwise the fastest by
-    :func:`estimate_us` over the tiles instantiated for ``dtype``.  Cached.
+    :func:`estimate_us` over the tiles instantiated for ``dtype`` that compute in
+    ``precision`` (``"tf32"``: the tensor-core tile, float32 only).  Cached.
 
     Examples
     --------
@@ -167,6 +173,7 @@ def choose(kernel: str, dtype: Any, M: int, N: int, K: int, sm_count: int = DEFA
     """
     _check_sizes(kernel, M, N, K, sm_count)
     dtype_name = kernels._dtype_name(dtype)
+    kernels.check_precision(precision, dtype_name)
     if tile is not None and tile not in kernels.gemm_tiles(kernel, dtype_name):
         raise ValueError(f"tile={tile!r} has no {kernel} {dtype_name} instantiation; "
                          f"allowed: {kernels.gemm_tiles(kernel, dtype_name)}")
@@ -174,7 +181,8 @@ def choose(kernel: str, dtype: Any, M: int, N: int, K: int, sm_count: int = DEFA
                                or not 1 <= splits <= kernels.MAX_GRID_Z):
         raise ValueError(f"splits={splits!r} must be an integer in [1, {kernels.MAX_GRID_Z}]")
     return _choose(kernel, dtype_name, int(M), int(N), int(K), int(sm_count),
-                   None if tile is None else int(tile), None if splits is None else int(splits))
+                   None if tile is None else int(tile), None if splits is None else int(splits),
+                   precision)
 
 
 _SM_COUNTS: dict[Any, int] = {}

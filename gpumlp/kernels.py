@@ -41,8 +41,10 @@ from typing import Any
 import numpy as np
 
 from . import activations
+from .precision import PRECISIONS, check_precision
 
-__all__ = ["KERNELS", "KernelSpec", "KernelsUnavailable", "NvrtcCompileError", "gemm_tiles",
+__all__ = ["KERNELS", "KernelSpec", "KernelsUnavailable", "NvrtcCompileError", "PRECISIONS",
+           "check_precision", "gemm_tiles",
            "get_kernel", "kernel_dir", "kernels_enabled", "launch_config", "load_module", "name_expression",
            "name_expressions", "nvrtc_compile_all", "source_code", "sources"]
 
@@ -61,18 +63,25 @@ _DROPOUT_ARGS = ("T keep", "unsigned long long seed", "const long long* counter_
 #: Split-K scratch of the GEMMs (both may be null with one split); see gpumlp/gemm_plan.py.
 _SPLIT_ARGS = ("T* workspace", "int* tile_counters")
 #: GEMM tiles (GPUMLP_GEMM_TILE_* in kernels/gemm_tile.cuh): code -> (BM, BN, BK, threads).
+#: Tile 3 is the TF32 tensor-core tile (sm_80+, float32 inputs rounded to TF32).
 GEMM_TILES: dict[int, tuple[int, int, int, int]] = {0: (64, 64, 16, 256), 1: (128, 128, 16, 256),
-                                                    2: (64, 16, 16, 64)}
+                                                    2: (64, 16, 16, 64), 3: (64, 64, 16, 128)}
 #: The tiles instantiated per dtype: float64 keeps the one simple tile.  Per kernel, the
 #: backward GEMM (whose output is never thin) has no narrow tile: see KERNELS.
-GEMM_TILES_BY_DTYPE: dict[str, tuple[int, ...]] = {"float32": (0, 1, 2), "float64": (0,)}
+GEMM_TILES_BY_DTYPE: dict[str, tuple[int, ...]] = {"float32": (0, 1, 2, 3), "float64": (0,)}
+#: The precision each tile computes in (see gpumlp.precision).
+GEMM_TILE_PRECISION: dict[int, str] = {0: "float32", 1: "float32", 2: "float32", 3: "tf32"}
+#: Devices with TF32 tensor cores: compute capability 8.0 (Ampere) and later.
+TF32_MIN_CAPABILITY = 80
 
 
-def gemm_tiles(kernel: str, dtype: Any) -> tuple[int, ...]:
-    """The tiles ``kernel`` is instantiated with for ``dtype``."""
+def gemm_tiles(kernel: str, dtype: Any, precision: str | None = None) -> tuple[int, ...]:
+    """The tiles ``kernel`` is instantiated with for ``dtype``; with ``precision``, only
+    those that compute in it (the TF32 tile for ``"tf32"``, the FP32 ones for ``"float32"``)."""
     spec = _spec_for(kernel)
     allowed = GEMM_TILES_BY_DTYPE[_dtype_name(dtype)]
-    return tuple(t for t in spec.tiles if t in allowed)
+    return tuple(t for t in spec.tiles if t in allowed
+                 and (precision is None or GEMM_TILE_PRECISION[t] == precision))
 
 
 @dataclass(frozen=True)
@@ -110,14 +119,14 @@ def _spec(name, source, template, signature, launch, acts=(), tiles=()):
 KERNELS: dict[str, KernelSpec] = dict([
     _spec("gemm_bias_act", "gemm.cu", ("dtype", "act", "dropout", "tile"),
           ("T* out", "const T* x", "const T* w", "const T* b", "long long n", "long long k",
-           "long long m", *_DROPOUT_ARGS, *_SPLIT_ARGS), "gemm", ALL_ACTS, (0, 1, 2)),
+           "long long m", *_DROPOUT_ARGS, *_SPLIT_ARGS), "gemm", ALL_ACTS, (0, 1, 2, 3)),
     _spec("gemm_backprop_act", "gemm.cu", ("dtype", "act", "dropout", "tile"),
           ("T* out", "const T* h_next", "const T* w_next", "const T* a", "long long n",
            "long long k", "long long m", *_DROPOUT_ARGS, *_SPLIT_ARGS), "gemm",
-          DIFFERENTIABLE_ACTS, (0, 1)),
+          DIFFERENTIABLE_ACTS, (0, 1, 3)),
     _spec("gemm_weight_grads", "gemm.cu", ("dtype", "tile"),
           ("T* dw", "T* db", "const T* a_prev", "const T* h", "const T* w", "long long n",
-           "long long k", "long long m", "T decay", *_SPLIT_ARGS), "gemm", (), (0, 1, 2)),
+           "long long k", "long long m", "T decay", *_SPLIT_ARGS), "gemm", (), (0, 1, 2, 3)),
     _spec("bias_act", "epilogue.cu", ("dtype", "act", "dropout"),
           ("T* z", "const T* b", "long long n", "long long m", *_DROPOUT_ARGS), "flat4",
           ALL_ACTS),

@@ -31,7 +31,12 @@
 // Tiles (GPUMLP_GEMM_TILE_*): SQUARE 64x64 with 4x4 per thread, both dtypes (the float64
 // kernels use only this one); LARGE 128x128 with 8x8 per thread (float32), compiled for one
 // block per SM: capped at 128 registers for two, ptxas spills around the main loop; NARROW
-// 64x16 with 4x4 per thread, 64 threads, for outputs about 10 wide.  The SASS counts are in
+// 64x16 with 4x4 per thread, 64 threads, for outputs about 10 wide; TF32 64x64 on tensor
+// cores (float32 only, opt-in: precision="tf32"), 128 threads = 4 warps of 32x32, each warp
+// 2x2 wmma tiles of 16x16x8 (tensor_core.cuh) fed from the same k-major shared tiles, the
+// inputs rounded to TF32 as they are loaded into fragments.  Its accumulators are stored to a
+// shared tile and read back into the 8x4 register block of the FP32 layout, so split-K and
+// the epilogues are the same code for every tile.  The SASS counts are in
 // benchmarks/README.md.  gpumlp/kernels.py (GEMM_TILES) and gpumlp/gemm_plan.py mirror the
 // table; the plan chooses tile and split per shape.
 #ifndef GPUMLP_GEMM_TILE_CUH
@@ -40,10 +45,12 @@
 #include "async_copy.cuh"
 #include "common.cuh"
 #include "philox.cuh"
+#include "tensor_core.cuh"
 
 #define GPUMLP_GEMM_TILE_SQUARE 0
 #define GPUMLP_GEMM_TILE_LARGE 1
 #define GPUMLP_GEMM_TILE_NARROW 2
+#define GPUMLP_GEMM_TILE_TF32 3
 
 namespace gemm {
 
@@ -55,6 +62,7 @@ struct ShapeOf {
     static constexpr int QM_STEP = BM / QM, QN_STEP = BN / QN;  // distance between quads
     static constexpr int PAD = 4;  // 16-byte aligned rows; breaks conflicts of transposes
     static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
+    static constexpr bool TF32 = false;  // tensor-core main loop (TF32 inputs)
     static_assert(TM % 4 == 0 && TN % 4 == 0, "register blocks are made of 4x4 quads");
     static_assert(TX * TN == BN && TY * TM == BM, "tile must divide evenly among threads");
 };
@@ -67,6 +75,15 @@ template <>
 struct Shape<GPUMLP_GEMM_TILE_LARGE> : ShapeOf<128, 128, 16, 8, 8, 1> {};
 template <>
 struct Shape<GPUMLP_GEMM_TILE_NARROW> : ShapeOf<64, 16, 16, 4, 4, 8> {};
+template <>
+struct Shape<GPUMLP_GEMM_TILE_TF32> : ShapeOf<64, 64, 16, 8, 4, 4> {
+    static constexpr bool TF32 = true;
+    static constexpr int WARP_M = 32, WARP_N = 32;  // each warp's part of the tile
+    static constexpr int WARPS_N = BN / WARP_N;
+    static constexpr int FM = WARP_M / 16, FN = WARP_N / 16;  // 16x16 wmma tiles per warp
+    static_assert((BM / WARP_M) * WARPS_N * 32 == THREADS, "one warp per warp tile");
+    static_assert(BK % 8 == 0, "wmma k steps of 8");
+};
 
 // 4 consecutive elements of shared memory into registers: one LDS.128 for float, two for
 // double.  The source is 16-byte aligned (PAD and the quad offsets are multiples of 4).
@@ -109,6 +126,71 @@ __device__ __forceinline__ void load4_global(double (&r)[4], const double* p)
 {
     load4(r, p);
 }
+
+// The accumulators of a warp on the TF32 tile: FM x FN wmma tiles, and the k-step that
+// multiplies one stage of the shared tiles into them.  For FP32 shapes it is empty.
+template <class S, bool = S::TF32>
+struct WarpTiles {
+    __device__ __forceinline__ void zero() {}
+};
+template <class S>
+struct WarpTiles<S, true> {
+    tc::FragC c[S::FM][S::FN];
+    int row, col;  // the warp's first row and column in the block tile
+
+    __device__ __forceinline__ void zero()
+    {
+        const int warp = threadIdx.x / 32;
+        row = (warp / S::WARPS_N) * S::WARP_M;
+        col = (warp % S::WARPS_N) * S::WARP_N;
+#pragma unroll
+        for (int i = 0; i < S::FM; ++i)
+#pragma unroll
+            for (int j = 0; j < S::FN; ++j) tc::fill_zero(c[i][j]);
+    }
+
+    // c += As[:, row:row+WARP_M]^T-slices @ Bs[:, col:col+WARP_N] over the BK rows of a stage.
+    template <int LDA, int LDB>
+    __device__ __forceinline__ void multiply(const float (*As)[LDA], const float (*Bs)[LDB])
+    {
+#pragma unroll
+        for (int kk = 0; kk < S::BK; kk += 8) {
+            tc::FragA a[S::FM];
+            tc::FragB b[S::FN];
+#pragma unroll
+            for (int i = 0; i < S::FM; ++i) tc::load_a_tf32(a[i], &As[kk][row + 16 * i], LDA);
+#pragma unroll
+            for (int j = 0; j < S::FN; ++j) tc::load_b_tf32(b[j], &Bs[kk][col + 16 * j], LDB);
+#pragma unroll
+            for (int i = 0; i < S::FM; ++i)
+#pragma unroll
+                for (int j = 0; j < S::FN; ++j) tc::mma(c[i][j], a[i], b[j]);
+        }
+    }
+
+    // The warp tiles to Cs, then each thread's register block (the FP32 layout) from it.
+    template <int LDC>
+    __device__ __forceinline__ void to_registers(float (&acc)[S::TM][S::TN], float (*Cs)[LDC])
+    {
+#pragma unroll
+        for (int i = 0; i < S::FM; ++i)
+#pragma unroll
+            for (int j = 0; j < S::FN; ++j)
+                tc::store_c(&Cs[row + 16 * i][col + 16 * j], c[i][j], LDC);
+        __syncthreads();
+        const int tx = threadIdx.x % S::TX, ty = threadIdx.x / S::TX;
+#pragma unroll
+        for (int i = 0; i < S::TM; ++i)
+#pragma unroll
+            for (int q = 0; q < S::QN; ++q) {
+                float v[4];
+                load4(v, &Cs[ty * 4 + (i / 4) * S::QM_STEP + i % 4][tx * 4 + q * S::QN_STEP]);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][4 * q + j] += v[j];
+            }
+        __syncthreads();  // Cs is free again for the next tile of a grid-stride loop
+    }
+};
 
 // A k extent as an int: k-tile offsets within one launch stay far below 2^31 elements
 // (the compare only needs to know whether a copy is in range).
@@ -223,12 +305,15 @@ __device__ __forceinline__ void main_loop(T (&acc)[S::TM][S::TN], const T* a, lo
     constexpr int BK = S::BK, LDA = S::BM + S::PAD, LDB = S::BN + S::PAD;
     constexpr int VA = A_K_CONTIG ? 1 : 16 / sizeof(T);
     constexpr int VB = B_K_CONTIG ? 1 : 16 / sizeof(T);
-    const int tid = threadIdx.x, tx = tid % S::TX, ty = tid / S::TX;
+    const int tid = threadIdx.x;
+    [[maybe_unused]] const int tx = tid % S::TX, ty = tid / S::TX;  // FP32 register blocks
     const Loader<T, S::BM, BK, S::THREADS, LDA, A_K_CONTIG, VA> load_a(
         a, lda, row0, M, k_begin, k_end, tid, !A_K_CONTIG && vector_ok(a, lda));
     const Loader<T, S::BN, BK, S::THREADS, LDB, B_K_CONTIG, VB> load_b(
         b, ldb, col0, N, k_begin, k_end, tid, !B_K_CONTIG && vector_ok(b, ldb));
     const int tiles = (int)((k_end - k_begin + BK - 1) / BK);
+    WarpTiles<S> warp_tiles;  // TF32: the tensor-core accumulators (empty otherwise)
+    warp_tiles.zero();
     load_a.issue(As[0], 0);
     load_b.issue(Bs[0], 0);
     cp_async_commit();
@@ -241,27 +326,31 @@ __device__ __forceinline__ void main_loop(T (&acc)[S::TM][S::TN], const T* a, lo
         cp_async_commit();
         cp_async_wait<1>();  // this thread's copies of tile t have landed ...
         __syncthreads();     // ... and every other thread's too
+        if constexpr (S::TF32) {
+            warp_tiles.template multiply<LDA, LDB>(As[cur], Bs[cur]);
+        } else {
 #pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            T ra[S::TM], rb[S::TN];
+            for (int kk = 0; kk < BK; ++kk) {
+                T ra[S::TM], rb[S::TN];
 #pragma unroll
-            for (int q = 0; q < S::QM; ++q) {
-                T v[4];
-                load4(v, &As[cur][kk][ty * 4 + q * S::QM_STEP]);
+                for (int q = 0; q < S::QM; ++q) {
+                    T v[4];
+                    load4(v, &As[cur][kk][ty * 4 + q * S::QM_STEP]);
 #pragma unroll
-                for (int i = 0; i < 4; ++i) ra[q * 4 + i] = v[i];
+                    for (int i = 0; i < 4; ++i) ra[q * 4 + i] = v[i];
+                }
+#pragma unroll
+                for (int q = 0; q < S::QN; ++q) {
+                    T v[4];
+                    load4(v, &Bs[cur][kk][tx * 4 + q * S::QN_STEP]);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) rb[q * 4 + j] = v[j];
+                }
+#pragma unroll
+                for (int i = 0; i < S::TM; ++i)
+#pragma unroll
+                    for (int j = 0; j < S::TN; ++j) acc[i][j] += ra[i] * rb[j];
             }
-#pragma unroll
-            for (int q = 0; q < S::QN; ++q) {
-                T v[4];
-                load4(v, &Bs[cur][kk][tx * 4 + q * S::QN_STEP]);
-#pragma unroll
-                for (int j = 0; j < 4; ++j) rb[q * 4 + j] = v[j];
-            }
-#pragma unroll
-            for (int i = 0; i < S::TM; ++i)
-#pragma unroll
-                for (int j = 0; j < S::TN; ++j) acc[i][j] += ra[i] * rb[j];
         }
         if (sum_b_cols && tid < S::BN) {
 #pragma unroll
@@ -270,6 +359,10 @@ __device__ __forceinline__ void main_loop(T (&acc)[S::TM][S::TN], const T* a, lo
         __syncthreads();  // the copies issued next iteration overwrite this stage
     }
     cp_async_wait<0>();  // nothing may stay in flight past the main loop
+    if constexpr (S::TF32) {
+        __shared__ __align__(32) float Cs[S::BM][S::BN + S::PAD];
+        warp_tiles.to_registers(acc, Cs);
+    }
 }
 
 // acc += opA[row0:row0+BM, k_begin:k_end] @ opB[k_begin:k_end, col0:col0+BN], where opA is
@@ -287,8 +380,9 @@ __device__ __forceinline__ void multiply_tile(T (&acc)[S::TM][S::TN], const T* a
                                               long long k_end, long long row0, long long col0,
                                               bool sum_b_cols, T& b_col_sum)
 {
-    __shared__ __align__(16) T As[2][S::BK][S::BM + S::PAD];
-    __shared__ __align__(16) T Bs[2][S::BK][S::BN + S::PAD];
+    // 32-byte aligned: the TF32 tile's wmma loads need it (16 bytes suffice for the others).
+    __shared__ __align__(32) T As[2][S::BK][S::BM + S::PAD];
+    __shared__ __align__(32) T Bs[2][S::BK][S::BN + S::PAD];
     if (k_end <= k_begin) return;  // uniform over the block
     main_loop<T, S, A_K_CONTIG, B_K_CONTIG>(acc, a, lda, b, ldb, M, N, k_begin, k_end, row0,
                                             col0, sum_b_cols, b_col_sum, As, Bs);

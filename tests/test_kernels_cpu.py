@@ -119,7 +119,8 @@ def check_gemm_bias_act(host, n, k, m, act, dropout, dtype, grid=None, tile=0, s
     args, drop = dropout_args(dtype, dropout)
     gemm_launch(host, "gemm_bias_act", dtype, n, m, k, tile, splits, grid, act=act,
                 dropout=dropout, out=out, x=x, w=w, b=b, n=n, k=k, m=m, **args)
-    want = REF.affine_act(x, w, b, ACT_NAMES[act], np.empty_like(out), dropout=drop)
+    want = REF.affine_act(x, w, b, ACT_NAMES[act], np.empty_like(out), dropout=drop,
+                          precision=kernels.GEMM_TILE_PRECISION[tile])
     assert_matches(out, want, dtype, dropout)
     g.check()
     return out
@@ -144,7 +145,8 @@ def check_gemm_backprop_act(host, n, k, m, act, dropout, dtype, grid=None, tile=
     gemm_launch(host, "gemm_backprop_act", dtype, n, k, m, tile, splits, grid, act=act,
                 dropout=dropout, out=out, h_next=h_next, w_next=w_next, a=a, n=n, k=k, m=m,
                 **args)
-    want = REF.backprop_hidden(h_next, w_next, a, ACT_NAMES[act], np.empty_like(out), drop)
+    want = REF.backprop_hidden(h_next, w_next, a, ACT_NAMES[act], np.empty_like(out), drop,
+                               precision=kernels.GEMM_TILE_PRECISION[tile])
     assert_matches(out, want, dtype, dropout)
     g.check()
     return out
@@ -169,7 +171,8 @@ def check_gemm_weight_grads(host, n, k, m, decay, dtype, grid=None, tile=0, spli
     gemm_launch(host, "gemm_weight_grads", dtype, k, m, n, tile, splits, grid, dw=dw, db=db,
                 a_prev=a_prev, h=h, w=w if decay else None, n=n, k=k, m=m, decay=dtype(decay))
     want_dw, want_db = np.empty_like(dw), np.empty_like(db)
-    REF.weight_grads(a_prev, h, want_dw, want_db, w, decay)
+    REF.weight_grads(a_prev, h, want_dw, want_db, w, decay,
+                     precision=kernels.GEMM_TILE_PRECISION[tile])
     assert_matches(dw, want_dw, dtype)
     assert_matches(db, want_db, dtype)
     g.check()
@@ -512,3 +515,36 @@ def test_gemm_plan_uses_the_sm_count_and_sizes_the_scratch():
 def test_gemm_plan_bad_requests_say_what_is_allowed(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ------------------------------------------------------------------------ TF32 tile
+def test_round_to_tf32_is_cvt_rna():
+    """Round to nearest, ties away from zero, 10 mantissa bits; inf and NaN unchanged."""
+    from gpumlp.precision import round_to_tf32
+
+    ulp = 2.0 ** -10  # TF32's spacing at 1
+    values = np.array([1 + ulp / 2, -(1 + ulp / 2), 1 + ulp / 2 - 2**-23, 1 + 1.5 * ulp,
+                       1 + ulp / 2 + 2**-23, np.finfo(np.float32).max, 2.0**-149, np.inf,
+                       -np.inf], dtype=np.float32)
+    want = np.array([1 + ulp, -(1 + ulp), 1, 1 + 2 * ulp, 1 + ulp, np.inf, 0, np.inf,
+                     -np.inf], dtype=np.float32)
+    np.testing.assert_array_equal(round_to_tf32(np, values), want)
+    assert np.isnan(round_to_tf32(np, np.float32(np.nan)))
+    assert (round_to_tf32(np, values).view(np.uint32)[:-3] & 0x1FFF == 0).all()
+
+
+def test_tf32_gemms_round_their_inputs(host):
+    """The TF32 tile equals the reference on TF32-rounded inputs, and differs from the
+    float32 product by far more than float32's tolerance (the rounding is really done)."""
+    n, k, m = 70, 90, 41
+    rng = rng_for("tf32", n, k, m)
+    x, w = random(rng, (n, k), np.float32), random(rng, (k, m), np.float32, 0.3)
+    b, out = random(rng, (m,), np.float32), np.full((n, m), np.nan, np.float32)
+    args, _ = dropout_args(np.float32, False)
+    gemm_launch(host, "gemm_bias_act", np.float32, n, m, k, 3, 2, None,
+                act=activations.CODES["identity"], dropout=False, out=out, x=x, w=w, b=b,
+                n=n, k=k, m=m, **args)
+    fp32 = REF.affine_act(x, w, b, "identity", np.empty_like(out))
+    tf32 = REF.affine_act(x, w, b, "identity", np.empty_like(out), precision="tf32")
+    assert_matches(out, tf32, np.float32)
+    assert np.max(np.abs(out - fp32)) > 20 * RTOL[np.float32] * np.max(np.abs(fp32))

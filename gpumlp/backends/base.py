@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import activations
 from ..dropout import Dropout, keep_mask
+from ..precision import gemm_operand
 
 
 class Backend:
@@ -81,10 +82,12 @@ class Backend:
 
     # ----------------------------------------------------------------------------- forward
     def affine_act(self, x: Any, w: Any, b: Any, act: str, out: Any,
-                   dropout: Dropout | None = None) -> Any:
-        """``out = phi(x @ w + b)``, then inverted dropout (``* mask / keep``) when given."""
+                   dropout: Dropout | None = None, precision: str = "float32") -> Any:
+        """``out = phi(x @ w + b)``, then inverted dropout (``* mask / keep``) when given.
+
+        ``precision="tf32"`` rounds the product's inputs to TF32 (:mod:`gpumlp.precision`)."""
         xp = self.xp
-        z = x @ w + b
+        z = gemm_operand(xp, x, precision) @ gemm_operand(xp, w, precision) + b
         activations.apply(xp, act, z, out)
         if dropout is not None:
             out *= keep_mask(xp, out.shape, dropout) / out.dtype.type(dropout.keep)
@@ -119,14 +122,18 @@ class Backend:
         return out
 
     def backprop_hidden(self, h_next: Any, w_next: Any, a: Any, act: str, out: Any,
-                        dropout: Dropout | None = None) -> Any:
+                        dropout: Dropout | None = None, precision: str = "float32") -> Any:
         """``out = (h_next @ w_next^T) ⊙ phi'(A)``: the sensitivity of a hidden layer."""
-        return self.act_grad(h_next @ w_next.T, a, act, out, dropout)
+        xp = self.xp
+        product = gemm_operand(xp, h_next, precision) @ gemm_operand(xp, w_next, precision).T
+        return self.act_grad(product, a, act, out, dropout)
 
     def weight_grads(self, a_prev: Any, h: Any, dw: Any, db: Any,
-                     w: Any = None, decay: float = 0.0) -> None:
-        """``dw = a_prev^T h + decay * w`` and ``db = 1^T h`` (column sums)."""
-        dw[...] = a_prev.T @ h
+                     w: Any = None, decay: float = 0.0, precision: str = "float32") -> None:
+        """``dw = a_prev^T h + decay * w`` and ``db = 1^T h`` (column sums; never rounded to
+        TF32: only the matrix product's inputs are)."""
+        xp = self.xp
+        dw[...] = gemm_operand(xp, a_prev, precision).T @ gemm_operand(xp, h, precision)
         if decay:
             dw += w.dtype.type(decay) * w
         db[...] = h.sum(axis=0)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import activations
 from ..dropout import Dropout, keep_mask
+from ..precision import gemm_operand
 from .base import Backend
 from .scratch import ScratchPool
 from .threads import RowChunks
@@ -46,8 +47,10 @@ class NumpyBackend(Backend):
         return info
 
     # ----------------------------------------------------------------------------- forward
-    def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None):
-        np.matmul(x, w, out=out)
+    def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None,
+                   precision: str = "float32"):
+        # TF32 is emulated: inputs rounded as the tensor cores round them (gpumlp.precision).
+        np.matmul(gemm_operand(np, x, precision), gemm_operand(np, w, precision), out=out)
         tmp = self.scratch("act", out.shape, out.dtype) if act == "leaky_relu" else None
 
         def epilogue(start: int, stop: int) -> None:
@@ -149,12 +152,15 @@ class NumpyBackend(Backend):
         out *= a.dtype.type(1.0 / dropout.keep)
         return out
 
-    def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None):
-        np.matmul(h_next, w_next.T, out=out)
+    def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None,
+                        precision: str = "float32"):
+        np.matmul(gemm_operand(np, h_next, precision), gemm_operand(np, w_next, precision).T,
+                  out=out)
         return self.act_grad(out, a, act, out, dropout)
 
-    def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0):
-        np.matmul(a_prev.T, h, out=dw)
+    def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0,
+                     precision: str = "float32"):
+        np.matmul(gemm_operand(np, a_prev, precision).T, gemm_operand(np, h, precision), out=dw)
         if decay:
             tmp = self.scratch("decay", w.shape, w.dtype)
             np.multiply(w, w.dtype.type(decay), out=tmp)

@@ -111,6 +111,73 @@ inline void compat_check_no_async_in_flight()
         compat_fault("cp.async copies still in flight at the end of a block");
 }
 
+// ---- TF32 tensor cores (kernels/tensor_core.cuh).  A wmma fragment's layout over the lanes
+// is unspecified, so here a fragment holds the whole tile in every thread: each lane loads the
+// full tile, multiplies it on its own copy, and the lanes of a warp share the store (lane l
+// writes elements l, l + 32, ...), so a lane that skips a store leaves a hole a test sees.
+// Loads check the 32-byte alignment and the leading dimension the hardware requires.
+// Rounding is cvt.rna.tf32.f32: to nearest, ties away from zero, 10 mantissa bits kept;
+// infinities and NaN pass unchanged.
+inline float compat_tf32(float v)
+{
+    unsigned int u;
+    std::memcpy(&u, &v, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) {
+        u += 0x1000u;  // half of the lowest kept bit, added to the magnitude: ties away
+        u &= 0xffffe000u;
+    }
+    std::memcpy(&v, &u, 4);
+    return v;
+}
+
+inline void compat_wmma_check(const float* p, int ld)
+{
+    if ((unsigned long long)p % 32 != 0) compat_fault("wmma pointer not 32-byte aligned");
+    if (ld % 4 != 0 || ld < 16) compat_fault("wmma leading dimension not a multiple of 4 (>= 16)");
+}
+
+namespace tc {
+struct FragA {
+    float x[16 * 8];  // (m, k) at x[m * 8 + k]
+};
+struct FragB {
+    float x[8 * 16];  // (k, n) at x[k * 16 + n]
+};
+struct FragC {
+    float x[16 * 16];  // (m, n) at x[m * 16 + n]
+};
+inline void fill_zero(FragC& c)
+{
+    for (float& v : c.x) v = 0.0f;
+}
+inline void load_a_tf32(FragA& a, const float* p, int ld)
+{
+    compat_wmma_check(p, ld);
+    for (int m = 0; m < 16; ++m)
+        for (int k = 0; k < 8; ++k) a.x[m * 8 + k] = compat_tf32(p[k * ld + m]);
+}
+inline void load_b_tf32(FragB& b, const float* p, int ld)
+{
+    compat_wmma_check(p, ld);
+    for (int k = 0; k < 8; ++k)
+        for (int n = 0; n < 16; ++n) b.x[k * 16 + n] = compat_tf32(p[k * ld + n]);
+}
+inline void mma(FragC& c, const FragA& a, const FragB& b)
+{
+    for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 16; ++n) {
+            float sum = c.x[m * 16 + n];
+            for (int k = 0; k < 8; ++k) sum = std::fma(a.x[m * 8 + k], b.x[k * 16 + n], sum);
+            c.x[m * 16 + n] = sum;
+        }
+}
+inline void store_c(float* p, const FragC& c, int ld)
+{
+    compat_wmma_check(p, ld);
+    for (int e = (int)(threadIdx.x % 32); e < 256; e += 32) p[(e / 16) * ld + e % 16] = c.x[e];
+}
+}  // namespace tc
+
 inline unsigned int __umulhi(unsigned int a, unsigned int b)
 {
     return (unsigned int)(((unsigned long long)a * b) >> 32);

@@ -93,7 +93,11 @@ bool with_bool(int flag, F&& f)
 
 using AllActs = std::make_integer_sequence<int, 6>;
 using DifferentiableActs = std::make_integer_sequence<int, 5>;  // no hard_limit
-using GemmTiles = std::make_integer_sequence<int, 3>;          // GPUMLP_GEMM_TILE_*
+using GemmTiles = std::make_integer_sequence<int, 4>;          // GPUMLP_GEMM_TILE_*
+
+// The TF32 tile exists for float only (tensor cores take float inputs).
+template <typename T, int TILE>
+constexpr bool gemm_instantiated = std::is_same_v<T, float> || TILE != GPUMLP_GEMM_TILE_TF32;
 
 }  // namespace
 
@@ -114,9 +118,10 @@ using GemmTiles = std::make_integer_sequence<int, 3>;          // GPUMLP_GEMM_TI
             with_int(p1, acts{}, [&](auto act) { \
                 with_bool(p2, [&](auto flag) { \
                     with_int(p3, GemmTiles{}, [&](auto tile) { \
-                        status = launch_packed( \
-                            HARNESS_GEOMETRY, name<T, act.value, flag.value, tile.value>, \
-                            HARNESS_ARGS); \
+                        if constexpr (gemm_instantiated<T, tile.value>) \
+                            status = launch_packed( \
+                                HARNESS_GEOMETRY, name<T, act.value, flag.value, tile.value>, \
+                                HARNESS_ARGS); \
                     }); \
                 }); \
             }); \
@@ -176,8 +181,9 @@ HARNESS_ENTRY(gemm_weight_grads)
     int status = -1;
     with_dtype(bits, [&](auto t) {
         with_int(p1, GemmTiles{}, [&](auto tile) {
-            status = launch_packed(HARNESS_GEOMETRY, gemm_weight_grads<decltype(t), tile.value>,
-                                   HARNESS_ARGS);
+            if constexpr (gemm_instantiated<decltype(t), tile.value>)
+                status = launch_packed(HARNESS_GEOMETRY,
+                                       gemm_weight_grads<decltype(t), tile.value>, HARNESS_ARGS);
         });
     });
     return status;
