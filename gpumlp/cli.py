@@ -110,6 +110,7 @@ def _add_train(commands: Any) -> None:
     from .estimators import SOLVERS
     from .init import INIT_SCHEMES
     from .optim import SCHEDULES
+    from .precision import PRECISIONS
 
     train = _command(
         commands, "train",
@@ -148,6 +149,10 @@ def _add_train(commands: Any) -> None:
                        help="train on the first N training samples only, for quick checks "
                             "(all of them when not given)")
     _runtime_arguments(train)
+    train.add_argument("--precision", default="float32", choices=PRECISIONS,
+                       help="precision of the matrix products: tf32 runs them on TF32 tensor "
+                            "cores (GPUs of compute capability 8.0+; --dtype float32 only); "
+                            "the numpy backend emulates TF32's rounding (no speed-up)")
     saving = train.add_mutually_exclusive_group()
     saving.add_argument("--output", "-o", default=None, metavar="PATH",
                         help="save the trained model here (default: DATASET-mlp.npz in the "
@@ -169,6 +174,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the data is checked before loading it.
     _check_backend("--backend", args.backend, args.cuda_graph)
+    if args.precision == "tf32" and args.dtype != "float32":
+        raise OptionError(f"--precision tf32 needs --dtype float32, got --dtype {args.dtype}")
     output = None if args.no_save else _model_path(args)
     if args.plot:
         missing = matplotlib_missing()
@@ -187,7 +194,7 @@ def _run_train(args: argparse.Namespace) -> int:
                         max_iter=args.epochs,
                         random_state=args.seed, backend=args.backend, dtype=args.dtype,
                         dropout=args.dropout, n_iter_no_change=args.epochs + 1,
-                        cuda_graph=args.cuda_graph, init=args.init)
+                        cuda_graph=args.cuda_graph, init=args.init, precision=args.precision)
     print(f"gpumlp {__version__}: {data.name} from {data.source}: "
           f"{len(X_train)} training / {len(data.X_test)} test samples; "
           f"784-{'-'.join(map(str, hidden))}-10, {args.activation}, {args.solver}, "

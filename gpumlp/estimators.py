@@ -34,6 +34,7 @@ from .init import INIT_SCHEMES, initial_parameters
 from .network import Network, check_dtype
 from .optim import SCHEDULES, make_optimizer
 from .params import ParamsMixin
+from .precision import PRECISIONS, check_precision
 from .training import DivergenceError, Trainer
 from .validation import (as_array_input, check_choice, check_classification_targets,
                          check_finite_numeric, check_float, check_int, check_sample_weight,
@@ -86,7 +87,8 @@ class BaseMLP(ParamsMixin):
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
                  backend: str | Backend = "auto", dtype: Any = "float32", dropout: float = 0.0,
-                 callbacks: Any = None, cuda_graph: str = "auto", init: str = "glorot"):
+                 callbacks: Any = None, cuda_graph: str = "auto", init: str = "glorot",
+                 precision: str = "float32"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -116,6 +118,7 @@ class BaseMLP(ParamsMixin):
         self.callbacks = callbacks
         self.cuda_graph = cuda_graph
         self.init = init
+        self.precision = precision
 
     # ------------------------------------------------------------------------ validation
     def _check_hyperparameters(self) -> list[int]:
@@ -154,6 +157,8 @@ class BaseMLP(ParamsMixin):
         check_choice("init", self.init, INIT_SCHEMES)
         check_float("dropout", self.dropout, 0, 1, high_open=True)
         check_dtype(self.dtype)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_precision(self.precision, check_dtype(self.dtype))  # tf32 needs float32
         check_choice("cuda_graph", self.cuda_graph, GRAPH_MODES)
         if not isinstance(self.backend, Backend):
             check_choice("backend", self.backend, BACKEND_NAMES)
@@ -264,7 +269,7 @@ class BaseMLP(ParamsMixin):
         seed = seed_from(self.random_state)
         hidden = activations.canonical(self.activation)
         self.network_ = Network(sizes, hidden, self._loss_name, dtype=dtype, backend=backend,
-                                seed=seed)
+                                seed=seed, precision=self.precision)
         if self.init != "he":  # Network draws "he"; others are set over it
             self.network_.set_flat_params(initial_parameters(
                 self.init, sizes, [hidden] * (len(sizes) - 2), seed, dtype))
@@ -433,7 +438,11 @@ class MLPClassifier(BaseMLP):
     (``"glorot"``, scikit-learn's: weights and biases uniform in ``±sqrt(6/(fan_in +
     fan_out))``, drawn as scikit-learn draws them so an integer ``random_state`` gives its
     very initial weights; ``"he"``: He-uniform weights for rectifiers and zero biases, the
-    command line's recipe).  ``learning_rate`` also takes ``"cosine"``, and every schedule
+    command line's recipe) and ``precision`` (``"float32"`` default; ``"tf32"``, with float32
+    only, runs the matrix products on TF32 tensor cores on the CuPy backend, GPUs of compute
+    capability 8.0+: inputs rounded to 10 mantissa bits, float32 accumulation.  TF32 is a
+    GPU tensor-core mode; the NumPy backend emulates its rounding, for its accuracy, not its
+    speed; see :mod:`gpumlp.precision`).  ``learning_rate`` also takes ``"cosine"``, and every schedule
     applies to Adam as well as SGD.
 
     Targets must be discrete labels (a continuous ``y`` raises "Unknown label type"), or a

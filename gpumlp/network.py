@@ -30,6 +30,7 @@ from .backends import Backend, get_backend
 from .dropout import Dropout
 from .init import init_layer
 from .losses import get_loss
+from .precision import check_precision
 
 DTYPES = (np.float32, np.float64)
 #: Every weight and bias view starts at a multiple of this many elements (16 bytes in float32).
@@ -82,12 +83,19 @@ class Network:
         For ``squared_error`` only (default identity); the fused losses imply theirs.
     dtype, backend, seed
         Parameter dtype (float32 or float64), backend (name or instance) and init seed.
+    precision : {"float32", "tf32"}
+        Precision of the matrix products.  ``"tf32"`` (float32 parameters only) runs them on
+        TF32 tensor cores on the CuPy backend (compute capability 8.0+; earlier GPUs compute
+        in float32): inputs rounded to 10 mantissa bits, float32 accumulation; bias,
+        activations, losses, bias gradients and updates stay float32.  TF32 is a GPU
+        tensor-core mode: the NumPy backend emulates its rounding (same accuracy, no speed-up,
+        an extra pass over the operands).  See :mod:`gpumlp.precision`.
     """
 
     def __init__(self, layer_sizes: Sequence[int], activation: str | Sequence[str] = "relu",
                  loss: str = "softmax_xent", output_activation: str | None = None,
                  dtype: Any = np.float32, backend: str | Backend | None = None,
-                 seed: int | None = 0):
+                 seed: int | None = 0, precision: str = "float32"):
         self.sizes = _check_sizes(layer_sizes)
         n_hidden = len(self.sizes) - 2
         names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
@@ -103,6 +111,7 @@ class Network:
                                   if output_activation is not None
                                   else self.loss.output_activation)
         self.dtype = check_dtype(dtype)
+        self.precision = check_precision(precision, self.dtype)
         self.backend = get_backend(backend)
         self._layout = _layout(self.sizes)
         size = self._layout[-1][1] + self.sizes[-1]
@@ -121,6 +130,7 @@ class Network:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("precision", "float32")  # saved before precision existed
         params = self.params  # may be a read-only memory map: train on an owned copy
         self.params = self.backend.empty(params.shape, self.dtype)
         self.params[...] = params
@@ -203,6 +213,12 @@ class Network:
             total = xp.vdot(flat, flat) if total is None else total + xp.vdot(flat, flat)
         return total
 
+    @property
+    def _gemm_options(self) -> dict:
+        """Keyword arguments of this network's GEMM operations: TF32 is passed on; float32
+        calls stay the plain ones every backend takes."""
+        return {} if self.precision == "float32" else {"precision": self.precision}
+
     # ----------------------------------------------------------------------------- buffers
     def new_workspace(self, batch: int) -> Workspace:
         """New work buffers for up to ``batch`` rows; the caller owns (and keeps) them."""
@@ -218,7 +234,8 @@ class Network:
             drop = (self.dropout_spec(dropout, seed, step, layer)
                     if dropout and layer < last else None)
             a = self.backend.affine_act(a, self.weights[layer], self.biases[layer],
-                                        self.layer_activation(layer), ws.a[layer + 1], drop)
+                                        self.layer_activation(layer), ws.a[layer + 1], drop,
+                                        **self._gemm_options)
         return a
 
     def dropout_spec(self, rate: float, seed: int, step: int, layer: int) -> Dropout:
@@ -269,12 +286,13 @@ class Network:
         for layer in range(last, -1, -1):
             a_prev = x if layer == 0 else ws.a[layer]
             self.backend.weight_grads(a_prev, ws.h[layer + 1], self.weight_grads[layer],
-                                      self.bias_grads[layer], self.weights[layer], decay)
+                                      self.bias_grads[layer], self.weights[layer], decay,
+                                      **self._gemm_options)
             if layer > 0:
                 drop = self.dropout_spec(dropout, seed, step, layer - 1) if dropout else None
                 self.backend.backprop_hidden(ws.h[layer + 1], self.weights[layer],
                                              ws.a[layer], self.hidden_activations[layer - 1],
-                                             ws.h[layer], drop)
+                                             ws.h[layer], drop, **self._gemm_options)
         return loss
 
 

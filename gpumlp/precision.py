@@ -59,4 +59,7 @@ def round_to_tf32(xp: Any, x: Any) -> Any:
 
 def gemm_operand(xp: Any, x: Any, precision: str) -> Any:
     """``x`` as a matrix product with ``precision`` reads it: itself, or rounded to TF32."""
-    return round_to_tf32(xp, x) if precision == "tf32" else x
+    if precision == "float32":
+        return x
+    check_precision(precision, x.dtype)
+    return round_to_tf32(xp, x)

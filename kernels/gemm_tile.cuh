@@ -76,7 +76,7 @@ struct Shape<GPUMLP_GEMM_TILE_LARGE> : ShapeOf<128, 128, 16, 8, 8, 1> {};
 template <>
 struct Shape<GPUMLP_GEMM_TILE_NARROW> : ShapeOf<64, 16, 16, 4, 4, 8> {};
 template <>
-struct Shape<GPUMLP_GEMM_TILE_TF32> : ShapeOf<64, 64, 16, 8, 4, 4> {
+struct Shape<GPUMLP_GEMM_TILE_TF32> : ShapeOf<64, 64, 16, 8, 4, 3> {
     static constexpr bool TF32 = true;
     static constexpr int WARP_M = 32, WARP_N = 32;  // each warp's part of the tile
     static constexpr int WARPS_N = BN / WARP_N;

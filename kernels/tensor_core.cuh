@@ -12,7 +12,8 @@
 //   tc::store_c(p, c, ld)           C (16 x 16) to p[m * ld + n] (row-major)
 //
 // Every lane of a warp must call each of them with the same arguments (warp-synchronous).
-// Pointers are to shared memory, 32-byte aligned; ld is a multiple of 4 elements.  How a
+// Pointers are to shared memory (the .shared state space is used), 32-byte aligned; ld is a
+// multiple of 4 elements.  How a
 // fragment's elements are spread over the lanes is unspecified (as in wmma), so callers
 // never index fragments: they store the accumulator to shared memory and read it back.
 //
@@ -45,6 +46,12 @@ __device__ __forceinline__ void fill_zero(FragC& c)
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 
+// The .shared state space with 32-bit addresses: LDS/STS, no 64-bit generic address maths.
+__device__ __forceinline__ unsigned int shared_address(const float* p)
+{
+    return (unsigned int)__cvta_generic_to_shared(p);
+}
+
 __device__ __forceinline__ unsigned int to_tf32(unsigned int bits)
 {
     unsigned int r;
@@ -54,9 +61,9 @@ __device__ __forceinline__ unsigned int to_tf32(unsigned int bits)
 
 __device__ __forceinline__ void load_a_tf32(FragA& a, const float* p, int ld)
 {
-    asm volatile("wmma.load.a.sync.aligned.col.m16n16k8.tf32 {%0, %1, %2, %3}, [%4], %5;\n"
+    asm volatile("wmma.load.a.sync.aligned.col.m16n16k8.shared.tf32 {%0, %1, %2, %3}, [%4], %5;\n"
                  : "=r"(a.x[0]), "=r"(a.x[1]), "=r"(a.x[2]), "=r"(a.x[3])
-                 : "l"(p), "r"(ld)
+                 : "r"(shared_address(p)), "r"(ld)
                  : "memory");  // reads shared memory: not moved across other accesses
 #pragma unroll
     for (int i = 0; i < 4; ++i) a.x[i] = to_tf32(a.x[i]);
@@ -64,9 +71,9 @@ __device__ __forceinline__ void load_a_tf32(FragA& a, const float* p, int ld)
 
 __device__ __forceinline__ void load_b_tf32(FragB& b, const float* p, int ld)
 {
-    asm volatile("wmma.load.b.sync.aligned.row.m16n16k8.tf32 {%0, %1, %2, %3}, [%4], %5;\n"
+    asm volatile("wmma.load.b.sync.aligned.row.m16n16k8.shared.tf32 {%0, %1, %2, %3}, [%4], %5;\n"
                  : "=r"(b.x[0]), "=r"(b.x[1]), "=r"(b.x[2]), "=r"(b.x[3])
-                 : "l"(p), "r"(ld)
+                 : "r"(shared_address(p)), "r"(ld)
                  : "memory");
 #pragma unroll
     for (int i = 0; i < 4; ++i) b.x[i] = to_tf32(b.x[i]);
@@ -87,8 +94,8 @@ __device__ __forceinline__ void mma(FragC& c, const FragA& a, const FragB& b)
 __device__ __forceinline__ void store_c(float* p, const FragC& c, int ld)
 {
     asm volatile(
-        "wmma.store.d.sync.aligned.row.m16n16k8.f32 [%0], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;\n"
-        ::"l"(p), "f"(c.x[0]), "f"(c.x[1]), "f"(c.x[2]), "f"(c.x[3]), "f"(c.x[4]), "f"(c.x[5]),
+        "wmma.store.d.sync.aligned.row.m16n16k8.shared.f32 [%0], {%1, %2, %3, %4, %5, %6, "
+        "%7, %8}, %9;\n" ::"r"(shared_address(p)), "f"(c.x[0]), "f"(c.x[1]), "f"(c.x[2]), "f"(c.x[3]), "f"(c.x[4]), "f"(c.x[5]),
         "f"(c.x[6]), "f"(c.x[7]), "r"(ld)
         : "memory");
 }

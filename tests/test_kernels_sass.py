@@ -56,7 +56,19 @@ def test_no_float32_gemm_spills_or_uses_local_memory(reports):
 
 def test_every_gemm_main_loop_uses_vector_shared_loads(reports):
     for expression, report in reports.items():
+        if report.loop_hmma:  # wmma fragment loads are the tensor-core tile's shared loads
+            continue
         assert report.loop_lds128 > 0, f"{expression}: no LDS.128 in the hottest loop"
+
+
+def test_tf32_gemm_main_loop_runs_on_tensor_cores(reports):
+    """The TF32 tile's main loop is HMMA (TF32 m16n8k4 steps), not FFMA, reads its
+    fragments from shared memory with LDS (not generic loads) and uses no local memory."""
+    tf32 = [r for e, r in reports.items() if e.endswith(", 3>")]
+    assert tf32, "no TF32 kernel in sass.REPORTED"
+    for report in tf32:
+        assert report.loop_hmma > 0 and report.loop_ffma == 0, report
+        assert report.kernel_local == 0 and report.spill_bytes == 0, report
 
 
 def test_loop_finder_picks_the_main_loop():

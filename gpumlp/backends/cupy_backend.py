@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -131,9 +132,29 @@ class CupyBackend(Backend):
             self.use_kernels = False  # warned once by gpumlp.kernels
             return None
 
-    def _gemm_plan(self, kernel: str, dtype: Any, M: int, N: int, K: int) -> Any:
+    def _gemm_plan(self, kernel: str, dtype: Any, M: int, N: int, K: int,
+                   precision: str = "float32") -> Any:
         """Tile and split-K of a fused GEMM with an M x N output (gpumlp.gemm_plan)."""
-        return gemm_plan.choose(kernel, dtype, M, N, K, gemm_plan.device_sm_count(self.xp))
+        return gemm_plan.choose(kernel, dtype, M, N, K, gemm_plan.device_sm_count(self.xp),
+                                precision=precision)
+
+    def _device_precision(self, precision: str) -> str:
+        """``precision``, except ``"tf32"`` on a device without TF32 tensor cores (before
+        compute capability 8.0), which computes in float32 (warned once)."""
+        if precision != "tf32":
+            return precision
+        try:
+            capability = int(self.xp.cuda.Device().compute_capability)
+        except Exception:  # a stand-in module without device properties: a current GPU
+            capability = kernels.TF32_MIN_CAPABILITY
+        if capability >= kernels.TF32_MIN_CAPABILITY:
+            return "tf32"
+        if not getattr(self, "_tf32_warned", False):
+            self._tf32_warned = True
+            warnings.warn(f"precision='tf32' needs TF32 tensor cores (compute capability 8.0 "
+                          f"or later); this device is {capability // 10}.{capability % 10}: "
+                          "computing in float32", RuntimeWarning, stacklevel=4)
+        return "float32"
 
     def _scratch(self, plan: Any, dtype: Any) -> tuple[Any, Any]:
         """Split-K scratch of a fused GEMM: owned by the recording runner's step state (its
@@ -153,15 +174,20 @@ class CupyBackend(Backend):
                 np.int64(dropout.counter))
 
     def _choose(self, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
-                cublas: Callable[[], None], direct: Any = None) -> None:
+                cublas: Callable[[], None], direct: Any = None,
+                precision: str = "float32") -> None:
         """Run ``op`` by the path chosen for its shape (timing both once under ``auto``).
 
         A graph runner's step chooses between ``fused`` and ``direct`` (cuBLAS called so
-        that it can be captured; :mod:`gpumlp.backends.capture_paths`) instead."""
+        that it can be captured; :mod:`gpumlp.backends.capture_paths`) instead.  TF32 runs
+        ``fused`` (our tensor-core kernels) on every path: cuBLAS as CuPy calls it computes
+        in float32 (unless CUPY_TF32=1 was set before CuPy was imported)."""
+        if precision != "float32":
+            shape, cublas, direct = (*shape, precision), None, None
         if self.capturing:
             capture_paths.run(self, op, shape, dtype, fused, direct)
             return
-        if self.gemm_path == "fused":
+        if self.gemm_path == "fused" or cublas is None:
             fused()
             return
         if self.gemm_path == "cublas":
@@ -185,18 +211,20 @@ class CupyBackend(Backend):
         return dict(self._path_choice)
 
     # ----------------------------------------------------------------------------- forward
-    def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None):
+    def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None,
+                   precision: str = "float32"):
         dtype = contracts.float_dtype("affine_act", "x", x)
         size = self._check("affine_act", dtype, x=(x, "n k"), w=(w, "k m"), b=(b, "m"),
                            out=(out, "n m"))
         n, k, m = size["n"], size["k"], size["m"]
         dropped = dropout is not None
-        plan = self._gemm_plan("gemm_bias_act", x.dtype, n, m, k)
+        precision = self._device_precision(precision)
+        plan = self._gemm_plan("gemm_bias_act", x.dtype, n, m, k, precision)
         fused_fn = self._kernel("gemm_bias_act", x.dtype, act=act, dropout=dropped,
                                 tile=plan.tile)
         epilogue = self._kernel("bias_act", x.dtype, act=act, dropout=dropped)
         if fused_fn is None or epilogue is None:
-            return super().affine_act(x, w, b, act, out, dropout)
+            return super().affine_act(x, w, b, act, out, dropout, precision)
         drop = self._dropout_args(x.dtype, dropout)
         sizes = (np.int64(n), np.int64(k), np.int64(m))
 
@@ -212,7 +240,7 @@ class CupyBackend(Backend):
         self._choose("forward", (n, k, m), x.dtype, fused, cublas, capture_paths.forward(
             x, w, out, lambda: epilogue(*kernels.launch_config("bias_act", n, m),
                                         (out, b, np.int64(n), np.int64(m), *drop)),
-            b=b, relu_mask=act == "relu" and not dropped))
+            b=b, relu_mask=act == "relu" and not dropped), precision)
         return out
 
     def softmax(self, z, out):
@@ -241,16 +269,18 @@ class CupyBackend(Backend):
         fn(grid, block, (out, delta, a, np.int64(a.size), *self._dropout_args(a.dtype, dropout)))
         return out
 
-    def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None):
+    def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None,
+                        precision: str = "float32"):
         dtype = contracts.float_dtype("backprop_hidden", "a", a)
         size = self._check("backprop_hidden", dtype, h_next=(h_next, "n m"),
                            w_next=(w_next, "k m"), a=(a, "n k"), out=(out, "n k"))
         n, k, m = size["n"], size["k"], size["m"]
-        plan = self._gemm_plan("gemm_backprop_act", a.dtype, n, k, m)
+        precision = self._device_precision(precision)
+        plan = self._gemm_plan("gemm_backprop_act", a.dtype, n, k, m, precision)
         fused_fn = self._kernel("gemm_backprop_act", a.dtype, act=act,
                                 dropout=dropout is not None, tile=plan.tile)
         if fused_fn is None:
-            return super().backprop_hidden(h_next, w_next, a, act, out, dropout)
+            return super().backprop_hidden(h_next, w_next, a, act, out, dropout, precision)
         drop = self._dropout_args(a.dtype, dropout)
 
         def fused():
@@ -264,20 +294,22 @@ class CupyBackend(Backend):
 
         self._choose("backward", (n, k, m), a.dtype, fused, cublas, capture_paths.backward(
             h_next, w_next, out, lambda: self.act_grad(out, a, act, out, dropout),
-            a=a, relu=act == "relu" and dropout is None))
+            a=a, relu=act == "relu" and dropout is None), precision)
         return out
 
-    def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0):
+    def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0,
+                     precision: str = "float32"):
         dtype = contracts.float_dtype("weight_grads", "h", h)
         if decay and w is None:
             raise ValueError(f"weight_grads: decay={decay!r} needs the weights w; got None")
         size = self._check("weight_grads", dtype, a_prev=(a_prev, "n k"), h=(h, "n m"),
                            dw=(dw, "k m"), db=(db, "m"), w=(w if decay else None, "k m"))
         n, k, m = size["n"], size["k"], size["m"]
-        plan = self._gemm_plan("gemm_weight_grads", h.dtype, k, m, n)
+        precision = self._device_precision(precision)
+        plan = self._gemm_plan("gemm_weight_grads", h.dtype, k, m, n, precision)
         fused_fn = self._kernel("gemm_weight_grads", h.dtype, tile=plan.tile)
         if fused_fn is None:
-            return super().weight_grads(a_prev, h, dw, db, w, decay)
+            return super().weight_grads(a_prev, h, dw, db, w, decay, precision)
         dt = h.dtype.type
         # w is read only when decay != 0; None is CuPy's null pointer.
         w_arg = w if decay else None
@@ -294,7 +326,7 @@ class CupyBackend(Backend):
             h.sum(axis=0, out=db)
 
         self._choose("weight_grads", (n, k, m), h.dtype, fused, cublas,
-                     capture_paths.weight_grads(a_prev, h, dw, db, w, decay))
+                     capture_paths.weight_grads(a_prev, h, dw, db, w, decay), precision)
 
     # ------------------------------------------------------------------------------ losses
     def _loss(self, name: str, x, t, h_out):

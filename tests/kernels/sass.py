@@ -2,8 +2,8 @@
 
 For each kernel: registers, spills and local memory (ptxas), static shared memory, the
 theoretical occupancy on an H100 SM, and the hottest loop: among the loops of the SASS (a
-backward branch to an earlier label), the one with the most FFMA (DFMA for float64), innermost
-on ties.  Its FFMA share is FFMA / all instructions of the loop body (NOPs excluded): the FMA
+backward branch to an earlier label), the one with the most FFMA (DFMA for float64, HMMA
+for the TF32 tensor-core tile), innermost on ties.  Its FFMA share is FFMA / all instructions of the loop body (NOPs excluded): the FMA
 pipe can be busy at most that share of the issue slots, so it bounds the fraction of FP32
 peak the loop can reach.  These are instruction counts, not measurements.
 """
@@ -74,6 +74,7 @@ class KernelReport:
     occupancy: float  # resident warps / 64
     loop_instructions: int
     loop_ffma: int
+    loop_hmma: int
     loop_lds128: int
     loop_local: int
     kernel_local: int
@@ -127,6 +128,12 @@ def parse_functions(sass: str) -> dict[str, list[tuple[str, str, str | None]]]:
     return functions
 
 
+def is_op(opcode: str, name: str) -> bool:
+    """Whether ``opcode`` is ``name``: FFMA / DFMA exactly, HMMA with any shape suffix
+    (``HMMA.1684.F32.TF32`` is one TF32 m16n8k8 tensor-core step)."""
+    return opcode == name or (name == "HMMA" and opcode.startswith("HMMA."))
+
+
 def hottest_loop(instructions: list[tuple[str, str, str | None]], fma: str = "FFMA"
                  ) -> tuple[int, int] | None:
     """``(first, last)`` indices of the hottest loop: the loop with the most ``fma``
@@ -145,7 +152,7 @@ def hottest_loop(instructions: list[tuple[str, str, str | None]], fma: str = "FF
             continue
         loops.append((where[name], j))
     loops = sorted(set(loops))
-    counts = {(i, j): sum(1 for op, _, _ in instructions[i:j + 1] if op == fma)
+    counts = {(i, j): sum(1 for op, _, _ in instructions[i:j + 1] if is_op(op, fma))
               for i, j in loops}
 
     def inside(inner, outer):
@@ -211,7 +218,9 @@ def analyse(expressions: list[str], workdir: Path, arch: str = ARCH) -> list[Ker
         mangled = _mangled(name, dtype, functions, usage, expression)
         body = functions[mangled]
         info = usage.get(mangled, {})
-        loop = hottest_loop(body, "DFMA" if dtype == "double" else "FFMA")
+        main_op = "DFMA" if dtype == "double" else (
+            "HMMA" if kernels.GEMM_TILE_PRECISION[tile] == "tf32" else "FFMA")
+        loop = hottest_loop(body, main_op)
         i, j = loop if loop else (0, -1)
         loop_body = [op for op, _, _ in body[i:j + 1] if op != "NOP"]
         threads = kernels.GEMM_TILES[tile][3]
@@ -223,6 +232,7 @@ def analyse(expressions: list[str], workdir: Path, arch: str = ARCH) -> list[Ker
             occupancy=occupancy(info.get("registers", 0), shared, threads),
             loop_instructions=len(loop_body),
             loop_ffma=sum(op == ("DFMA" if dtype == "double" else "FFMA") for op in loop_body),
+            loop_hmma=sum(is_op(op, "HMMA") for op in loop_body),
             loop_lds128=sum(op.startswith("LDS.128") for op in loop_body),
             loop_local=sum(op.startswith(("LDL", "STL")) for op in loop_body),
             kernel_local=sum(op.startswith(("LDL", "STL")) for op, _, _ in body)))
@@ -247,25 +257,25 @@ def _mangled(name, dtype, functions, usage, expression) -> str:
 def table(reports: list[KernelReport]) -> str:
     """A Markdown table of the reports (SASS counts, not measurements)."""
     lines = ["| kernel | threads | registers | spill bytes | shared KB | occupancy | "
-             "hottest loop: instructions | FFMA | LDS.128 | local | FFMA share |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "hottest loop: instructions | FFMA | HMMA | LDS.128 | local | FFMA share |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in reports:
         lines.append(f"| `{r.expression}` | {r.threads} | {r.registers} | {r.spill_bytes} | "
                      f"{r.shared_bytes / 1024:.1f} | {100 * r.occupancy:.0f} % | "
-                     f"{r.loop_instructions} | {r.loop_ffma} | {r.loop_lds128} | "
+                     f"{r.loop_instructions} | {r.loop_ffma} | {r.loop_hmma} | {r.loop_lds128} | "
                      f"{r.loop_local} | {100 * r.ffma_share:.1f} % |")
     return "\n".join(lines) + "\n"
 
 
 #: The instantiations reported: every float32 tile of the three GEMMs (ReLU, with and
-#: without dropout for the forward) and the float64 tile.
+#: without dropout for the forward), the float64 tile and the TF32 tensor-core forward.
 REPORTED = [
     "gemm_bias_act<float, 1, false, 1>", "gemm_bias_act<float, 1, true, 1>",
     "gemm_bias_act<float, 1, false, 0>", "gemm_bias_act<float, 1, false, 2>",
     "gemm_backprop_act<float, 1, false, 1>", "gemm_backprop_act<float, 1, true, 0>",
     "gemm_backprop_act<float, 1, true, 1>",
     "gemm_weight_grads<float, 1>", "gemm_weight_grads<float, 0>", "gemm_weight_grads<float, 2>",
-    "gemm_bias_act<double, 1, false, 0>",
+    "gemm_bias_act<double, 1, false, 0>", "gemm_bias_act<float, 1, false, 3>",
 ]
 
 if __name__ == "__main__":
