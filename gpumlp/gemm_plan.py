@@ -54,11 +54,11 @@ SPLIT_LATENCY_US = 0.7
 MAX_SPLITS = 32
 #: Per tile: (blocks resident per SM, share of issue slots that are FFMA in the main loop),
 #: from the sm_90 SASS table in benchmarks/README.md (registers and shared memory per block).
-#: The TF32 tile (3) is given FP32-FMA equivalents: H100 TF32 tensor cores run about 7.4x the
-#: FP32 FMA rate (495 against 67 TFLOP/s dense); a simple wmma tile that reloads fragments
-#: from shared memory every k step is credited a third of that (a guess until measured).
+#: The TF32 tile (3) is given its rate in FP32-FMA equivalents: its main loop is bound by
+#: instruction issue (fragment loads and TF32 rounding around the HMMA), and by the SASS count
+#: does about 2.1x the multiply-adds per issue slot of the FP32 128x128 tile: 0.87 x 2.1.
 TILE_TRAITS: dict[int, tuple[int, float]] = {0: (2, 0.74), 1: (1, 0.87), 2: (8, 0.63),
-                                             3: (4, 2.5)}
+                                             3: (3, 1.8)}
 
 #: kernel -> how its (M, N, K) follow from the backend's (n, k, m) sizes.
 GEMM_SHAPES = {

@@ -213,3 +213,59 @@ def test_tf32_on_a_gpu_without_tensor_cores_computes_in_float32(cp, monkeypatch)
     want = CPU.affine_act(x, w, b, "relu", np.empty((9, 5), np.float32))
     np.testing.assert_allclose(np.asarray(out), want, rtol=2e-5, atol=2e-5)
     assert 3 not in gemm_tiles_launched()
+
+
+def tie_case(xp):
+    """x @ w + 0 with every x a TF32 tie (1 + 2**-11) and w = 1: round-to-nearest-away gives
+    1 + 2**-10 exactly; ties-to-even or truncation (the tensor cores without rounding) 1."""
+    x = xp.full((20, 3), 1 + 2.0**-11, dtype=xp.float32)
+    w = xp.zeros((3, 18), dtype=xp.float32)
+    w[0] = 1
+    return x, w, xp.zeros(18, dtype=xp.float32), xp.empty((20, 18), dtype=xp.float32)
+
+
+@pytest.mark.kernels
+def test_emulated_tensor_cores_round_ties_away_from_zero(cp):
+    from gpumlp.backends.cupy_backend import CupyBackend
+
+    x, w, b, out = tie_case(np)
+    got = CupyBackend(gemm_path="fused").affine_act(cp.asarray(x), cp.asarray(w), cp.asarray(b),
+                                                    "identity", cp.asarray(out), None, "tf32")
+    assert (np.asarray(got) == np.float32(1 + 2.0**-10)).all()
+
+
+# ----------------------------------------------------------------------- on a real GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["fused", "auto"])
+def test_tf32_kernels_on_the_gpu_match_the_emulation(path):
+    """On a GPU with tensor cores: ties round away from zero as cvt.rna does, and the TF32
+    GEMMs at MNIST shapes equal the NumPy emulation (to float32 accumulation order) while
+    differing from float32 products."""
+    import cupy
+
+    from gpumlp.backends.cupy_backend import CupyBackend
+
+    if int(cupy.cuda.Device().compute_capability) < kernels.TF32_MIN_CAPABILITY:
+        pytest.skip("this GPU has no TF32 tensor cores (compute capability < 8.0)")
+    gpu = CupyBackend(gemm_path=path)
+    x, w, b, out = tie_case(cupy)
+    gpu.affine_act(x, w, b, "identity", out, None, "tf32")
+    assert bool((out == np.float32(1 + 2.0**-10)).all())
+
+    rng = np.random.default_rng(7)
+    n, k, m = 256, 784, 512
+    x, w = rng.normal(size=(n, k)).astype(np.float32), rng.normal(0, 0.05, (k, m)).astype(np.float32)
+    b, h = rng.normal(size=m).astype(np.float32), rng.normal(size=(n, m)).astype(np.float32)
+    drop = Dropout(keep=0.8, seed=11, counter=3)
+    got = gpu.affine_act(*map(cupy.asarray, (x, w, b)), "relu", cupy.empty((n, m), np.float32),
+                         drop, "tf32").get()
+    want = CPU.affine_act(x, w, b, "relu", np.empty((n, m), np.float32), drop, "tf32")
+    fp32 = CPU.affine_act(x, w, b, "relu", np.empty((n, m), np.float32), drop)
+    error, tf32_effect = np.abs(got - want).max(), np.abs(want - fp32).max()
+    assert error <= 1e-4 * np.abs(want).max() and tf32_effect > 10 * error
+    dw, db = cupy.empty((k, m), np.float32), cupy.empty(m, np.float32)
+    gpu.weight_grads(cupy.asarray(x), cupy.asarray(h), dw, db, cupy.asarray(w), 1e-4, "tf32")
+    want_dw, want_db = np.empty((k, m), np.float32), np.empty(m, np.float32)
+    CPU.weight_grads(x, h, want_dw, want_db, w, 1e-4, "tf32")
+    np.testing.assert_allclose(dw.get(), want_dw, rtol=1e-4, atol=1e-4 * np.abs(want_dw).max())
+    np.testing.assert_allclose(db.get(), want_db, rtol=1e-5, atol=1e-4)

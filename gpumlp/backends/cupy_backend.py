@@ -181,7 +181,7 @@ class CupyBackend(Backend):
         A graph runner's step chooses between ``fused`` and ``direct`` (cuBLAS called so
         that it can be captured; :mod:`gpumlp.backends.capture_paths`) instead.  TF32 runs
         ``fused`` (our tensor-core kernels) on every path: cuBLAS as CuPy calls it computes
-        in float32 (unless CUPY_TF32=1 was set before CuPy was imported)."""
+        in float32 (unless CuPy's CUPY_TF32=1 environment variable is set)."""
         if precision != "float32":
             shape, cublas, direct = (*shape, precision), None, None
         if self.capturing:
