@@ -65,7 +65,7 @@ _SPLIT_ARGS = ("T* workspace", "int* tile_counters")
 #: GEMM tiles (GPUMLP_GEMM_TILE_* in kernels/gemm_tile.cuh): code -> (BM, BN, BK, threads).
 #: Tile 3 is the TF32 tensor-core tile (sm_80+, float32 inputs rounded to TF32).
 GEMM_TILES: dict[int, tuple[int, int, int, int]] = {0: (64, 64, 16, 256), 1: (128, 128, 16, 256),
-                                                    2: (64, 16, 16, 64), 3: (64, 64, 16, 128)}
+                                                    2: (64, 16, 16, 64), 3: (64, 64, 16, 64)}
 #: The tiles instantiated per dtype: float64 keeps the one simple tile.  Per kernel, the
 #: backward GEMM (whose output is never thin) has no narrow tile: see KERNELS.
 GEMM_TILES_BY_DTYPE: dict[str, tuple[int, ...]] = {"float32": (0, 1, 2, 3), "float64": (0,)}

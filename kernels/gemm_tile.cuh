@@ -32,11 +32,12 @@
 // kernels use only this one); LARGE 128x128 with 8x8 per thread (float32), compiled for one
 // block per SM: capped at 128 registers for two, ptxas spills around the main loop; NARROW
 // 64x16 with 4x4 per thread, 64 threads, for outputs about 10 wide; TF32 64x64 on tensor
-// cores (float32 only, opt-in: precision="tf32"), 128 threads = 4 warps of 32x32, each warp
-// 2x2 wmma tiles of 16x16x8 (tensor_core.cuh) fed from the same k-major shared tiles, the
-// inputs rounded to TF32 as they are loaded into fragments.  Its accumulators are stored to a
-// shared tile and read back into the 8x4 register block of the FP32 layout, so split-K and
-// the epilogues are the same code for every tile.  The SASS counts are in
+// cores (float32 only, opt-in: precision="tf32"), 64 threads = 2 warps of 32x64, each warp
+// 2x4 wmma tiles of 16x16x8 (tensor_core.cuh: 8 products per 6 fragment loads and
+// roundings) fed from the same k-major shared tiles, the inputs rounded to TF32 as they are
+// loaded into fragments.  Its accumulators are stored to a shared tile and read back into the
+// 8x8 register block of the FP32 layout, so split-K and the epilogues are the same code for
+// every tile.  The SASS counts are in
 // benchmarks/README.md.  gpumlp/kernels.py (GEMM_TILES) and gpumlp/gemm_plan.py mirror the
 // table; the plan chooses tile and split per shape.
 #ifndef GPUMLP_GEMM_TILE_CUH
@@ -76,9 +77,9 @@ struct Shape<GPUMLP_GEMM_TILE_LARGE> : ShapeOf<128, 128, 16, 8, 8, 1> {};
 template <>
 struct Shape<GPUMLP_GEMM_TILE_NARROW> : ShapeOf<64, 16, 16, 4, 4, 8> {};
 template <>
-struct Shape<GPUMLP_GEMM_TILE_TF32> : ShapeOf<64, 64, 16, 8, 4, 3> {
+struct Shape<GPUMLP_GEMM_TILE_TF32> : ShapeOf<64, 64, 16, 8, 8, 4> {
     static constexpr bool TF32 = true;
-    static constexpr int WARP_M = 32, WARP_N = 32;  // each warp's part of the tile
+    static constexpr int WARP_M = 32, WARP_N = 64;  // each warp's part of the tile
     static constexpr int WARPS_N = BN / WARP_N;
     static constexpr int FM = WARP_M / 16, FN = WARP_N / 16;  // 16x16 wmma tiles per warp
     static_assert((BM / WARP_M) * WARPS_N * 32 == THREADS, "one warp per warp tile");
