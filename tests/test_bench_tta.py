@@ -208,3 +208,34 @@ def test_cupy_subjects_train_like_numpy_on_the_emulated_gpu(cuda_graph, host, mo
     np.testing.assert_allclose(gpu["accuracy_per_epoch"], cpu["accuracy_per_epoch"],
                                atol=1.5 / len(y_test))
     emulated.reset()
+
+
+def test_interleaved_subjects_take_turns_and_time_only_their_own_epochs():
+    """Two subjects train at once, one epoch each in turn; each timer counts only its own
+    epochs (a shared clock moves 1 s per epoch of A and 5 s per epoch of B)."""
+    now = [0.0]
+    epochs: list[str] = []
+
+    class Fake(tta.TtaSubject):
+        def __init__(self, name, seconds, curve):
+            self.name, self.seconds, self.curve = name, seconds, curve
+
+        def train(self, X, y, recipe, seed, timer):
+            self.epoch = 0
+            timer.start()
+            for _ in range(recipe["epochs"]):
+                epochs.append(self.name)
+                now[0] += self.seconds
+                self.epoch += 1
+                if timer.epoch_end():
+                    return
+
+        def accuracy(self):
+            return self.curve[self.epoch - 1]
+
+    subjects = [Fake("A", 1.0, [0.1, 0.9, 0.9, 0.9]), Fake("B", 5.0, [0.1, 0.2, 0.3, 0.95])]
+    a, b = tta.run_tta([lambda s=s: s for s in subjects], None, None, None, None,
+                       {**TINY, "epochs": 4}, target=0.85, clock=lambda: now[0])
+    assert epochs == ["A", "B", "A", "B", "B", "B"]  # A stops at its target, B goes on
+    assert a["epochs_to_target"] == 2 and a["seconds_to_target"] == pytest.approx(2.0)
+    assert b["epochs_to_target"] == 4 and b["seconds_to_target"] == pytest.approx(20.0)

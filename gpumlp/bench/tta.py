@@ -23,6 +23,7 @@ import os
 import re
 import statistics
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -91,26 +92,33 @@ class EpochTimer:
     def __init__(self, evaluate: Callable[[], float], target: float,
                  sync: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.perf_counter,
-                 report: Callable[[int, float, float, float], None] | None = None):
+                 report: Callable[[int, float, float, float], None] | None = None,
+                 turn: "Turns | None" = None, index: int = 0):
         if not 0 < target <= 1:
             raise ValueError(f"target={target!r} must be an accuracy in (0, 1]")
         self.evaluate, self.target, self.sync, self.clock = evaluate, target, sync, clock
         self.report = report
         self.started: float | None = None
+        self.turn, self.index = turn, index
+        self._active = 0.0  # seconds of training so far (evaluation and waiting excluded)
+        self._resumed = 0.0
         self.eval_seconds = 0.0
         self.accuracy: list[float] = []
         self.train_seconds: list[float] = []  # cumulative, at the end of each epoch
         self.reached_epoch: int | None = None
 
     def start(self) -> None:
-        self.started = self.clock()
+        if self.turn is not None:
+            self.turn.wait(self.index)
+        self.started = self._resumed = self.clock()
 
     def epoch_end(self) -> bool:
         if self.started is None:
             raise RuntimeError("EpochTimer.epoch_end called before start")
         self.sync()
         now = self.clock()
-        trained = now - self.started - self.eval_seconds
+        self._active += now - self._resumed
+        trained = self._active
         accuracy = float(self.evaluate())
         self.eval_seconds += self.clock() - now
         self.accuracy.append(accuracy)
@@ -119,7 +127,12 @@ class EpochTimer:
             self.reached_epoch = len(self.accuracy)
         if self.report is not None:
             self.report(len(self.accuracy), accuracy, trained, self.eval_seconds)
-        return self.reached_epoch is not None
+        done = self.reached_epoch is not None
+        if self.turn is not None and not done:  # the other subjects' epochs, not timed
+            self.turn.pass_on(self.index)
+            self.turn.wait(self.index)
+        self._resumed = self.clock()
+        return done
 
     def record(self) -> dict[str, Any]:
         """What the results file keeps of one run."""
@@ -136,6 +149,40 @@ class EpochTimer:
             "train_seconds_cumulative": list(self.train_seconds),
             "best_accuracy": max(self.accuracy) if self.accuracy else None,
         }
+
+
+class Turns:
+    """Round-robin epochs of several subjects training at once (one thread each): a subject
+    trains an epoch only on its turn, so drift in the machine's speed (other tenants, clocks)
+    hits every subject alike instead of whichever ran while the machine was busy."""
+
+    def __init__(self, count: int):
+        self._active = list(range(count))
+        self._turn = 0 if count else None
+        self._changed = threading.Condition()
+
+    def wait(self, index: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._turn == index)
+
+    def pass_on(self, index: int) -> None:
+        """``index`` finished an epoch: the next active subject's turn."""
+        with self._changed:
+            position = self._active.index(index)
+            self._turn = self._active[(position + 1) % len(self._active)]
+            self._changed.notify_all()
+
+    def finish(self, index: int) -> None:
+        """``index`` stopped training (reached the target, ran out of epochs or failed)."""
+        with self._changed:
+            if index not in self._active:
+                return
+            position = self._active.index(index)
+            self._active.remove(index)
+            if self._turn == index:
+                self._turn = (self._active[position % len(self._active)] if self._active
+                              else None)
+            self._changed.notify_all()
 
 
 # ------------------------------------------------------------------------------- subjects
@@ -336,38 +383,78 @@ def make_tta_subjects(backends: Sequence[str], peers: Sequence[str],
 def run_tta(factories: Sequence[Callable[[], TtaSubject]], X: np.ndarray, y: np.ndarray,
             X_test: np.ndarray, y_test: np.ndarray, recipe: dict[str, Any] | None = None,
             seeds: Sequence[int] = (0,), target: float = DEFAULT_TARGET,
-            out: TextIO | None = None, clock: Callable[[], float] = time.perf_counter
-            ) -> list[dict[str, Any]]:
+            out: TextIO | None = None, clock: Callable[[], float] = time.perf_counter,
+            interleave: bool = True) -> list[dict[str, Any]]:
     """Train every subject once per seed to ``target``; one record per (subject, seed).
 
-    A subject that fails is recorded with its error and the others go on.
+    With ``interleave`` the subjects of a seed train at once, one epoch each in turn
+    (:class:`Turns`; each timer counts only its own epochs), so a busy spell of the machine
+    slows them alike.  A subject that fails is recorded with its error; the others go on.
     """
     out = out or sys.stdout
     recipe = dict(default_recipe() if recipe is None else recipe)
     _check_recipe(recipe)
     results: list[dict[str, Any]] = []
     for seed in seeds:
-        for factory in factories:
-            subject = None
-            try:
-                subject = factory()
-                subject.prepare(X_test, y_test)
-
-                def report(epoch, accuracy, trained, evaluated, name=subject.name):
-                    print(f"{name:<20} seed {seed} epoch {epoch:>2}: accuracy {accuracy:.4f}"
-                          f"  {trained:8.2f} s training  ({evaluated:.2f} s evaluating)",
-                          file=out, flush=True)
-
-                timer = EpochTimer(subject.accuracy, target, subject.sync, clock, report)
-                subject.train(X, y, recipe, seed, timer)
-                record = {"subject": subject.name, "device": subject.device, "seed": seed,
-                          "settings": subject.settings(), **timer.record()}
-            except Exception as exc:  # one failing subject must not lose the others' results
-                record = {"subject": getattr(subject, "name", "subject"), "seed": seed,
-                          "error": f"{type(exc).__name__}: {exc}"}
-            results.append(record)
+        results += _train_seed(factories, X, y, X_test, y_test, recipe, seed, target, out,
+                               clock, interleave)
     add_ratios(results)
     return results
+
+
+def _train_seed(factories: Sequence[Callable[[], TtaSubject]], X: np.ndarray, y: np.ndarray,
+                X_test: np.ndarray, y_test: np.ndarray, recipe: dict[str, Any], seed: int,
+                target: float, out: TextIO, clock: Callable[[], float],
+                interleave: bool) -> list[dict[str, Any]]:
+    records: list[dict[str, Any] | None] = [None] * len(factories)
+    subjects: dict[int, TtaSubject] = {}
+    for i, factory in enumerate(factories):
+        subject = None
+        try:
+            subject = factory()
+            subject.prepare(X_test, y_test)
+            subjects[i] = subject
+        except Exception as exc:  # one failing subject must not lose the others' results
+            records[i] = _failure(subject, seed, exc)
+    order = list(subjects)
+    turns = Turns(len(order)) if interleave and len(order) > 1 else None
+
+    def train(position: int, i: int) -> None:
+        subject = subjects[i]
+
+        def report(epoch, accuracy, trained, evaluated):
+            print(f"{subject.name:<20} seed {seed} epoch {epoch:>2}: accuracy {accuracy:.4f}"
+                  f"  {trained:8.2f} s training  ({evaluated:.2f} s evaluating)",
+                  file=out, flush=True)
+
+        timer = EpochTimer(subject.accuracy, target, subject.sync, clock, report, turns,
+                           position)
+        try:
+            subject.train(X, y, recipe, seed, timer)
+            records[i] = {"subject": subject.name, "device": subject.device, "seed": seed,
+                          "settings": subject.settings(), **timer.record()}
+        except Exception as exc:
+            records[i] = _failure(subject, seed, exc)
+        finally:
+            if turns is not None:
+                turns.finish(position)
+
+    if turns is None:
+        for position, i in enumerate(order):
+            train(position, i)
+    else:
+        threads = [threading.Thread(target=train, args=(position, i), daemon=True)
+                   for position, i in enumerate(order)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return [r for r in records if r is not None]
+
+
+def _failure(subject: TtaSubject | None, seed: int, exc: Exception) -> dict[str, Any]:
+    return {"subject": getattr(subject, "name", "subject"), "seed": seed,
+            "error": f"{type(exc).__name__}: {exc}"}
 
 
 def add_ratios(results: list[dict[str, Any]], baseline: str = "gpumlp-numpy") -> None:
