@@ -227,7 +227,7 @@ class GpumlpTta(TtaSubject):
         self.y_test = np.asarray(y_test)
 
     def train(self, X, y, recipe, seed, timer):
-        from ..estimators import ConvergenceWarning, MLPClassifier
+        from ..estimators import MLPClassifier
 
         self.model = MLPClassifier(
             recipe["hidden"], activation=recipe["activation"], solver=recipe["solver"],
@@ -238,9 +238,7 @@ class GpumlpTta(TtaSubject):
             cuda_graph=self.cuda_graph, callbacks=[lambda epoch, history: timer.epoch_end()],
             **_init_option(recipe))
         timer.start()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # the budget is intended
-            self.model.fit(X, y)
+        self.model.fit(X, y)  # run_tta ignores the ConvergenceWarning: the budget is intended
 
     def accuracy(self):
         return self.model.score(self.X_test, self.y_test)
@@ -439,16 +437,21 @@ def _train_seed(factories: Sequence[Callable[[], TtaSubject]], X: np.ndarray, y:
             if turns is not None:
                 turns.finish(position)
 
-    if turns is None:
-        for position, i in enumerate(order):
-            train(position, i)
-    else:
-        threads = [threading.Thread(target=train, args=(position, i), daemon=True)
-                   for position, i in enumerate(order)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    from ..estimators import ConvergenceWarning
+
+    # Warning filters are process-wide: set here, around every subject's thread, not in them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed budget is intended
+        if turns is None:
+            for position, i in enumerate(order):
+                train(position, i)
+        else:
+            threads = [threading.Thread(target=train, args=(position, i), daemon=True)
+                       for position, i in enumerate(order)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
     return [r for r in records if r is not None]
 
 
