@@ -12,6 +12,9 @@
 // and is carried out when a cp_async_wait<N> retires its group, reading global memory then;
 // misaligned addresses and copies still in flight when a block ends abort the run, as the
 // hardware would fault or the kernel would read stale shared memory.
+//
+// TF32 wmma (kernels/tensor_core.cuh) is emulated with fragments holding the whole tile in
+// every thread, TF32 rounding as cvt.rna does it, and stores shared by the warp's lanes.
 #ifndef GPUMLP_CUDA_HOST_COMPAT_H
 #define GPUMLP_CUDA_HOST_COMPAT_H
 #define GPUMLP_HOST_COMPAT 1
