@@ -108,3 +108,9 @@ def emulated_gpu(host, monkeypatch):
     monkeypatch.setattr(kernels, "load_module", lambda source: None)
     yield module, emulated
     emulated.reset()
+
+
+@pytest.fixture
+def cp(emulated_gpu):
+    """The emulated CuPy module of :func:`emulated_gpu`."""
+    return emulated_gpu[0]

@@ -5,12 +5,9 @@ steps do."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
-from gpumlp import kernels
 from gpumlp.backends import capture_paths, get_backend
 from gpumlp.network import Network
 from gpumlp.optim import Adam
@@ -23,16 +20,6 @@ pytestmark = pytest.mark.kernels
 emulated = load_support("emulated_cupy")
 emulated_cublas = load_support("emulated_cublas")
 FUSED_GEMMS = {"gemm_bias_act", "gemm_backprop_act", "gemm_weight_grads"}
-
-
-@pytest.fixture
-def cp(host, monkeypatch):
-    module, get_kernel = emulated.make_cupy(host)
-    monkeypatch.setitem(sys.modules, "cupy", module)
-    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
-    monkeypatch.setattr(kernels, "load_module", lambda source: None)
-    yield module
-    emulated.reset()
 
 
 @pytest.fixture

@@ -10,12 +10,9 @@ state — against the NumPy backend.  Device speed and CUDA's own behaviour stil
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
-from gpumlp import kernels
 from gpumlp.backends import get_backend
 from gpumlp.dropout import Dropout
 from gpumlp.network import Network
@@ -28,16 +25,6 @@ pytestmark = pytest.mark.kernels
 
 emulated = load_support("emulated_cupy")
 CPU = get_backend("numpy")
-
-
-@pytest.fixture
-def cp(host, monkeypatch):
-    module, get_kernel = emulated.make_cupy(host)
-    monkeypatch.setitem(sys.modules, "cupy", module)
-    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
-    monkeypatch.setattr(kernels, "load_module", lambda source: None)
-    yield module
-    emulated.reset()
 
 
 def gpu_backend(path: str):

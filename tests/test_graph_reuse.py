@@ -3,12 +3,10 @@ only where measured faster (gpumlp/graph.py, gpumlp/graph_auto.py), on the emula
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
-from gpumlp import graph_auto, kernels
+from gpumlp import graph_auto
 from gpumlp.graph import GraphStepRunner
 from gpumlp.network import Network
 from gpumlp.optim import Adam
@@ -20,14 +18,9 @@ emulated = load_support("emulated_cupy")
 
 
 @pytest.fixture
-def cp(host, monkeypatch):
-    module, get_kernel = emulated.make_cupy(host)
-    monkeypatch.setitem(sys.modules, "cupy", module)
-    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
-    monkeypatch.setattr(kernels, "load_module", lambda source: None)
-    monkeypatch.setattr(graph_auto, "VERDICTS", graph_auto.GraphVerdicts())
-    yield module
-    emulated.reset()
+def cp(cp, monkeypatch):
+    monkeypatch.setattr(graph_auto, "VERDICTS", graph_auto.GraphVerdicts())  # a fresh process
+    return cp
 
 
 def make_trainer(backend, cuda_graph):

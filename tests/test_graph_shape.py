@@ -5,7 +5,6 @@ multi-stream captures as CUDA does and refuses data races between parallel branc
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import numpy as np
 import pytest
@@ -21,16 +20,6 @@ from conftest import load_support
 
 emulated = load_support("emulated_cupy")
 emulated_cublas = load_support("emulated_cublas")
-
-
-@pytest.fixture
-def cp(host, monkeypatch):
-    module, get_kernel = emulated.make_cupy(host)
-    monkeypatch.setitem(sys.modules, "cupy", module)
-    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
-    monkeypatch.setattr(kernels, "load_module", lambda source: None)
-    yield module
-    emulated.reset()
 
 
 def captured_step(cp, rows=64):

@@ -5,7 +5,6 @@ wmma emulation rounds the inputs as the tensor cores do)."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -109,16 +108,6 @@ def test_tf32_operands_must_be_float32():
 
 # --------------------------------------------------------------- CuPy backend (emulated)
 emulated = load_support("emulated_cupy")
-
-
-@pytest.fixture
-def cp(host, monkeypatch):
-    module, get_kernel = emulated.make_cupy(host)
-    monkeypatch.setitem(sys.modules, "cupy", module)
-    monkeypatch.setattr(kernels, "get_kernel", get_kernel)
-    monkeypatch.setattr(kernels, "load_module", lambda source: None)
-    yield module
-    emulated.reset()
 
 
 def gemm_tiles_launched() -> set:
