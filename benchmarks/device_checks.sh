@@ -8,10 +8,15 @@
 # 3. pytest -m gpu                                      -> pytest-gpu.log, pytest-gpu.xml
 # 4. compute-sanitizer memcheck, racecheck, synccheck over `gpumlp selftest --quick`
 #                                                       -> sanitizer-<tool>.log
+# 5. with BENCH=1 (the default; BENCH=0 skips them) the benchmarks, results in $OUT:
+#    gpumlp bench --kernels (fused GEMM vs cuBLAS + epilogue per layer shape, SGEMM 4096^3),
+#    gpumlp bench --full --peers torch (graph vs eager, PyTorch eager and torch.compile) and
+#    gpumlp bench --tta --backends cupy --peers torch (time to 89.5 % on Fashion-MNIST)
 # and a summary, device_checks.json: each step's exit status and seconds, the commit, the
 # device.  Every step runs even when an earlier one fails; the script exits 1 if any failed,
 # 2 if there is no CuPy or no device here.  Per-step time limits (seconds) can be changed with
-# SELFTEST_TIMEOUT, PYTEST_TIMEOUT and SANITIZER_TIMEOUT; PYTHON picks the interpreter.
+# SELFTEST_TIMEOUT, PYTEST_TIMEOUT, SANITIZER_TIMEOUT and BENCH_TIMEOUT; PYTHON picks the
+# interpreter.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to the folder that receives the logs}"
@@ -21,6 +26,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SELFTEST_TIMEOUT="${SELFTEST_TIMEOUT:-300}"
 PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-600}"
 SANITIZER_TIMEOUT="${SANITIZER_TIMEOUT:-900}"
+BENCH="${BENCH:-1}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-600}"
 STEPS="$OUT/steps.tsv"
 : > "$STEPS"
 
@@ -66,6 +73,12 @@ if command -v compute-sanitizer > /dev/null 2>&1; then
 else
     echo "compute-sanitizer not found (it ships with the CUDA toolkit)" | tee -a "$OUT/device_checks.log"
     printf 'sanitizer\tmissing\t0\n' >> "$STEPS"
+fi
+if [ "$BENCH" = 1 ]; then
+    step bench-kernels "$BENCH_TIMEOUT" "$PYTHON" -m gpumlp.cli bench --kernels --out "$OUT"
+    step bench-full "$BENCH_TIMEOUT" "$PYTHON" -m gpumlp.cli bench --full --peers torch --out "$OUT"
+    step bench-tta "$BENCH_TIMEOUT" "$PYTHON" -m gpumlp.cli bench --tta --backends cupy \
+        --peers torch --out "$OUT"
 fi
 
 "$PYTHON" - "$OUT" <<'PY'
