@@ -146,6 +146,10 @@ class GraphStepRunner:
         # (step=-1) and the optimizer reads the count of the step it makes, as before.
         backend.gather_batch_at(self.X, self.T, self.perm, self.start, xb, tb, net.n_layers,
                                 self.blocks_done)
+        if trainer.alpha:  # the batch's L2 term, from the weights it starts with (as eager)
+            scale = 0.5 * trainer.alpha / rows
+            for weights in net.weights:
+                backend.add_l2_loss(weights, scale, self.state.loss)
         # The weight gradients run beside the backward chain, joined before the update.
         with capture_paths.weight_grads_beside(self.stream, self.side):
             net.loss_and_gradients(xb, tb, buffers.workspace, decay=trainer.alpha / rows,

@@ -144,6 +144,8 @@ KERNELS: dict[str, KernelSpec] = dict([
     _spec("squared_error", "loss.cu", ("dtype",),
           ("T* h", "T* loss_acc", "const T* a", "const T* t", "long long n", "long long k"),
           "flat4"),
+    _spec("add_l2_loss", "loss.cu", ("dtype",),
+          ("T* loss_acc", "const T* w", "long long size", "T scale"), "flat4"),
     _spec("adam_step", "optim.cu", ("dtype",),
           ("T* params", "T* m", "T* v", "const T* grads", "long long size", "const T* lr",
            "const int* step", "double beta1", "double beta2", "double eps"), "flat"),

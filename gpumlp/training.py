@@ -233,10 +233,8 @@ class Trainer:
         runner = None if eager_only else self._graph_runner_for(X, T)
         if runner is not None:
             n = len(X)
-            loss = runner.run_epoch(self.rng.permutation(n) if self.shuffle else np.arange(n))
-            if self.alpha:  # the captured step sums the data loss only: L2 at the epoch's end
-                loss += 0.5 * self.alpha * self.network.l2_penalty() / min(self.batch_size, n)
-            return loss
+            # The captured step adds each batch's L2 term itself, as the eager loop does.
+            return runner.run_epoch(self.rng.permutation(n) if self.shuffle else np.arange(n))
         return self._train_one_epoch_eagerly(X, T, sample_weight)
 
     def _graph_runner_for(self, X: Any, T: Any) -> GraphStepRunner | None:

@@ -132,3 +132,16 @@ __global__ void squared_error(T* h, T* loss_acc, const T* a, const T* t, long lo
     const T total = block_sum(loss, red);
     if (threadIdx.x == 0 && threadIdx.y == 0) atomicAdd(loss_acc, total / T(2 * n));
 }
+
+// *loss_acc += scale * ||w||^2 over the size elements of w: the L2 term of a captured step,
+// summed from the weights the step starts with (scale = 0.5 * alpha / rows), so graph steps
+// report the same per-batch loss as eager ones.  Flat launch: block (256, 1, 1).
+template <typename T>
+__global__ void add_l2_loss(T* loss_acc, const T* w, long long size, T scale)
+{
+    __shared__ T red[GPUMLP_BLOCK];
+    T sum = T(0);
+    for (long long i = global_thread_id(); i < size; i += grid_threads()) sum += w[i] * w[i];
+    const T total = block_sum(sum, red);
+    if (threadIdx.x == 0 && threadIdx.y == 0) atomicAdd(loss_acc, scale * total);
+}

@@ -38,17 +38,17 @@ def captured_step(cp, rows=64):
 
 @pytest.mark.kernels
 def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
-    # A 3-layer step: one gather of the batch (which also moves the step state on), 3 forward
-    # GEMMs, the loss, 2 backward and 3 weight-gradient GEMMs and the optimizer: 11 nodes
-    # (two gathers and a bookkeeping node were 13).  The weight gradients form a branch
+    # A 3-layer step: one gather of the batch (which also moves the step state on), the L2
+    # term of each of the 3 layers (alpha > 0), 3 forward GEMMs, the loss, 2 backward and 3
+    # weight-gradient GEMMs and the optimizer: 14 nodes.  The weight gradients form a branch
     # beside the backward chain, so only the first layer's lies on the critical path:
-    # gather + forward 3 + loss + backward 2 + first weight gradient + Adam = 9.
+    # gather + L2 3 + forward 3 + loss + backward 2 + first weight gradient + Adam = 12.
     runner = captured_step(cp)
     one = runner.graph_one
-    assert len(one.launches) == 11
-    assert one.critical_path() == 9
-    assert len(runner.graph_many.launches) == 11 * runner.steps_per_graph
-    assert runner.graph_many.critical_path() == 9 * runner.steps_per_graph
+    assert len(one.launches) == 14
+    assert one.critical_path() == 12
+    assert len(runner.graph_many.launches) == 14 * runner.steps_per_graph
+    assert runner.graph_many.critical_path() == 12 * runner.steps_per_graph
     names = [node[0].name for node in one.launches]
     deps = one.launches.deps
     for i, name in enumerate(names):
@@ -58,7 +58,7 @@ def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
     monkeypatch.setattr(capture_paths, "weight_grads_beside",
                         lambda main, side: contextlib.nullcontext())
     chain = captured_step(cp).graph_one
-    assert len(chain.launches) == 11 and chain.critical_path() == 11
+    assert len(chain.launches) == 14 and chain.critical_path() == 14
 
 
 @pytest.mark.kernels

@@ -342,6 +342,27 @@ def test_losses_grid_stride_and_in_place(host, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,m", SHAPES)
+@pytest.mark.parametrize("small_grid", [False, True])
+def test_add_l2_loss_accumulates_scaled_squared_norm(host, k, m, small_grid, dtype):
+    """``*loss_acc += scale ||w||^2`` on odd sizes, twice (it adds), with the configured grid
+    and with one block striding over everything."""
+    rng, g = rng_for("l2", k, m, dtype, small_grid), Guarded()
+    w0 = random(rng, (k, m), dtype)
+    scale = dtype(0.5 * 1e-2 / 13)
+    start = dtype(rng.normal())
+    want = REF.add_l2_loss(w0, float(scale), np.zeros((), dtype))
+    w, acc = g.array((k, m), dtype, w0), g.array((1,), dtype, start)
+    grid, block = kernels.launch_config("add_l2_loss", k * m)
+    for call in range(2):
+        host.launch("add_l2_loss", dtype, (1, 1, 1) if small_grid else grid, block,
+                    loss_acc=acc, w=w, size=k * m, scale=scale)
+    np.testing.assert_array_equal(w, w0)  # read only
+    assert_matches(acc[0] - start, 2 * want, dtype)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("in_place", [False, True])
 def test_softmax_rows(host, n, k, in_place, dtype):

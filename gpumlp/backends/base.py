@@ -195,6 +195,16 @@ class Backend:
             per_row = 0.5 * ((z - t) ** 2).sum(axis=1)
         return (xp.vdot(weights, per_row) / dt(weight_sum)).astype(z.dtype)
 
+    def add_l2_loss(self, w: Any, scale: float, loss_acc: Any) -> Any:
+        """``loss_acc += scale * ||w||^2`` in place: a step's L2 term added to the summed loss.
+
+        ``loss_acc`` is a 0-d array of ``w``'s dtype (a captured step's loss accumulator);
+        ``scale`` a host float (``0.5 * alpha / rows``).  Returns ``loss_acc``.
+        """
+        flat = w.reshape(-1)
+        loss_acc += (w.dtype.type(scale) * self.xp.vdot(flat, flat)).astype(w.dtype)
+        return loss_acc
+
     # --------------------------------------------------------------------------- optimizer
     def sgd_step(self, params: Any, grads: Any, velocity: Any, lr: float,
                  momentum: float, nesterov: bool) -> None:

@@ -357,6 +357,16 @@ class CupyBackend(Backend):
     def squared_error(self, a, t, h_out):
         return self._loss("squared_error", a, t, h_out)
 
+    def add_l2_loss(self, w, scale, loss_acc):
+        dtype = contracts.float_dtype("add_l2_loss", "w", w)
+        self._check("add_l2_loss", dtype, w=(w, "k m"), loss_acc=(loss_acc, ""))
+        fn = self._kernel("add_l2_loss", w.dtype)
+        if fn is None:
+            return super().add_l2_loss(w, scale, loss_acc)
+        grid, block = kernels.launch_config("add_l2_loss", w.size)
+        fn(grid, block, (loss_acc, w, np.int64(w.size), w.dtype.type(scale)))
+        return loss_acc
+
     # --------------------------------------------------------------------------- optimizer
     def _step_scalars(self, dtype: Any, lr: float, step: int | None) -> step_state.StepState:
         """The device learning rate and step count a launch reads: the recording runner's
