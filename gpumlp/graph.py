@@ -241,12 +241,7 @@ class GraphStepRunner:
         if steps > self.full_steps:
             raise ValueError(f"steps={steps} exceeds the {self.full_steps} full batches")
         with self.on_stream():
-            self._set_device_state(0)
-            many, one = divmod(steps, self.steps_per_graph)
-            for _ in range(many):
-                self.graph_many.launch(self.stream)
-            for _ in range(one):
-                self.graph_one.launch(self.stream)
+            self._replay_steps(steps)
         self._advance_host(steps)
 
     def synchronize(self) -> None:
