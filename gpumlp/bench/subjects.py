@@ -110,7 +110,21 @@ class GpumlpGraphSubject(GpumlpSubject):
         return {"steps_per_graph": self.runner.steps_per_graph}
 
 
-class TorchSubject(Subject):
+class TorchRuntime:
+    """What the PyTorch subjects share: waiting for the device and describing the run.
+
+    Needs ``self.torch``, ``self.torch_device`` and ``self.compiled``."""
+
+    def sync(self) -> None:
+        if self.torch_device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def settings(self) -> dict:
+        return {"threads": self.torch.get_num_threads(), "compiled": self.compiled,
+                "optimizer": "Adam(fused)" if self.torch_device == "cuda" else "Adam(foreach)"}
+
+
+class TorchSubject(TorchRuntime, Subject):
     """PyTorch ``nn.Sequential`` with Adam (foreach), eager or ``torch.compile``d."""
 
     def __init__(self, device: str, compiled: bool = False):
@@ -158,13 +172,6 @@ class TorchSubject(Subject):
                 x, _ = self.batches[i % len(self.batches)]
                 self.model(x).softmax(dim=1)
 
-    def sync(self):
-        if self.torch_device == "cuda":
-            self.torch.cuda.synchronize()
-
-    def settings(self):
-        return {"threads": self.torch.get_num_threads(), "compiled": self.compiled,
-                "optimizer": "Adam(fused)" if self.torch_device == "cuda" else "Adam(foreach)"}
 
 
 class SklearnSubject(Subject):

@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
+from .subjects import TorchRuntime
+
 DEFAULT_TARGET = 0.895
 DEFAULT_DATASET = "fashion-mnist"
 
@@ -261,7 +263,7 @@ def _init_option(recipe: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-class TorchTta(TtaSubject):
+class TorchTta(TorchRuntime, TtaSubject):
     """PyTorch, the same recipe written as a user would: ``nn.Sequential`` with ``Dropout``,
     ``Adam`` (foreach on the CPU, fused on CUDA) with the L2 term as weight decay on the
     weights only, the step set per epoch from the cosine; data on the device, batches
@@ -341,13 +343,6 @@ class TorchTta(TtaSubject):
             predicted = self.model(self.X_test).argmax(dim=1)
             return float((predicted == self.y_test).float().mean())
 
-    def sync(self):
-        if self.torch_device == "cuda":
-            self.torch.cuda.synchronize()
-
-    def settings(self):
-        return {"threads": self.torch.get_num_threads(), "compiled": self.compiled,
-                "optimizer": "Adam(fused)" if self.torch_device == "cuda" else "Adam(foreach)"}
 
 
 def make_tta_subjects(backends: Sequence[str], peers: Sequence[str],
