@@ -206,7 +206,10 @@ class BaseMLP(ParamsMixin):
         if not keep:
             self._build(backend, dtype, [X.shape[1], *hidden, T.shape[1]])
         if not keep or not incremental:
-            self._trainer_ = self._make_trainer(previous=self._trainer_ if keep else None)
+            previous = getattr(self, "_trainer_", None)
+            if previous is not None:  # its captured graphs can serve the new trainer
+                previous.release()
+            self._trainer_ = self._make_trainer(previous=previous if keep else None)
         trainer = self._trainer_
         trainer.alpha, trainer.dropout = float(self.alpha), float(self.dropout)
         T = backend.asarray(T, dtype)

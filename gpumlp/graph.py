@@ -20,10 +20,15 @@ The permutation of each epoch comes from the trainer's host generator, copied to
 once per epoch (480 kB for 60,000 rows): the graph and eager paths then see the same batches,
 so their weights agree to float32 rounding and either can be checked against the other.
 
-The graphs read the data from the runner's own device buffers, so new data of the same shape
-(``partial_fit`` on the next chunk, a refit on other rows) is copied into them with
-:meth:`GraphStepRunner.load` — one device-to-device copy — instead of a new warm-up and
-capture.  With ``cuda_graph="auto"`` the trainer replays only where
+A runner's graphs touch only memory the runner owns: its copy of the data, its step buffers,
+and a twin of the network's parameters and gradients and of the optimizer's state.  Each epoch
+copies the trainer's parameters and optimizer state into the twin before the replays and back
+after them (three device-to-device copies of the parameter buffer's size, microseconds), so a
+runner is not tied to one network object.  New data of the same shape (``partial_fit`` on the
+next chunk) is copied into its buffers with :meth:`GraphStepRunner.load`, and when a fit ends
+the runner waits in :data:`gpumlp.graph_pool.IDLE` for the next fit of the same step (a refit,
+the next fold of a cross-validation, a clone in a grid search), which then trains without a
+new warm-up or capture.  With ``cuda_graph="auto"`` the trainer replays only where
 :meth:`GraphStepRunner.faster_than_eager` measured the graph to be faster for this step shape
 (:mod:`gpumlp.graph_auto`).
 
@@ -39,7 +44,10 @@ Two rules keep the replays correct on a real device:
 * **State of its own.**  The device scalars baked into the captured graphs (dropout counter
   base, optimizer step, learning rate, loss accumulators) belong to the runner
   (:class:`~gpumlp.backends.step_state.StepState`), never to the process-wide backend, so two
-  models trained in one process cannot overwrite each other's step count or learning rate.
+  models trained in one process cannot overwrite each other's step count or learning rate;
+  and every buffer a graph reads or writes is held by the runner for as long as the graphs
+  live, so no buffer a graph still uses can be freed and handed to another array (a trainer
+  drops its own step buffers whenever the batch shapes change).
 """
 
 from __future__ import annotations
@@ -65,18 +73,27 @@ def graph_unavailable_reason(network: Any) -> str | None:
 
 
 class GraphStepRunner:
-    """Replays captured training steps of ``trainer`` over device-resident ``X``, ``T``.
+    """Replays captured training steps of ``trainer``'s model over device-resident ``X``, ``T``.
 
-    Built once per (data, batch size, hyper-parameters); :meth:`run_epoch` trains one epoch
-    and returns its mean loss; :meth:`run_steps` replays full-batch steps (for benchmarks).
+    Built once per step (:meth:`key`: data shapes, batch size, hyper-parameters, network
+    structure, optimizer constants); :meth:`run_epoch` trains the bound trainer's model one
+    epoch and returns its mean loss; :meth:`run_steps` replays full-batch steps (benchmarks).
+    A runner serves one trainer at a time (:attr:`trainer`; :meth:`bind` hands it to another
+    trainer of the same key).
     """
 
     def __init__(self, trainer: Any, X: Any, T: Any, steps_per_graph: int = 8):
+        self.key = self.key_for(trainer, X, T, steps_per_graph)
         self.trainer = trainer
-        self.net = trainer.network
-        self.backend = self.net.backend
+        self.backend = trainer.network.backend
         cupy = self.backend.xp
         self.cupy = cupy
+        # What the captured kernels take as arguments, fixed for the runner's life (the key).
+        self.alpha, self.dropout = trainer.alpha, trainer.dropout
+        self.dropout_seed = trainer.dropout_seed
+        # The twins the graphs train: the trainer's values are copied in and out each epoch.
+        self.net = trainer.network.copy()
+        self.optimizer = trainer.optimizer.copy()
         self.data_key = data_key(X, T)
         # The graphs read these buffers; load() copies new data of the same shape into them.
         self.X = cupy.empty(X.shape, X.dtype)
@@ -84,6 +101,7 @@ class GraphStepRunner:
         self.n = len(X)
         self.batch = min(trainer.batch_size, self.n)
         self.full_steps, self.rest = divmod(self.n, self.batch)
+        self._buffers: dict[int, tuple[Any, Any, Any]] = {}
         dtype = self.net.dtype
         # Made on the caller's stream; the first entry to the runner's stream waits for it.
         self.perm = cupy.arange(self.n, dtype=cupy.int64)
@@ -105,6 +123,24 @@ class GraphStepRunner:
                               if self.steps_per_graph > 1 else self.graph_many)
             self.graph_rest = (self._capture(self.rest, 1, self.loss_rest) if self.rest
                                else None)
+
+    @staticmethod
+    def key_for(trainer: Any, X: Any, T: Any, steps_per_graph: int = 8) -> tuple:
+        """Everything the captured graphs fix: a runner of this key can train ``trainer`` on
+        ``X``, ``T`` (the data themselves, the weights and the optimizer state are copied in).
+
+        The dropout seed is a kernel argument, so it is part of the key where dropout is on.
+        """
+        net, optimizer = trainer.network, trainer.optimizer
+        return (data_key(X, T), min(trainer.batch_size, len(X)), int(steps_per_graph),
+                float(trainer.alpha), float(trainer.dropout),
+                trainer.dropout_seed if trainer.dropout else None,
+                net.structure(), type(optimizer).__name__, optimizer.constants(),
+                id(net.backend), net.backend.xp.cuda.runtime.getDevice())
+
+    def bind(self, trainer: Any) -> None:
+        """Serve ``trainer`` from now on (its step must have this runner's key)."""
+        self.trainer = trainer
 
     @contextlib.contextmanager
     def on_stream(self) -> Iterator[Any]:
@@ -134,71 +170,74 @@ class GraphStepRunner:
         if T is not self.T:
             self.T[...] = T
 
+    # ----------------------------------------------------------- the bound trainer's model
+    def _model_pairs(self) -> list[tuple[Any, Any]]:
+        """(trainer's buffer, twin buffer) for the parameters and each optimizer state."""
+        trainer = self.trainer
+        pairs = [(trainer.network.params, self.net.params)]
+        theirs, ours = trainer.optimizer.state_buffers(), self.optimizer.state_buffers()
+        return pairs + [(theirs[name], ours[name]) for name in sorted(ours)]
+
+    def _take_model(self) -> None:
+        """Copy the bound trainer's parameters and optimizer state into the twins."""
+        for theirs, ours in self._model_pairs():
+            ours[...] = theirs
+
+    def _give_model(self) -> None:
+        """Copy the twins' trained parameters and optimizer state back to the trainer."""
+        for theirs, ours in self._model_pairs():
+            theirs[...] = ours
+
     # ----------------------------------------------------------------------------- capture
+    def _step_buffers(self, rows: int) -> tuple[Any, Any, Any]:
+        """The batch and work buffers of a ``rows``-row step: the runner's own, kept as long
+        as its graphs (which hold their addresses)."""
+        if rows not in self._buffers:
+            backend, dtype = self.backend, self.net.dtype
+            self._buffers[rows] = (backend.empty((rows, self.X.shape[1]), dtype),
+                                   backend.empty((rows, self.T.shape[1]), dtype),
+                                   self.net.new_workspace(rows))
+        return self._buffers[rows]
+
     def _step_ops(self, rows: int) -> None:
         """The launches of one step, reading the batch start from device memory."""
-        backend, net, trainer = self.backend, self.net, self.trainer
-        buffers = trainer.step_buffers(rows, self.X, self.T)
-        xb, tb = buffers.x, buffers.t
+        backend, net = self.backend, self.net
+        xb, tb, workspace = self._step_buffers(rows)
         # One launch gathers both halves of the batch and moves the step state on (batch
         # start, dropout counter base, optimizer step count): the kernels after it read the
         # advanced state, so the dropout counters are offsets from the next step's base
         # (step=-1) and the optimizer reads the count of the step it makes, as before.
         backend.gather_batch_at(self.X, self.T, self.perm, self.start, xb, tb, net.n_layers,
                                 self.blocks_done)
-        if trainer.alpha:  # the batch's L2 term, from the weights it starts with (as eager)
-            scale = 0.5 * trainer.alpha / rows
+        if self.alpha:  # the batch's L2 term, from the weights it starts with (as eager)
+            scale = 0.5 * self.alpha / rows
             for weights in net.weights:
                 backend.add_l2_loss(weights, scale, self.state.loss)
         # The weight gradients run beside the backward chain, joined before the update.
         with capture_paths.weight_grads_beside(self.stream, self.side):
-            net.loss_and_gradients(xb, tb, buffers.workspace, decay=trainer.alpha / rows,
-                                   dropout=trainer.dropout, seed=trainer.dropout_seed,
-                                   step=-1)
-        trainer.optimizer.step(net.params, net.grads)
+            net.loss_and_gradients(xb, tb, workspace, decay=self.alpha / rows,
+                                   dropout=self.dropout, seed=self.dropout_seed, step=-1)
+        self.optimizer.step(net.params, net.grads)
 
     def _warm_up(self) -> None:
-        """Run each step shape once eagerly (loads every kernel, makes every buffer), then
-        restore the parameters and optimizer state it changed (on the runner's stream)."""
-        saved = self._snapshot()
-        try:
-            self._set_device_state(0)
-            with self.backend.recording(self.state, self.loss_full):
-                for rows in sorted({self.batch, self.rest} - {0}):
-                    self._step_ops(rows)
-        finally:
-            self._restore(saved)
+        """Run each step shape once eagerly (loads every kernel, makes every buffer, chooses
+        each GEMM's route) on the twins, whose values are scratch until the next epoch."""
+        self._set_device_state(0)
+        with self.backend.recording(self.state, self.loss_full):
+            for rows in sorted({self.batch, self.rest} - {0}):
+                self._step_ops(rows)
+        self.loss_full.fill(0)
 
     def _capture(self, rows: int, steps: int, loss_acc: Any) -> Any:
-        saved_t = getattr(self.trainer.optimizer, "t", None)
-        try:
-            with self.backend.recording(self.state, loss_acc):
-                self.stream.begin_capture()
-                try:
-                    for _ in range(steps):
-                        self._step_ops(rows)
-                finally:
-                    graph = self.stream.end_capture()
-        finally:
-            if saved_t is not None:  # capture is not a step: the host count stays
-                self.trainer.optimizer.t = saved_t
+        with self.backend.recording(self.state, loss_acc):
+            self.stream.begin_capture()
+            try:
+                for _ in range(steps):
+                    self._step_ops(rows)
+            finally:
+                graph = self.stream.end_capture()
         graph.upload(self.stream)
         return graph
-
-    def _snapshot(self) -> tuple[list[tuple[Any, Any]], int | None]:
-        optimizer = self.trainer.optimizer
-        buffers = [self.net.params] + [getattr(optimizer, name) for name in ("m", "v", "velocity")
-                                       if hasattr(optimizer, name)]
-        return [(buffer, buffer.copy()) for buffer in buffers], getattr(optimizer, "t", None)
-
-    def _restore(self, saved: tuple[list[tuple[Any, Any]], int | None]) -> None:
-        copies, t = saved
-        for buffer, copy in copies:
-            buffer[...] = copy
-        if t is not None:
-            self.trainer.optimizer.t = t
-        self.loss_full.fill(0)
-        self.loss_rest.fill(0)
 
     # ------------------------------------------------------------------------------ replay
     def _set_device_state(self, start: int) -> None:
@@ -215,8 +254,10 @@ class GraphStepRunner:
             self.trainer.optimizer.t += steps
 
     def run_epoch(self, order: Any) -> float:
-        """Train one epoch over the rows in ``order``; returns the mean loss (one sync)."""
+        """Train the bound trainer's model one epoch over the rows in ``order``; returns the
+        mean loss (one sync)."""
         with self.on_stream():
+            self._take_model()
             self.perm.set(np.ascontiguousarray(order, dtype=np.int64))
             self._set_device_state(0)
             self.loss_full.fill(0)
@@ -228,20 +269,24 @@ class GraphStepRunner:
                 self.graph_one.launch(self.stream)
             if self.graph_rest is not None:
                 self.graph_rest.launch(self.stream)
+            self._give_model()
             total = self.loss_full * self.batch + self.loss_rest * self.rest
             loss = float(total) / self.n  # the epoch's one synchronisation
         self._advance_host(self.full_steps + (1 if self.rest else 0))
         return loss
 
     def run_steps(self, steps: int) -> None:
-        """Replay ``steps`` full-batch steps from the first row (no sync; for benchmarks).
+        """Replay ``steps`` full-batch steps from the first row on the bound trainer's model
+        (no sync; for benchmarks).
 
         The caller's current stream is ordered after the replays, so events recorded on it
         time them."""
         if steps > self.full_steps:
             raise ValueError(f"steps={steps} exceeds the {self.full_steps} full batches")
         with self.on_stream():
+            self._take_model()
             self._replay_steps(steps)
+            self._give_model()
         self._advance_host(steps)
 
     def synchronize(self) -> None:
@@ -263,47 +308,39 @@ class GraphStepRunner:
         """Whether a replayed full-batch step beats the same step launched eagerly.
 
         Measured once per step shape and process (:data:`gpumlp.graph_auto.VERDICTS`) over
-        a few steps of each way; the parameters, optimizer state and step counts are restored
-        afterwards, so training is as if nothing had been measured.
+        a few steps of each way, on the twins: the trainer's model and step counts are not
+        touched, so training is as if nothing had been measured.
         """
         from . import graph_auto
 
-        trainer = self.trainer
-        key = graph_auto.step_shape(self.net, self.batch, trainer.dropout, trainer.alpha,
+        key = graph_auto.step_shape(self.net, self.batch, self.dropout, self.alpha,
                                     self.cupy.cuda.runtime.getDevice())
         verdict = graph_auto.VERDICTS.get(key)
         if verdict is not None:
             return verdict
         steps = min(graph_auto.MEASURE_STEPS, self.full_steps)
-        step_count = trainer.step_count
         with self.on_stream():
-            saved = self._snapshot()
-            try:
-                self.perm.set(np.arange(self.n, dtype=np.int64))
-                verdict = graph_auto.VERDICTS.measure(key, self._eager_steps,
-                                                      self._replay_steps,
-                                                      self.stream.synchronize, steps)
-            finally:
-                self._restore(saved)
-                trainer.step_count = step_count
+            self.perm.set(np.arange(self.n, dtype=np.int64))
+            verdict = graph_auto.VERDICTS.measure(key, self._eager_steps, self._replay_steps,
+                                                  self.stream.synchronize, steps)
+            self.loss_full.fill(0)
         return verdict
 
     def _eager_steps(self, steps: int) -> None:
         """``steps`` full-batch steps launched one kernel at a time, as the trainer's eager
-        loop launches them."""
-        backend, net, trainer = self.backend, self.net, self.trainer
-        buffers = trainer.step_buffers(self.batch, self.X, self.T)
+        loop launches them (on the twins)."""
+        backend, net = self.backend, self.net
+        xb, tb, workspace = self._step_buffers(self.batch)
         for i in range(steps):
             index = self.perm[i * self.batch:(i + 1) * self.batch]
-            backend.gather_rows(self.X, index, buffers.x)
-            backend.gather_rows(self.T, index, buffers.t)
-            net.loss_and_gradients(buffers.x, buffers.t, buffers.workspace,
-                                   decay=trainer.alpha / self.batch, dropout=trainer.dropout,
-                                   seed=trainer.dropout_seed, step=trainer.step_count + i)
-            trainer.optimizer.step(net.params, net.grads)
+            backend.gather_rows(self.X, index, xb)
+            backend.gather_rows(self.T, index, tb)
+            net.loss_and_gradients(xb, tb, workspace, decay=self.alpha / self.batch,
+                                   dropout=self.dropout, seed=self.dropout_seed, step=i)
+            self.optimizer.step(net.params, net.grads)
 
     def _replay_steps(self, steps: int) -> None:
-        """``steps`` full-batch steps replayed (no host counters moved)."""
+        """``steps`` full-batch steps replayed on the twins (no host counters moved)."""
         self._set_device_state(0)
         many, one = divmod(steps, self.steps_per_graph)
         for _ in range(many):

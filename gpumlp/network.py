@@ -138,6 +138,19 @@ class Network:
         self.weights, self.biases = self._views(self.params)
         self.weight_grads, self.bias_grads = self._views(self.grads)
 
+    def copy(self) -> "Network":
+        """A network of the same structure and parameters with buffers of its own (fresh
+        gradients); training either leaves the other as it was."""
+        twin = Network.__new__(Network)
+        twin.__setstate__(self.__getstate__())  # copies the parameters into an owned buffer
+        return twin
+
+    def structure(self) -> tuple:
+        """What the kernels of a step depend on besides the values: sizes, activations,
+        loss, output activation, dtype and precision (hashable)."""
+        return (tuple(self.sizes), tuple(self.hidden_activations), self.loss.operation,
+                self.output_activation, self.dtype.str, self.precision)
+
     # ------------------------------------------------------------------------- parameters
     @property
     def n_layers(self) -> int:

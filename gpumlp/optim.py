@@ -7,6 +7,7 @@ scikit-learn's ``SGDOptimizer`` and ``AdamOptimizer`` so the estimators behave a
 
 from __future__ import annotations
 
+import copy as _copy
 import math
 from typing import Any
 
@@ -76,7 +77,7 @@ class Optimizer:
     def __setstate__(self, state: dict) -> None:
         # State buffers may come back as read-only memory maps (joblib): train on owned copies.
         self.__dict__.update(state)
-        for name in ("velocity", "m", "v"):
+        for name in type(self).STATE_BUFFERS:
             if name in state:
                 buffer = self.backend.empty(state[name].shape, state[name].dtype)
                 buffer[...] = state[name]
@@ -85,6 +86,28 @@ class Optimizer:
     def on_plateau(self) -> bool:
         """React to a plateau; return True when training should stop."""
         return self.schedule.on_plateau()
+
+    #: The names of the state buffers (laid out like the parameters).
+    STATE_BUFFERS: tuple[str, ...] = ()
+
+    def state_buffers(self) -> dict[str, Any]:
+        """The state buffers by name (what a captured step updates besides the weights)."""
+        return {name: getattr(self, name) for name in self.STATE_BUFFERS}
+
+    def constants(self) -> tuple:
+        """The update's constants besides the step size and step count (hashable)."""
+        return ()
+
+    def copy(self) -> "Optimizer":
+        """The same optimizer (settings, schedule, step count) with state buffers of its
+        own, holding copies of this one's."""
+        twin = _copy.copy(self)
+        twin.schedule = _copy.copy(self.schedule)
+        for name, buffer in self.state_buffers().items():
+            own = self.backend.empty(buffer.shape, buffer.dtype)
+            own[...] = buffer
+            setattr(twin, name, own)
+        return twin
 
 
 class SGD(Optimizer):
@@ -104,6 +127,11 @@ class SGD(Optimizer):
         self.nesterov = nesterov
         self.velocity = backend.zeros(params.shape, params.dtype)
 
+    STATE_BUFFERS = ("velocity",)
+
+    def constants(self) -> tuple:
+        return (float(self.momentum), bool(self.nesterov))
+
     def step(self, params: Any, grads: Any) -> None:
         self.backend.sgd_step(params, grads, self.velocity, self.learning_rate,
                               self.momentum, self.nesterov)
@@ -122,6 +150,11 @@ class Adam(Optimizer):
         self.t = 0
         self.m = backend.zeros(params.shape, params.dtype)
         self.v = backend.zeros(params.shape, params.dtype)
+
+    STATE_BUFFERS = ("m", "v")
+
+    def constants(self) -> tuple:
+        return (float(self.beta_1), float(self.beta_2), float(self.epsilon))
 
     def step(self, params: Any, grads: Any) -> None:
         self.t += 1

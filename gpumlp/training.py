@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import graph_pool
 from .graph import GRAPH_MODES, GraphStepRunner, graph_unavailable_reason
 from .network import Network, Workspace
 from .validation import is_sparse
@@ -151,8 +152,9 @@ class Trainer:
         batch and work buffers are released at the end (see :meth:`release`).
         """
         try:
-            for _ in range(epochs):
-                if not self.run_epoch(X, T, sample_weight):
+            for epoch in range(epochs):
+                # X and T stay as they are during a fit: the graphs' copy is made once.
+                if not self._run_epoch(X, T, sample_weight, new_data=epoch == 0):
                     break
             else:
                 self.history.stop_reason = self.history.stop_reason or "max_iter"
@@ -163,8 +165,15 @@ class Trainer:
         return self.history
 
     def release(self) -> None:
-        """Free the batch and work buffers (and captured graphs); the next step remakes them."""
+        """Free the batch and work buffers; the captured graphs go to
+        :data:`gpumlp.graph_pool.IDLE` for the next fit of the same step."""
         self._step_buffers.clear()
+        self._drop_runner(keep=True)
+
+    def _drop_runner(self, keep: bool) -> None:
+        """Stop using the current runner; ``keep`` it idle for a later fit, or free it."""
+        if self._graph_runner is not None and keep:
+            graph_pool.IDLE.keep(self._graph_runner[1])
         self._graph_runner = None
 
     def __getstate__(self) -> dict:
@@ -191,9 +200,14 @@ class Trainer:
         each batch's loss and gradients are weighted means, as in scikit-learn; a batch
         whose weights are all zero is skipped.
         """
+        return self._run_epoch(X, T, sample_weight, new_data=True)
+
+    def _run_epoch(self, X: Any, T: Any, sample_weight: Any, new_data: bool) -> bool:
+        """:meth:`run_epoch`; ``new_data=False`` promises ``X`` and ``T`` are the arrays of
+        the previous epoch, unchanged (the captured graphs' copy of them is then current)."""
         history = self.history
         n = X.shape[0]
-        loss = self._train_one_epoch(X, T, sample_weight)
+        loss = self._train_one_epoch(X, T, sample_weight, new_data)
         # The epoch's last update can overflow even when every loss it saw was finite.
         if not math.isfinite(loss) or not bool(self.network.backend.xp.isfinite(
                 self.network.params).all()):
@@ -228,17 +242,18 @@ class Trainer:
             self._no_improvement = 0
         return True
 
-    def _train_one_epoch(self, X: Any, T: Any, sample_weight: Any = None) -> float:
+    def _train_one_epoch(self, X: Any, T: Any, sample_weight: Any, new_data: bool) -> float:
         eager_only = sample_weight is not None or is_sparse(X)
-        runner = None if eager_only else self._graph_runner_for(X, T)
+        runner = None if eager_only else self._graph_runner_for(X, T, new_data)
         if runner is not None:
             n = len(X)
             # The captured step adds each batch's L2 term itself, as the eager loop does.
             return runner.run_epoch(self.rng.permutation(n) if self.shuffle else np.arange(n))
         return self._train_one_epoch_eagerly(X, T, sample_weight)
 
-    def _graph_runner_for(self, X: Any, T: Any) -> GraphStepRunner | None:
-        """The captured-step runner for this data and these settings, if graphs apply."""
+    def _graph_runner_for(self, X: Any, T: Any, new_data: bool) -> GraphStepRunner | None:
+        """The captured-step runner for this data and these settings, if graphs apply: the
+        current one, an idle one of the same step (a refit), or a new capture."""
         if self.cuda_graph == "off":
             return None
         reason = graph_unavailable_reason(self.network)
@@ -247,27 +262,34 @@ class Trainer:
                 raise ValueError(f"cuda_graph='on' cannot be honoured: {reason}")
             return None
         if self.cuda_graph == "auto" and GraphStepRunner.known_slower_than_eager(self, len(X)):
-            self._graph_runner = None
+            self._drop_runner(keep=True)
             return None  # measured before for this step shape: eager launches are faster
-        # Shapes, not arrays: new data of the same shape (partial_fit's next chunk) is copied
-        # into the captured buffers instead of being captured again.
-        key = (X.shape, X.dtype.str, T.shape, T.dtype.str, self.batch_size, self.alpha,
-               self.dropout)
-        if self._graph_runner is None or self._graph_runner[0] != key:
-            try:
-                self._graph_runner = (key, GraphStepRunner(self, X, T))
-            except Exception as exc:  # a capture the driver refuses: run eagerly instead
-                if self.cuda_graph == "on":
-                    raise
-                warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); "
-                              "training eagerly", RuntimeWarning, stacklevel=4)
-                self.cuda_graph = "off"
-                return None
-        else:
+        # Shapes and settings, not arrays: new data of the same shape (partial_fit's next
+        # chunk, a refit) is copied into the captured buffers instead of being captured again.
+        key = GraphStepRunner.key_for(self, X, T)
+        if self._graph_runner is not None and self._graph_runner[0] != key:
+            self._drop_runner(keep=True)  # another step shape: it may come back
+        if self._graph_runner is None:
+            runner = graph_pool.IDLE.take(key)
+            if runner is not None:
+                runner.bind(self)
+                runner.load(X, T)
+            else:
+                try:
+                    runner = GraphStepRunner(self, X, T)
+                except Exception as exc:  # a capture the driver refuses: run eagerly instead
+                    if self.cuda_graph == "on":
+                        raise
+                    warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); "
+                                  "training eagerly", RuntimeWarning, stacklevel=5)
+                    self.cuda_graph = "off"
+                    return None
+            self._graph_runner = (key, runner)
+        elif new_data:
             self._graph_runner[1].load(X, T)
         runner = self._graph_runner[1]
         if self.cuda_graph == "auto" and not runner.faster_than_eager():
-            self._graph_runner = None  # unused: free its buffers and graphs
+            self._drop_runner(keep=False)  # unused: free its buffers and graphs
             return None  # measured for this step shape: eager launches are faster
         return runner
 

@@ -99,10 +99,11 @@ def host():
 def emulated_gpu(host, monkeypatch):
     """``(cupy, emulated)``: CuPy replaced by ``tests/kernels/emulated_cupy.py`` (kernels run
     on the CPU harness, streams, captures and the memory pool checked), and its module."""
-    from gpumlp import kernels
+    from gpumlp import graph_pool, kernels
 
     emulated = load_support("emulated_cupy")
     module, get_kernel = emulated.make_cupy(host)
+    monkeypatch.setattr(graph_pool, "IDLE", graph_pool.IdleRunners())  # none from other tests
     monkeypatch.setitem(sys.modules, "cupy", module)
     monkeypatch.setattr(kernels, "get_kernel", get_kernel)
     monkeypatch.setattr(kernels, "load_module", lambda source: None)

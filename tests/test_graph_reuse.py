@@ -126,9 +126,10 @@ def test_measured_verdict_is_kept_per_step_shape(cp):
     X, T = chunks(1, rows=64)[0]
     trainer.run_epoch(cp.asarray(X), cp.asarray(T))
     runner = trainer._graph_runner[1]
-    before = (runner.net.get_flat_params(), trainer.step_count, trainer.optimizer.t)
+    model = trainer.network
+    before = (model.get_flat_params(), trainer.step_count, trainer.optimizer.t)
     verdict = runner.faster_than_eager()
-    after = (runner.net.get_flat_params(), trainer.step_count, trainer.optimizer.t)
+    after = (model.get_flat_params(), trainer.step_count, trainer.optimizer.t)
     np.testing.assert_array_equal(before[0], after[0])
     assert before[1:] == after[1:]
     key = graph_auto.step_shape(runner.net, runner.batch, trainer.dropout, trainer.alpha, 0)
