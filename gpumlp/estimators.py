@@ -403,11 +403,12 @@ class BaseMLP(ParamsMixin):
         backend = net.backend
         X = as_array_input(X)
         on_host = not backend.owns(X) or backend.name == "numpy"
+        given = X
         X = check_X(X, backend, net.dtype, self.n_features_in_, owner=type(self).__name__)
-        if not is_sparse(X):
-            return net.predict_output(X), on_host
+        if not is_sparse(X):  # a copy (host data, another dtype) is new every call: no graph
+            return net.predict_output(X, reuse=X is given), on_host
         parts = [net.predict_output(dense_rows(X[start:start + _SPARSE_CHUNK], backend,
-                                               net.dtype))
+                                               net.dtype), reuse=False)
                  for start in range(0, X.shape[0], _SPARSE_CHUNK)]
         return backend.xp.concatenate(parts), on_host
 

@@ -142,17 +142,9 @@ class GraphStepRunner:
         """Serve ``trainer`` from now on (its step must have this runner's key)."""
         self.trainer = trainer
 
-    @contextlib.contextmanager
-    def on_stream(self) -> Iterator[Any]:
-        """Make the runner's stream current, ordered after the caller's stream's queued work
-        and before the caller's later work (one event each way)."""
-        caller = self.cupy.cuda.get_current_stream()
-        self.stream.wait_event(caller.record())
-        try:
-            with self.stream:
-                yield self.stream
-        finally:
-            caller.wait_event(self.stream.record())
+    def on_stream(self) -> contextlib.AbstractContextManager:
+        """Make the runner's stream current, joined to the caller's (:func:`joined`)."""
+        return joined(self.cupy, self.stream)
 
     # -------------------------------------------------------------------------------- data
     def load(self, X: Any, T: Any) -> None:
@@ -347,6 +339,19 @@ class GraphStepRunner:
             self.graph_many.launch(self.stream)
         for _ in range(one):
             self.graph_one.launch(self.stream)
+
+
+@contextlib.contextmanager
+def joined(cupy: Any, stream: Any) -> Iterator[Any]:
+    """Make ``stream`` current, ordered after the caller's current stream's queued work and
+    before the caller's later work (one event each way)."""
+    caller = cupy.cuda.get_current_stream()
+    stream.wait_event(caller.record())
+    try:
+        with stream:
+            yield stream
+    finally:
+        caller.wait_event(stream.record())
 
 
 def data_key(X: Any, T: Any) -> tuple:

@@ -28,6 +28,7 @@ import numpy as np
 from . import activations
 from .backends import Backend, get_backend
 from .dropout import Dropout
+from .forward_graph import ForwardGraphs
 from .init import init_layer
 from .losses import get_loss
 from .precision import check_precision
@@ -119,13 +120,15 @@ class Network:
         self.grads = self.backend.zeros(size, self.dtype)
         self.weights, self.biases = self._views(self.params)
         self.weight_grads, self.bias_grads = self._views(self.grads)
+        self._forward_graphs = ForwardGraphs()
         self.initialize(seed)
 
     def __getstate__(self) -> dict:
         # Views would be pickled as copies and gradients are scratch: keep the parameters only.
         state = self.__dict__.copy()
-        for name in ("grads", "weights", "biases", "weight_grads", "bias_grads"):
-            del state[name]
+        for name in ("grads", "weights", "biases", "weight_grads", "bias_grads",
+                     "_forward_graphs"):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -137,6 +140,7 @@ class Network:
         self.grads = self.backend.zeros(params.shape, self.dtype)
         self.weights, self.biases = self._views(self.params)
         self.weight_grads, self.bias_grads = self._views(self.grads)
+        self._forward_graphs = ForwardGraphs()
 
     def copy(self) -> "Network":
         """A network of the same structure and parameters with buffers of its own (fresh
@@ -255,9 +259,18 @@ class Network:
         """The dropout of ``layer`` at ``step``: a fresh mask per step and layer."""
         return Dropout(keep=1.0 - rate, seed=seed, counter=step * self.n_layers + layer)
 
-    def predict_output(self, x: Any, chunk: int = 4096) -> Any:
-        """Network output (probabilities for classifiers) for ``x``, on this backend."""
+    def predict_output(self, x: Any, chunk: int = 4096, reuse: bool = True) -> Any:
+        """Network output (probabilities for classifiers) for ``x``, on this backend.
+
+        On the CuPy backend a call repeated on the same device array replays a captured
+        forward (:mod:`gpumlp.forward_graph`); ``reuse=False`` says ``x`` is a temporary
+        (a copy of host data) that will not be seen again."""
+        given = x
         x = self.backend.asarray(x, self.dtype)
+        if reuse and x is given:  # a copy made here is new every call: never worth capturing
+            replayed = self._forward_graphs.output(self, x, chunk, self._output_activation)
+            if replayed is not None:
+                return replayed
         n = x.shape[0]
         out = self.backend.empty((n, self.sizes[-1]), self.dtype)
         workspace = self.new_workspace(max(1, min(n, chunk)))  # this call's own buffers

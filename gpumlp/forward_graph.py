@@ -1,0 +1,146 @@
+"""Inference replayed from a captured forward pass (CuPy backend).
+
+``predict_output`` runs a network over ``x`` in chunks: per chunk one launch per layer and
+one for the output activation, so a 3-layer network over 60,000 rows in chunks of 4,096 makes
+60 launches, each a few microseconds of host time the device may wait on.  The same call
+repeated on the same device array — a validation set scored after every epoch, a test set
+scored after each refit, a serving buffer refilled between calls — can instead replay one
+CUDA graph of all those launches.
+
+A graph holds raw addresses, so it serves one input array — which it keeps alive, so that
+its address names no other array — and writes an output buffer of its own, copied into a
+fresh result each call.  Because a capture costs more than the launches it saves once, an
+input is captured the second time it is predicted on, and each network keeps at most
+:data:`KEPT_GRAPHS` graphs (and so at most that many inputs alive).  Device copies made from
+host inputs are new arrays every call and are never captured (``reuse=False``).
+Replays run exactly the kernels of the eager pass (same routes, same order), so their
+outputs equal it.
+
+Only what can be captured is: the fused kernels and the softmax kernel (a sigmoid output is
+computed by CuPy element-wise code that allocates, so those networks predict eagerly).  A
+network's graphs are used by one thread at a time; a concurrent call runs eagerly rather
+than wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable
+
+from .backends import cublas_direct
+from .graph import graph_unavailable_reason, joined
+
+#: Captured forwards kept per network (each holds an output buffer and chunk buffers).
+KEPT_GRAPHS = 2
+#: Inputs remembered as seen once, per network (the next call on one captures it).
+REMEMBERED_INPUTS = 8
+
+
+class CapturedForward:
+    """One network's forward over one device array ``x`` in chunks of ``chunk`` rows,
+    captured as a CUDA graph into an output buffer of its own."""
+
+    def __init__(self, network: Any, x: Any, chunk: int,
+                 output_activation: Callable[[Any, Any], None]):
+        backend = network.backend
+        cupy = backend.xp
+        self.cupy = cupy
+        self.input = x  # kept alive: the graph reads its address
+        self.out = backend.empty((x.shape[0], network.sizes[-1]), network.dtype)
+        self.workspace = network.new_workspace(min(x.shape[0], chunk))
+        self.state = backend.new_step_state(network.dtype)  # owns split-K scratch
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+
+        def forward() -> None:
+            for start in range(0, x.shape[0], chunk):
+                rows = x[start:start + chunk]
+                logits = network.forward(rows, self.workspace.rows(rows.shape[0]))
+                output_activation(logits, self.out[start:start + rows.shape[0]])
+
+        with joined(cupy, self.stream), backend.recording(self.state, None):
+            forward()  # warm-up: loads the kernels and chooses each GEMM's route
+            self.stream.begin_capture()
+            try:
+                forward()
+            finally:
+                self.graph = self.stream.end_capture()
+            self.graph.upload(self.stream)
+
+    def run(self, result: Any) -> Any:
+        """Replay into :attr:`out` and copy it to ``result`` (made by the caller on its
+        stream), ordered with the caller's stream both ways."""
+        with joined(self.cupy, self.stream):
+            self.graph.launch(self.stream)
+            result[...] = self.out
+        return result
+
+
+def input_key(x: Any, chunk: int) -> tuple:
+    """What a captured forward fixes about its input (a network's arrays are all on one
+    device, so the address names the memory)."""
+    return (cublas_direct.pointer(x), tuple(x.shape), tuple(x.strides), x.dtype.str, int(chunk))
+
+
+class ForwardGraphs:
+    """A network's captured forwards, by input (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._graphs: OrderedDict[tuple, CapturedForward | None] = OrderedDict()
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
+
+    def output(self, network: Any, x: Any, chunk: int,
+               output_activation: Callable[[Any, Any], None]) -> Any | None:
+        """``network``'s output for device array ``x`` from a replay, or ``None`` where the
+        caller should run the forward eagerly (first sight of ``x``, no graphs, a sigmoid
+        output, another thread replaying)."""
+        if not capturable(network, x):
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            key = input_key(x, chunk)
+            if key not in self._graphs:
+                if key not in self._seen:
+                    _remember(self._seen, key, REMEMBERED_INPUTS)
+                    return None
+                _remember(self._graphs, key, KEPT_GRAPHS,
+                          _capture(network, x, chunk, output_activation))
+            graph = self._graphs[key]
+            self._graphs.move_to_end(key)
+            if graph is None:  # its capture failed once: eager from now on
+                return None
+            return graph.run(network.backend.empty(graph.out.shape, graph.out.dtype))
+        finally:
+            self._lock.release()
+
+    def __len__(self) -> int:
+        return sum(graph is not None for graph in self._graphs.values())
+
+
+def capturable(network: Any, x: Any) -> bool:
+    """Whether ``network``'s forward over ``x`` can be captured: a CuPy network with the
+    fused kernels, a device array of its dtype, an output activation with a kernel."""
+    backend = network.backend
+    return (graph_unavailable_reason(network) is None and backend.owns(x)
+            and x.dtype == network.dtype and x.ndim == 2 and x.shape[0] > 0
+            and (not network.loss.from_logits or network.output_activation == "softmax"))
+
+
+def _capture(network: Any, x: Any, chunk: int,
+             output_activation: Callable[[Any, Any], None]) -> CapturedForward | None:
+    try:
+        return CapturedForward(network, x, chunk, output_activation)
+    except Exception as exc:  # a capture the driver refuses: this input predicts eagerly
+        warnings.warn(f"predict: CUDA graph capture failed ({type(exc).__name__}: {exc}); "
+                      "running the forward eagerly", RuntimeWarning, stacklevel=4)
+        return None
+
+
+def _remember(table: OrderedDict, key: tuple, limit: int, value: Any = None) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)
