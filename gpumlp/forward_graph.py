@@ -13,8 +13,10 @@ fresh result each call.  Because a capture costs more than the launches it saves
 input is captured the second time it is predicted on, and each network keeps at most
 :data:`KEPT_GRAPHS` graphs (and so at most that many inputs alive).  Device copies made from
 host inputs are new arrays every call and are never captured (``reuse=False``).
-Replays run exactly the kernels of the eager pass (same routes, same order), so their
-outputs equal it.
+Replays run the eager pass's kernels in its order; each GEMM takes the route measured faster
+for captured steps (:mod:`gpumlp.backends.capture_paths`: our fused GEMM, or cuBLAS called
+directly), which may differ from the eager choice, so outputs agree to float rounding (and
+are identical where both take the fused kernels).
 
 Only what can be captured is: the fused kernels and the softmax kernel (a sigmoid output is
 computed by CuPy element-wise code that allocates, so those networks predict eagerly).  A

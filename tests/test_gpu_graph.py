@@ -93,3 +93,47 @@ def test_classifier_uses_graphs_and_learns():
     assert clf._trainer_._graph_runner is not None
     assert clf.score(X, y) > 0.9
     assert np.all(np.isfinite(clf.loss_curve_)) and clf.loss_curve_[-1] < clf.loss_curve_[0]
+
+
+def test_a_refit_replays_the_idle_graphs_and_equals_eager():
+    import cupy as cp
+
+    from gpumlp import MLPClassifier, graph_pool
+    from gpumlp.graph import GraphStepRunner
+
+    graph_pool.clear()
+    X, T = data(cp)
+    y = T.argmax(axis=1).get()
+
+    def fit(mode, X):
+        clf = MLPClassifier((64,), max_iter=3, batch_size=64, alpha=1e-4, random_state=0,
+                            backend="cupy", cuda_graph=mode)
+        with pytest.warns(Warning, match="max_iter"):
+            return clf.fit(X, y)
+
+    fit("on", X)
+    built = []
+    init = GraphStepRunner.__init__
+    GraphStepRunner.__init__ = lambda self, *a, **k: built.append(1) or init(self, *a, **k)
+    try:
+        X2 = X[::-1].copy()  # new data of the same shape
+        refit, eager = fit("on", X2), fit("off", X2)
+    finally:
+        GraphStepRunner.__init__ = init
+    assert built == []  # the first fit's runner served the refit
+    np.testing.assert_allclose(refit.network_.get_flat_params(),
+                               eager.network_.get_flat_params(), rtol=1e-4, atol=1e-5)
+    graph_pool.clear()
+
+
+def test_a_repeated_prediction_replays_and_equals_eager():
+    import cupy as cp
+
+    X, _ = data(cp, n=10000)
+    net = Network([40, 64, 32, 5], activation="relu", backend="cupy", seed=0)
+    eager = net.predict_output(X).get()
+    replayed = net.predict_output(X)  # second sight: captured and replayed
+    assert len(net._forward_graphs) == 1
+    # The captured GEMMs may take another route than the eager ones (fused or cuBLAS).
+    np.testing.assert_allclose(replayed.get(), eager, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(net.predict_output(X).get(), replayed.get())
