@@ -8,7 +8,8 @@ to run during capture; each GEMM takes the route measured faster in the warm-up,
 backward, optimizer update — is captured once per batch size and replayed.  Each layer's
 weight-gradient GEMM is captured on a second stream forked from the runner's, so in the graph
 it is a branch parallel to the backward chain (joined before the update), and only the first
-layer's weight gradient lies on the step's critical path.
+layer's weight gradient lies on the step's critical path.  The batch's L2 term (one kernel
+over every layer's weights) heads that branch, off the critical path too.
 
 What changes from step to step lives in device memory: the batch's first row, the dropout
 counter and the optimizer's step count (moved on inside the graph by the ``gather_batch``
@@ -201,12 +202,13 @@ class GraphStepRunner:
         # (step=-1) and the optimizer reads the count of the step it makes, as before.
         backend.gather_batch_at(self.X, self.T, self.perm, self.start, xb, tb, net.n_layers,
                                 self.blocks_done)
-        if self.alpha:  # the batch's L2 term, from the weights it starts with (as eager)
-            scale = 0.5 * self.alpha / rows
-            for weights in net.weights:
-                backend.add_l2_loss(weights, scale, self.state.loss)
-        # The weight gradients run beside the backward chain, joined before the update.
+        # The weight gradients run beside the backward chain, joined before the update; so
+        # does the batch's L2 term (one launch over every layer's weights, from the weights
+        # the batch starts with, as eager), forked just after the gather.
         with capture_paths.weight_grads_beside(self.stream, self.side):
+            if self.alpha:
+                capture_paths.beside(backend, lambda: backend.add_weights_l2_loss(
+                    net.params, net.weight_spans(), 0.5 * self.alpha / rows, self.state.loss))
             net.loss_and_gradients(xb, tb, workspace, decay=self.alpha / rows,
                                    dropout=self.dropout, seed=self.dropout_seed, step=-1)
         self.optimizer.step(net.params, net.grads)

@@ -102,6 +102,9 @@ class KernelSpec:
     acts: tuple[int, ...] = ()
     #: GEMM tiles instantiated (for float32; float64 has tile 0 only): see :func:`gemm_tiles`.
     tiles: tuple[int, ...] = ()
+    #: Pointer parameters the kernel only ever updates by ``atomicAdd`` (never reads or
+    #: stores otherwise): launches that may run at the same time can share them.
+    atomic: tuple[str, ...] = ()
 
     def grid(self) -> list[dict[str, Any]]:
         """Every instantiation, as keyword arguments of :func:`name_expression`."""
@@ -112,8 +115,9 @@ class KernelSpec:
                 if "tile" not in c or c["tile"] in gemm_tiles(self.name, c["dtype"])]
 
 
-def _spec(name, source, template, signature, launch, acts=(), tiles=()):
-    return name, KernelSpec(name, source, template, tuple(signature), launch, acts, tiles)
+def _spec(name, source, template, signature, launch, acts=(), tiles=(), atomic=()):
+    return name, KernelSpec(name, source, template, tuple(signature), launch, acts, tiles,
+                            atomic)
 
 
 KERNELS: dict[str, KernelSpec] = dict([
@@ -135,17 +139,18 @@ KERNELS: dict[str, KernelSpec] = dict([
           "flat4", DIFFERENTIABLE_ACTS),
     _spec("softmax_xent", "loss.cu", ("dtype",),
           ("T* h", "T* loss_acc", "const T* z", "const T* t", "long long n", "long long k"),
-          "rows"),
+          "rows", atomic=("loss_acc",)),
     _spec("softmax_rows", "loss.cu", ("dtype",),
           ("T* out", "const T* z", "long long n", "long long k"), "rows"),
     _spec("sigmoid_bce", "loss.cu", ("dtype",),
           ("T* h", "T* loss_acc", "const T* z", "const T* t", "long long n", "long long k"),
-          "flat4"),
+          "flat4", atomic=("loss_acc",)),
     _spec("squared_error", "loss.cu", ("dtype",),
           ("T* h", "T* loss_acc", "const T* a", "const T* t", "long long n", "long long k"),
-          "flat4"),
-    _spec("add_l2_loss", "loss.cu", ("dtype",),
-          ("T* loss_acc", "const T* w", "long long size", "T scale"), "flat4"),
+          "flat4", atomic=("loss_acc",)),
+    _spec("add_weights_l2_loss", "loss.cu", ("dtype",),
+          ("T* loss_acc", "const T* params", "const long long* spans", "long long n_layers",
+           "T scale"), "flat4", atomic=("loss_acc",)),
     _spec("adam_step", "optim.cu", ("dtype",),
           ("T* params", "T* m", "T* v", "const T* grads", "long long size", "const T* lr",
            "const int* step", "double beta1", "double beta2", "double eps"), "flat"),

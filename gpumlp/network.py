@@ -216,6 +216,12 @@ class Network:
             spans += [(w0, d_in * d_out), (b0, d_out)]
         return spans
 
+    def weight_spans(self) -> tuple[tuple[int, int], ...]:
+        """``(offset, size)`` of each layer's weights in :attr:`params` (biases excluded),
+        as :meth:`Backend.add_weights_l2_loss <gpumlp.backends.base.Backend.add_weights_l2_loss>`
+        takes them."""
+        return tuple(self._spans()[::2])
+
     def l2_penalty(self) -> float:
         """``sum ||W_l||^2`` over all layers (biases excluded), as a host float."""
         xp = self.backend.xp

@@ -133,15 +133,23 @@ __global__ void squared_error(T* h, T* loss_acc, const T* a, const T* t, long lo
     if (threadIdx.x == 0 && threadIdx.y == 0) atomicAdd(loss_acc, total / T(2 * n));
 }
 
-// *loss_acc += scale * ||w||^2 over the size elements of w: the L2 term of a captured step,
-// summed from the weights the step starts with (scale = 0.5 * alpha / rows), so graph steps
-// report the same per-batch loss as eager ones.  Flat launch: block (256, 1, 1).
+// *loss_acc += scale * sum_l ||W_l||^2: the L2 term of a captured step over every layer's
+// weights in one launch, summed from the weights the step starts with (scale =
+// 0.5 * alpha / rows), so graph steps report the same per-batch loss as eager ones.  The
+// weights are views of the flat parameter buffer: spans holds (offset, size) of each of the
+// n_layers weight views in params, so the biases between them are skipped.  Flat launch over
+// the total number of weights: block (256, 1, 1); every layer is spread over the whole grid.
 template <typename T>
-__global__ void add_l2_loss(T* loss_acc, const T* w, long long size, T scale)
+__global__ void add_weights_l2_loss(T* loss_acc, const T* params, const long long* spans,
+                                    long long n_layers, T scale)
 {
     __shared__ T red[GPUMLP_BLOCK];
     T sum = T(0);
-    for (long long i = global_thread_id(); i < size; i += grid_threads()) sum += w[i] * w[i];
+    for (long long layer = 0; layer < n_layers; ++layer) {
+        const T* w = params + spans[2 * layer];
+        const long long size = spans[2 * layer + 1];
+        for (long long i = global_thread_id(); i < size; i += grid_threads()) sum += w[i] * w[i];
+    }
     const T total = block_sum(sum, red);
     if (threadIdx.x == 0 && threadIdx.y == 0) atomicAdd(loss_acc, scale * total);
 }

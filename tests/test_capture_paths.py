@@ -146,5 +146,5 @@ def test_relu_layers_without_dropout_are_whole_cublaslt_calls(cp, blas_api):
     assert names.count("cublasDgemm_v2") == 1 and names.count("bias_act") == 1  # output
     assert names.count("cublasLtMatmul[bgrada]") == 3
     assert "act_grad" not in names and not FUSED_GEMMS & set(names)
-    assert names.count("add_l2_loss") == 3  # alpha > 0: one L2 term per layer
-    assert len(names) == 15  # with the batch gather, the L2 terms, the loss and the optimizer
+    assert names.count("add_weights_l2_loss") == 1  # alpha > 0: one L2 term, every layer
+    assert len(names) == 13  # with the batch gather, the L2 term, the loss and the optimizer

@@ -38,27 +38,38 @@ def captured_step(cp, rows=64):
 
 @pytest.mark.kernels
 def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
-    # A 3-layer step: one gather of the batch (which also moves the step state on), the L2
-    # term of each of the 3 layers (alpha > 0), 3 forward GEMMs, the loss, 2 backward and 3
-    # weight-gradient GEMMs and the optimizer: 14 nodes.  The weight gradients form a branch
-    # beside the backward chain, so only the first layer's lies on the critical path:
-    # gather + L2 3 + forward 3 + loss + backward 2 + first weight gradient + Adam = 12.
+    # A 3-layer step: one gather of the batch (which also moves the step state on), one L2
+    # term over every layer's weights (alpha > 0), 3 forward GEMMs, the loss, 2 backward and
+    # 3 weight-gradient GEMMs and the optimizer: 12 nodes.  The L2 term and the weight
+    # gradients form a branch beside the forward and backward chain, so only the first
+    # layer's weight gradient lies on the critical path:
+    # gather + forward 3 + loss + backward 2 + first weight gradient + Adam = 9.
     runner = captured_step(cp)
     one = runner.graph_one
-    assert len(one.launches) == 14
-    assert one.critical_path() == 12
-    assert len(runner.graph_many.launches) == 14 * runner.steps_per_graph
-    assert runner.graph_many.critical_path() == 12 * runner.steps_per_graph
+    assert len(one.launches) == 12
+    assert one.critical_path() == 9
+    assert len(runner.graph_many.launches) == 12 * runner.steps_per_graph
+    assert runner.graph_many.critical_path() == 9 * runner.steps_per_graph
     names = [node[0].name for node in one.launches]
     deps = one.launches.deps
     for i, name in enumerate(names):
         if name == "gemm_weight_grads" and names[i + 1] == "gemm_backprop_act":
             assert i not in one.launches.ancestors(deps[i + 1])  # truly parallel
+    # The L2 term: one node, after the gather, parallel to the forward GEMMs and the loss
+    # (which adds into the same accumulator, atomically), before the optimizer.
+    assert names.count("add_weights_l2_loss") == 1
+    l2 = names.index("add_weights_l2_loss")
+    assert deps[l2] == frozenset({names.index("gather_batch")})
+    for i, name in enumerate(names):
+        if name in ("gemm_bias_act", "softmax_xent", "gemm_backprop_act"):
+            assert l2 not in one.launches.ancestors(frozenset({i}))
+            assert i not in one.launches.ancestors(frozenset({l2}))
+    assert l2 in one.launches.ancestors(frozenset({names.index("adam_step")}))
     # The same step captured on one stream is a chain: every node on the critical path.
     monkeypatch.setattr(capture_paths, "weight_grads_beside",
                         lambda main, side: contextlib.nullcontext())
     chain = captured_step(cp).graph_one
-    assert len(chain.launches) == 14 and chain.critical_path() == 14
+    assert len(chain.launches) == 12 and chain.critical_path() == 12
 
 
 @pytest.mark.kernels
@@ -170,3 +181,156 @@ def test_gather_batch_gathers_both_arrays_then_moves_the_step_on(host):
         np.testing.assert_array_equal(tb, T[perm[first:first + rows]])
         assert int(start) == first + rows and int(done) == 0
     assert int(base) == 36 and int(step) == 9
+
+
+# ------------------------------------------------------------------- the step's L2 term
+def l2_buffers(cp, dtype):
+    """A 12-16-8-3 network's flat parameters and weight spans (biases set to NaN: a kernel
+    that read one would show), with a NumPy copy."""
+    net = Network([12, 16, 8, 3], seed=3, dtype=dtype, backend="numpy")
+    for bias in net.biases:
+        bias[...] = np.nan
+    host = net.params.copy()
+    return cp.asarray(host), host, net.weight_spans()
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_l2_loss_adds_every_layers_squared_norm_once(cp, dtype):
+    from gpumlp.backends import get_backend
+    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.selftest import atomic_sum_tolerance
+
+    params, host, spans = l2_buffers(cp, dtype)
+    assert len(spans) == 3 and sum(size for _, size in spans) == 12 * 16 + 16 * 8 + 8 * 3
+    scale = 0.5 * 1e-3 / 16
+    acc = cp.asarray(np.array(0.25, dtype))
+    CupyBackend(gemm_path="fused").add_weights_l2_loss(params, spans, scale, acc)
+    want = get_backend("numpy").add_weights_l2_loss(host, spans, scale,
+                                                    np.array(0.25, dtype))
+    weights = np.concatenate([host[o:o + s] for o, s in spans]).astype(np.float64)
+    assert np.isfinite(want) and float(want) == pytest.approx(
+        0.25 + scale * float(weights @ weights), rel=1e-6 if dtype == np.float32 else 1e-14)
+    rel = atomic_sum_tolerance(dtype, "add_weights_l2_loss", (344,))
+    assert float(acc) == pytest.approx(float(want), rel=rel)
+
+
+def test_weights_l2_loss_refuses_spans_outside_the_parameters(cp):
+    from gpumlp.backends import get_backend
+    from gpumlp.backends.cupy_backend import CupyBackend
+
+    params, host, spans = l2_buffers(cp, np.float64)
+    for backend, p in ((CupyBackend(gemm_path="fused"), params),
+                       (get_backend("numpy"), host)):
+        acc = backend.zeros((), np.float64)
+        with pytest.raises(ValueError, match=r"add_weights_l2_loss: span \(offset=360, "
+                                             r"size=30\) does not lie inside the 371"):
+            backend.add_weights_l2_loss(p, [*spans, (360, 30)], 0.1, acc)
+        with pytest.raises(TypeError, match="spans must be a sequence of .offset, size."):
+            backend.add_weights_l2_loss(p, [(0.5, 3)], 0.1, acc)
+
+
+@pytest.mark.kernels
+def test_weights_l2_loss_table_is_made_before_a_capture(cp):
+    """The device span table is made outside capture (the warm-up); a capture that would
+    have to make it says so instead of allocating inside the graph."""
+    from gpumlp.backends import step_state
+    from gpumlp.backends.cupy_backend import CupyBackend
+
+    backend = CupyBackend(gemm_path="fused")
+    params, _, spans = l2_buffers(cp, np.float64)
+    state, acc = step_state.StepState(cp, np.float64), cp.zeros((), np.float64)
+    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()
+    with stream, backend.recording(state, acc):
+        stream.begin_capture()
+        with pytest.raises(RuntimeError, match="span table .* not made before the capture"):
+            backend.add_weights_l2_loss(params, spans, 0.1, acc)
+        stream.end_capture()
+        backend.add_weights_l2_loss(params, spans, 0.1, acc)  # the warm-up makes it
+        stream.begin_capture()
+        backend.add_weights_l2_loss(params, spans, 0.1, acc)
+        assert len(stream.end_capture().launches) == 1
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("captured", [False, True])
+def test_parallel_atomic_adds_into_one_accumulator_are_not_a_race(cp, captured):
+    """Two kernels that only atomicAdd into one accumulator may run at the same time on a
+    GPU (the L2 term beside the loss kernel): neither the stream-order check nor the graph's
+    branch check refuses them, and both sums arrive."""
+    params, host, spans = l2_buffers(cp, np.float64)
+    table = cp.asarray(np.asarray(spans, np.int64).reshape(-1))
+    acc = cp.zeros((), np.float64)
+    fn = kernels.get_kernel("add_weights_l2_loss", np.float64)
+    grid, block = kernels.launch_config("add_weights_l2_loss", 344)
+    main, side = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()
+    with main:
+        if captured:
+            main.begin_capture()
+        side.wait_event(main.record())
+        for stream, scale in ((side, 1.0), (main, 2.0)):
+            fn(grid, block, (acc, params, table, np.int64(3), np.float64(scale)),
+               stream=stream)
+        main.wait_event(side.record())
+        if captured:
+            graph = main.end_capture()
+            assert graph.critical_path() == 1  # two parallel nodes
+            graph.launch(main)
+        weights = np.concatenate([host[o:o + s] for o, s in spans])
+        assert float(acc) == pytest.approx(3 * float(weights @ weights), rel=1e-13)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("captured", [False, True])
+def test_an_atomic_add_beside_a_plain_read_of_it_is_a_race(cp, captured):
+    """An atomicAdd into memory that a parallel kernel reads plainly (here Adam reading the
+    accumulator as its learning rate) is a race on a GPU: refused in both checks."""
+    params, _, spans = l2_buffers(cp, np.float64)
+    table = cp.asarray(np.asarray(spans, np.int64).reshape(-1))
+    acc, step = cp.zeros((), np.float64), cp.ones((), np.int32)
+    grads, m, v = (cp.zeros(params.shape, np.float64) for _ in range(3))
+    l2 = kernels.get_kernel("add_weights_l2_loss", np.float64)
+    adam = kernels.get_kernel("adam_step", np.float64)
+    main, side = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()
+    with main:
+        if captured:
+            main.begin_capture()
+        side.wait_event(main.record())
+        l2(*kernels.launch_config("add_weights_l2_loss", 344),
+           (acc, params, table, np.int64(3), np.float64(1.0)), stream=side)
+        launch_adam = lambda: adam(*kernels.launch_config("adam_step", params.size),
+                                   (grads, m, v, grads, np.int64(params.size), acc, step,
+                                    np.float64(0.9), np.float64(0.999), np.float64(1e-8)))
+        if not captured:
+            with pytest.raises(emulated.StreamOrderViolation, match="updates atomically"):
+                launch_adam()
+            main.wait_event(side.record())
+            return
+        launch_adam()
+        main.wait_event(side.record())
+        with pytest.raises(emulated.CaptureViolation,
+                           match="add_weights_l2_loss .* adam_step .* parallel branches"):
+            main.end_capture()
+
+
+def test_atomic_parameters_are_only_ever_atomically_added_to():
+    """KernelSpec.atomic is a promise the emulation relies on: in each kernel's source, a
+    parameter named there appears only as the address of an atomicAdd."""
+    import re
+
+    from gpumlp.kernels import KERNELS, kernel_dir
+
+    marked = {name: spec for name, spec in KERNELS.items() if spec.atomic}
+    assert {"softmax_xent", "sigmoid_bce", "squared_error", "add_weights_l2_loss"} <= set(
+        marked)
+    for name, spec in marked.items():
+        source = kernel_dir().joinpath(spec.source).read_text()
+        body = source[source.index(f"void {name}("):]
+        body = body[:body.index("\n}\n")]
+        for param in spec.atomic:
+            uses = re.findall(rf"[^\w]{param}\b", body)
+            atomics = re.findall(rf"atomicAdd\({param},", body)
+            assert len(uses) == len(atomics) + 1, (name, param)  # + its declaration

@@ -344,20 +344,31 @@ def test_losses_grid_stride_and_in_place(host, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,m", SHAPES)
 @pytest.mark.parametrize("small_grid", [False, True])
-def test_add_l2_loss_accumulates_scaled_squared_norm(host, k, m, small_grid, dtype):
-    """``*loss_acc += scale ||w||^2`` on odd sizes, twice (it adds), with the configured grid
-    and with one block striding over everything."""
+def test_add_weights_l2_loss_sums_every_layer_once(host, k, m, small_grid, dtype):
+    """``*loss_acc += scale sum_l ||W_l||^2`` over three weight spans of odd sizes in one flat
+    buffer, twice (it adds), with the configured grid and with one block striding over
+    everything.  The gaps between the spans (the biases) hold NaN: reading one would show."""
     rng, g = rng_for("l2", k, m, dtype, small_grid), Guarded()
-    w0 = random(rng, (k, m), dtype)
+    sizes = [k * m, m * 3 + 1, k + 2]
+    spans, offset = [], 1
+    for size in sizes:
+        spans.append((offset, size))
+        offset += size + 3
+    params0 = np.full(offset, np.nan, dtype)
+    for start, size in spans:
+        params0[start:start + size] = random(rng, (size,), dtype)
     scale = dtype(0.5 * 1e-2 / 13)
     start = dtype(rng.normal())
-    want = REF.add_l2_loss(w0, float(scale), np.zeros((), dtype))
-    w, acc = g.array((k, m), dtype, w0), g.array((1,), dtype, start)
-    grid, block = kernels.launch_config("add_l2_loss", k * m)
+    want = REF.add_weights_l2_loss(params0, spans, float(scale), np.zeros((), dtype))
+    assert np.isfinite(want)
+    params, acc = g.array((offset,), dtype, params0), g.array((1,), dtype, start)
+    table = np.asarray(spans, np.int64).reshape(-1)
+    grid, block = kernels.launch_config("add_weights_l2_loss", sum(sizes))
     for call in range(2):
-        host.launch("add_l2_loss", dtype, (1, 1, 1) if small_grid else grid, block,
-                    loss_acc=acc, w=w, size=k * m, scale=scale)
-    np.testing.assert_array_equal(w, w0)  # read only
+        host.launch("add_weights_l2_loss", dtype, (1, 1, 1) if small_grid else grid, block,
+                    loss_acc=acc, params=params, spans=table, n_layers=np.int64(len(spans)),
+                    scale=scale)
+    np.testing.assert_array_equal(params, params0)  # read only
     assert_matches(acc[0] - start, 2 * want, dtype)
     g.check()
 

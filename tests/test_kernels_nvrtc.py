@@ -72,7 +72,7 @@ def test_derived_names_cover_every_kernel_dtype_and_activation():
     assert not [name for name in names if name.startswith("gemm") and "double" in name
                 and name.endswith(", 3>")]
     for kernel in ("softmax_xent", "softmax_rows", "sigmoid_bce",
-                   "squared_error", "add_l2_loss", "adam_step", "gather_rows"):
+                   "squared_error", "add_weights_l2_loss", "adam_step", "gather_rows"):
         assert {f"{kernel}<float>", f"{kernel}<double>"} <= set(names)
     assert {"sgd_step<float, true>", "sgd_step<double, false>"} <= set(names)
     assert "advance_step" in names  # the one kernel with no template parameters

@@ -16,6 +16,7 @@ Conventions shared by all operations:
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from .. import activations
@@ -195,14 +196,23 @@ class Backend:
             per_row = 0.5 * ((z - t) ** 2).sum(axis=1)
         return (xp.vdot(weights, per_row) / dt(weight_sum)).astype(z.dtype)
 
-    def add_l2_loss(self, w: Any, scale: float, loss_acc: Any) -> Any:
-        """``loss_acc += scale * ||w||^2`` in place: a step's L2 term added to the summed loss.
+    def add_weights_l2_loss(self, params: Any, spans: Any, scale: float, loss_acc: Any) -> Any:
+        """``loss_acc += scale * sum_l ||W_l||^2`` in place: a step's L2 term (biases excluded)
+        added to the summed loss, over every layer at once.
 
-        ``loss_acc`` is a 0-d array of ``w``'s dtype (a captured step's loss accumulator);
+        ``params`` is the flat parameter buffer, ``spans`` the ``(offset, size)`` of each
+        layer's weights in it (host integers, :meth:`gpumlp.network.Network.weight_spans`),
+        ``loss_acc`` a 0-d array of ``params``' dtype (a captured step's loss accumulator) and
         ``scale`` a host float (``0.5 * alpha / rows``).  Returns ``loss_acc``.
         """
-        flat = w.reshape(-1)
-        loss_acc += (w.dtype.type(scale) * self.xp.vdot(flat, flat)).astype(w.dtype)
+        spans = check_spans("add_weights_l2_loss", spans, params.size)
+        total = None
+        for offset, size in spans:
+            flat = params[offset:offset + size]
+            square = self.xp.vdot(flat, flat)
+            total = square if total is None else total + square
+        if total is not None:
+            loss_acc += (params.dtype.type(scale) * total).astype(params.dtype)
         return loss_acc
 
     # --------------------------------------------------------------------------- optimizer
@@ -232,3 +242,20 @@ class Backend:
         v += dt(1 - beta2) * grads * grads
         lr_t = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
         params -= dt(lr_t) * m / (xp.sqrt(v) + dt(eps))
+
+
+def check_spans(op: str, spans: Any, size: int) -> tuple[tuple[int, int], ...]:
+    """``spans`` as a tuple of ``(offset, size)`` integer pairs lying inside a buffer of
+    ``size`` elements, else a ``ValueError``/``TypeError`` naming ``op`` and the span."""
+    try:
+        pairs = tuple((operator.index(offset), operator.index(length))
+                      for offset, length in spans)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: spans must be a sequence of (offset, size) integer pairs; "
+                        f"got {spans!r}") from None
+    for offset, length in pairs:
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ValueError(f"{op}: span (offset={offset}, size={length}) does not lie "
+                             f"inside the {size} parameters; allowed: 0 <= offset and "
+                             f"offset + size <= {size}")
+    return pairs

@@ -115,6 +115,20 @@ def weight_grads_beside(main: Any, side: Any) -> Iterator[None]:
         main.wait_event(side.record())
 
 
+def beside(backend: Any, launch: Callable[[], Any]) -> None:
+    """Run ``launch`` on the side stream of the enclosing :func:`weight_grads_beside`, forked
+    from the current stream now (it sees what is queued before) and joined with the weight
+    gradients before the update; outside one, on the current stream.  For work nothing on the
+    main stream waits for until the join (a step's L2 term)."""
+    side = _side_stream.get()
+    if side is None:
+        launch()
+        return
+    side.wait_event(backend.xp.cuda.get_current_stream().record())
+    with side:
+        launch()
+
+
 def run(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
         direct: Callable[[Any], Callable[[], None] | None] | None) -> str:
     """Run one GEMM of a recorded step by the route chosen for it; returns the route.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -32,11 +33,14 @@ from .. import kernels
 from .. import gemm_plan
 from ..dropout import Dropout
 from . import capture_paths, contracts, step_state
-from .base import Backend
+from .base import Backend, check_spans
 
 GEMM_PATHS = ("auto", "fused", "cublas")
 #: Launches per variant when timing the two GEMM paths for a shape.
 _TIMING_REPEATS = 5
+#: Device span tables of add_weights_l2_loss, per owning step state (see _span_table).
+_SPAN_TABLES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_SPAN_TABLES_LOCK = threading.Lock()
 
 
 class CupyBackend(Backend):
@@ -357,15 +361,43 @@ class CupyBackend(Backend):
     def squared_error(self, a, t, h_out):
         return self._loss("squared_error", a, t, h_out)
 
-    def add_l2_loss(self, w, scale, loss_acc):
-        dtype = contracts.float_dtype("add_l2_loss", "w", w)
-        self._check("add_l2_loss", dtype, w=(w, "k m"), loss_acc=(loss_acc, ""))
-        fn = self._kernel("add_l2_loss", w.dtype)
+    def add_weights_l2_loss(self, params, spans, scale, loss_acc):
+        """One launch over every layer's weights (``spans``: host ``(offset, size)`` pairs,
+        kept on the device as an int64 table made once per owner; see :meth:`_span_table`)."""
+        dtype = contracts.float_dtype("add_weights_l2_loss", "params", params)
+        self._check("add_weights_l2_loss", dtype, params=(params, "p"), loss_acc=(loss_acc, ""))
+        spans = check_spans("add_weights_l2_loss", spans, params.size)
+        fn = self._kernel("add_weights_l2_loss", params.dtype)
         if fn is None:
-            return super().add_l2_loss(w, scale, loss_acc)
-        grid, block = kernels.launch_config("add_l2_loss", w.size)
-        fn(grid, block, (loss_acc, w, np.int64(w.size), w.dtype.type(scale)))
+            return super().add_weights_l2_loss(params, spans, scale, loss_acc)
+        if not spans:
+            return loss_acc
+        table = self._span_table(spans, params.dtype)
+        grid, block = kernels.launch_config("add_weights_l2_loss",
+                                            sum(size for _, size in spans))
+        fn(grid, block, (loss_acc, params, table, np.int64(len(spans)),
+                         params.dtype.type(scale)))
         return loss_acc
+
+    def _span_table(self, spans: tuple[tuple[int, int], ...], dtype: Any) -> Any:
+        """The device int64 table ``[offset_0, size_0, offset_1, ...]`` of ``spans``, owned
+        like the split-K scratch (the recording runner's step state, else this thread's eager
+        state): made on first use, outside a capture (the runner's warm-up), and kept while
+        its owner lives, so captured graphs keep a valid address."""
+        owner = step_state.current() or self._eager_state(dtype)
+        with _SPAN_TABLES_LOCK:
+            tables = _SPAN_TABLES.setdefault(owner, {})
+        table = tables.get(spans)
+        if table is None:
+            if capture_paths.is_capturing(self.xp):
+                raise RuntimeError("add_weights_l2_loss: the span table of these weights was "
+                                   "not made before the capture; run the step once outside "
+                                   "the capture first (the runner's warm-up)")
+            table = self.xp.asarray(np.asarray(spans, dtype=np.int64).reshape(-1))
+            # Once: any stream may read the table from now on.
+            self.xp.cuda.get_current_stream().synchronize()
+            tables[spans] = table
+        return table
 
     # --------------------------------------------------------------------------- optimizer
     def _step_scalars(self, dtype: Any, lr: float, step: int | None) -> step_state.StepState:

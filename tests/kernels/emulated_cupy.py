@@ -15,7 +15,10 @@ classes that a CPU test can model into exceptions:
   vector clock of what it has waited for (events, the legacy default stream's implicit
   synchronisation with blocking streams, host synchronisation); every memory block remembers
   its last writer and its readers since.  A read or write that is not ordered after a
-  conflicting access from another stream raises :class:`StreamOrderViolation`.
+  conflicting access from another stream raises :class:`StreamOrderViolation`.  Kernel
+  parameters that a kernel only updates by ``atomicAdd`` (``KernelSpec.atomic``) are atomic
+  accesses, as on the hardware: two of them need no order between them, but each needs one
+  with any plain read or write of the same memory.
 * **Capture** records the kernels launched on the capturing stream into a :class:`Graph`; a
   replay re-runs them with the arguments fixed at capture, on the replaying stream, reading
   memory as it is then (and raising if a captured block has been freed since).  Any pool
@@ -300,12 +303,14 @@ class MemoryPool:
 class _Block:
     """One allocation: its size and who touched it last."""
 
-    __slots__ = ("nbytes", "stream_id", "write", "reads")
+    __slots__ = ("nbytes", "stream_id", "write", "reads", "atomics")
 
     def __init__(self, nbytes: int, stream_id: int):
         self.nbytes, self.stream_id = nbytes, stream_id
         self.write: tuple[int, int] | None = None
         self.reads: dict[int, int] = {}
+        #: The last atomic update of each stream since the last plain write.
+        self.atomics: dict[int, int] = {}
 
 
 def _root(array: np.ndarray) -> np.ndarray:
@@ -347,20 +352,30 @@ def _describe(stream_id: int) -> str:
     return "the legacy default stream" if stream_id == 0 else f"stream {stream_id}"
 
 
-def _access(stream: Stream, reads: list, writes: list, what: str) -> tuple[int, int]:
+def _access(stream: Stream, reads: list, writes: list, what: str,
+            atomics: list = ()) -> tuple[int, int]:
     """Check that an operation on ``stream`` is ordered after every conflicting access of
-    the blocks it reads and writes, then record it.  Returns the operation's number."""
+    the blocks it reads, writes and updates atomically (``atomics``: atomic updates of
+    different streams do not conflict), then record it.  Returns the operation's number."""
     with _LOCK:
         read_blocks = [_block(a) for a in reads]
         write_blocks = [_block(a) for a in writes]
+        atomic_blocks = [_block(a) for a in atomics]
         op = stream.enqueue()
-        for block in read_blocks + write_blocks:
+        for block in read_blocks + write_blocks + atomic_blocks:
             if block.write is not None and not stream.ordered_after(block.write):
                 raise StreamOrderViolation(
                     f"{what} on {_describe(stream.id)} touches memory written by operation "
                     f"{block.write[1]} of {_describe(block.write[0])} with no event or "
                     "synchronisation between them")
-        for block in write_blocks:
+        for block in read_blocks + write_blocks:
+            for stream_id, seq in block.atomics.items():
+                if not stream.ordered_after((stream_id, seq)):
+                    raise StreamOrderViolation(
+                        f"{what} on {_describe(stream.id)} touches memory that operation "
+                        f"{seq} of {_describe(stream_id)} updates atomically, with no event "
+                        "or synchronisation between them")
+        for block in write_blocks + atomic_blocks:
             for stream_id, seq in block.reads.items():
                 if not stream.ordered_after((stream_id, seq)):
                     raise StreamOrderViolation(
@@ -370,8 +385,11 @@ def _access(stream: Stream, reads: list, writes: list, what: str) -> tuple[int, 
         for block in read_blocks:
             if block.reads.get(op[0], 0) < op[1]:
                 block.reads[op[0]] = op[1]
+        for block in atomic_blocks:
+            if block.atomics.get(op[0], 0) < op[1]:
+                block.atomics[op[0]] = op[1]
         for block in write_blocks:
-            block.write, block.reads = op, {}
+            block.write, block.reads, block.atomics = op, {}, {}
         return op
 
 
@@ -603,8 +621,11 @@ class EmulatedKernel:
                        if key == "act" and isinstance(value, str) else value
                        for key, value in params.items()}
         spec = kernels.KERNELS[name]
-        # A pointer to non-const memory is written (and may be read); const pointers are read.
-        self.writes = ["*" in decl and not decl.startswith("const") for decl in spec.signature]
+        # A pointer to non-const memory is written (and may be read); const pointers are read;
+        # the parameters in spec.atomic are only updated by atomicAdd.
+        self.atomic = [decl.split()[-1].lstrip("*") in spec.atomic for decl in spec.signature]
+        self.writes = ["*" in decl and not decl.startswith("const") and not atomic
+                       for decl, atomic in zip(spec.signature, self.atomic)]
         self.launches = 0
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0,
@@ -622,20 +643,26 @@ class EmulatedKernel:
         else:
             self.execute(grid, block, args, stream)
 
-    def accesses(self, args: tuple) -> tuple[list, list]:
-        """The captured pointers this launch reads and those it writes."""
-        pointers = [(v, w) for v, w in zip(args, self.writes) if isinstance(v, _Pointer)]
-        return [v for v, _ in pointers], [v for v, w in pointers if w]
+    def accesses(self, args: tuple) -> tuple[list, list, list]:
+        """The captured pointers this launch reads, those it writes and those it only
+        updates atomically."""
+        pointers = [(v, w, a) for v, w, a in zip(args, self.writes, self.atomic)
+                    if isinstance(v, _Pointer)]
+        return ([v for v, _, a in pointers if not a], [v for v, w, _ in pointers if w],
+                [v for v, _, a in pointers if a])
 
     def execute(self, grid: tuple, block: tuple, args: tuple,
                 stream: Stream | None = None) -> None:
         stream = stream if stream is not None else current_stream()
         args = tuple(v.resolve(self.name) if isinstance(v, _Pointer) else v for v in args)
-        reads = [v for v in args if isinstance(v, DeviceArray)]
+        reads = [v for v, atomic in zip(args, self.atomic)
+                 if isinstance(v, DeviceArray) and not atomic]
         writes = [v for v, written in zip(args, self.writes)
                   if written and isinstance(v, DeviceArray)]
+        atomics = [v for v, atomic in zip(args, self.atomic)
+                   if atomic and isinstance(v, DeviceArray)]
         with _LOCK:
-            _access(stream, reads, writes, f"kernel {self.name}")
+            _access(stream, reads, writes, f"kernel {self.name}", atomics)
             self.launches += 1
             self.harness.launch_args(
                 self.name, self.dtype if self.dtype is not None else np.float32, grid, block,
@@ -666,7 +693,8 @@ class CaptureList(list):
 
     def check_branches(self) -> None:
         """Two nodes that no dependency orders may run at the same time on a GPU: neither
-        may write memory the other reads or writes (raises :class:`CaptureViolation`)."""
+        may write memory the other reads or writes, nor update atomically memory the other
+        reads or writes other than atomically (raises :class:`CaptureViolation`)."""
         closure = [self.ancestors(frozenset({i})) for i in range(len(self))]
         ranges = [_node_ranges(node) for node in self]
         for j in range(len(self)):
@@ -694,22 +722,28 @@ def _interval(pointer: "_Pointer") -> tuple[int, int, int]:
     return id(pointer.root()), start, end
 
 
-def _node_ranges(node: tuple) -> tuple[list, list]:
+def _node_ranges(node: tuple) -> tuple[list, list, list]:
+    """The byte ranges a node reads, writes and updates atomically (a library call's
+    ``accesses`` names no atomic ones)."""
     kernel, _grid, _block, args = node
-    reads, writes = kernel.accesses(args)
-    return [_interval(p) for p in reads], [_interval(p) for p in writes]
+    reads, writes, *atomics = kernel.accesses(args)
+    return tuple([_interval(p) for p in group]
+                 for group in (reads, writes, atomics[0] if atomics else []))
 
 
-def _overlap(first: tuple[list, list], second: tuple[list, list]) -> str:
-    """A description of memory one node writes and the other touches, or ''."""
+def _overlap(first: tuple[list, list, list], second: tuple[list, list, list]) -> str:
+    """A description of memory one node writes (or updates atomically) and the other
+    touches (other than atomically, for an atomic update), or ''."""
     def clashes(written: list, touched: list) -> str:
         for block, start, end in written:
             for other, o_start, o_end in touched:
                 if block == other and start < o_end and o_start < end:
                     return f"bytes {max(start, o_start)}..{min(end, o_end)} of one block"
         return ""
-    return (clashes(first[1], second[0] + second[1])
-            or clashes(second[1], first[0] + first[1]))
+    return (clashes(first[1], second[0] + second[1] + second[2])
+            or clashes(second[1], first[0] + first[1] + first[2])
+            or clashes(first[2], second[0] + second[1])
+            or clashes(second[2], first[0] + first[1]))
 
 
 class Graph:
