@@ -172,3 +172,80 @@ def test_cuda_graph_mode_is_checked():
     # "auto" quietly trains eagerly where graphs do not apply.
     auto = Trainer(net, gpumlp.Adam(net.backend, net.params), batch_size=2)
     assert len(auto.fit(X, T, 2).loss) == 2
+
+
+def _reference_mask(shape, drop):
+    """keep_mask's definition, straight from philox4x32 (the known-answer-tested rounds)."""
+    from gpumlp.dropout import keep_threshold, philox4x32
+
+    size = int(np.prod(shape))
+    groups = np.arange((size + 3) // 4, dtype=np.uint64)
+    mask32 = np.uint64(0xFFFFFFFF)
+    counter = [groups & mask32, groups >> np.uint64(32),
+               np.full(groups.shape, drop.counter & 0xFFFFFFFF, np.uint64),
+               np.full(groups.shape, drop.counter >> 32, np.uint64)]
+    words = np.stack(philox4x32(np, *counter, drop.seed & 0xFFFFFFFF, drop.seed >> 32), axis=1)
+    flags = (words.reshape(-1)[:size] >> np.uint64(8)) < np.uint64(keep_threshold(drop.keep))
+    return flags.reshape(shape)
+
+
+@pytest.mark.parametrize("shape", [(1,), (3,), (5, 7), (128, 512), (33, 10)])
+@pytest.mark.parametrize("drop", [Dropout(keep=0.8, seed=2024, counter=7),
+                                  Dropout(keep=0.3, seed=2**63 - 25, counter=2**40 + 3),
+                                  Dropout(keep=0.999, seed=2**32 + 1, counter=2**32 - 1),
+                                  Dropout(keep=1.0, seed=1, counter=0)])
+def test_numpy_keep_mask_is_the_philox_definition(shape, drop):
+    """NumPy's fast Philox (scalar first rounds, split words, direct comparison) bit for bit."""
+    np.testing.assert_array_equal(keep_mask(np, shape, drop), _reference_mask(shape, drop))
+
+
+def test_keep_flags_fill_any_group_range():
+    """Ranges filled separately (as threads fill them) give the whole mask."""
+    from gpumlp.dropout import fill_keep_flags
+
+    drop = Dropout(keep=0.6, seed=77, counter=2**33 + 5)
+    whole = _reference_mask((1001 * 4,), drop)
+    flags = np.zeros(1001 * 4, bool)
+    for first, stop in [(0, 1), (1, 250), (250, 1001)]:
+        fill_keep_flags(flags[4 * first:4 * stop], first, drop)
+    np.testing.assert_array_equal(flags, whole)
+    with pytest.raises(ValueError, match="out: a contiguous boolean vector"):
+        fill_keep_flags(np.zeros(6, bool), 0, drop)
+    with pytest.raises(ValueError, match="out: a contiguous boolean vector"):
+        fill_keep_flags(np.zeros(8, np.uint8), 0, drop)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ACTS)
+def test_dropout_forward_and_backward_are_bit_exact(dtype, act):
+    """The NumPy backend's dropout, threaded and with relu's mask-free backward, computes
+    exactly (A * mask) / keep forward and (delta * phi'(a * keep)) * mask / keep backward,
+    specials included."""
+    from gpumlp.backends.numpy_backend import NumpyBackend
+
+    rng = np.random.default_rng(11)
+    n, k, m = 64, 20, 300  # 19,200 outputs: split over two threads
+    x, w, b = rand(rng, n, k, dtype=dtype), rand(rng, k, m, dtype=dtype), rand(rng, m,
+                                                                                  dtype=dtype)
+    drop = Dropout(keep=0.7, seed=5, counter=2**35 + 1)
+    mask = _reference_mask((n, m), drop)
+    scale = dtype(1.0 / drop.keep)
+    backend = NumpyBackend(threads=2)
+    a = np.empty((n, m), dtype)
+    backend.affine_act(x, w, b, act, a, drop)
+    plain = np.empty((n, m), dtype)
+    backend.affine_act(x, w, b, act, plain)
+    np.testing.assert_array_equal(a, (plain * mask) * scale)
+
+    delta = rand(rng, n, m, dtype=dtype)
+    delta[0, :4] = [np.nan, np.inf, -np.inf, -0.0]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 in the special values
+        expected = np.empty_like(delta)
+        Backend(np).act_grad(delta, a * dtype(drop.keep), act, expected)
+        expected = (expected * mask) * scale
+        for fresh in (False, True):  # the mask kept from the forward pass, or drawn again
+            if fresh:
+                backend = NumpyBackend(threads=2)
+            got = np.full_like(delta, np.nan)
+            backend.act_grad(delta, a, act, got, drop)
+            np.testing.assert_array_equal(got, expected)

@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 
 from .. import activations
-from ..dropout import Dropout, keep_mask
+from ..dropout import Dropout, fill_keep_flags
 from ..precision import gemm_operand
 from .base import Backend
 from .scratch import ScratchPool
 from .threads import RowChunks
+
+#: Elementwise passes one Philox4x32-10 group (4 flags) costs, for the thread split.
+PHILOX_GROUP_COST = 64
 
 
 class NumpyBackend(Backend):
@@ -60,7 +63,7 @@ class NumpyBackend(Backend):
 
         self.chunks.run(epilogue, out.shape[0], out.shape[1])
         if dropout is not None:
-            self._apply_dropout(out, dropout)
+            self._apply_dropout(out, dropout, act)
         return out
 
     @staticmethod
@@ -84,15 +87,43 @@ class NumpyBackend(Backend):
         else:
             activations.apply(np, act, z, z)
 
-    def _apply_dropout(self, a: np.ndarray, dropout: Dropout) -> None:
-        mask = keep_mask(np, a.shape, dropout)
-        self._masks.put((dropout, a.shape), mask)
-        np.multiply(a, mask, out=a)
-        a *= a.dtype.type(1.0 / dropout.keep)
+    def _apply_dropout(self, a: np.ndarray, dropout: Dropout, act: str) -> None:
+        """``a *= mask / keep``; the mask is drawn once, kept for the backward pass only
+        where that needs it (not for relu: see :meth:`_act_grad_dropped`)."""
+        mask = self._draw_mask(a.shape, dropout)
+        scale = a.dtype.type(1.0 / dropout.keep)
+        if a.flags.c_contiguous:
+            flat, flags = a.reshape(-1), mask.reshape(-1)
+
+            def apply(start: int, stop: int) -> None:
+                part = flat[start:stop]
+                np.multiply(part, flags[start:stop], out=part)
+                part *= scale
+
+            self.chunks.run(apply, flat.shape[0], 1)
+        else:
+            np.multiply(a, mask, out=a)
+            a *= scale
+        if act != "relu":
+            self._masks.put((dropout, a.shape), mask)
+
+    def _draw_mask(self, shape: tuple, dropout: Dropout) -> np.ndarray:
+        """:func:`keep_mask` with the Philox groups split over the cores."""
+        size = int(np.prod(shape))
+        groups = (size + 3) // 4
+        flags = np.empty(4 * groups, dtype=bool)
+
+        def draw(first: int, stop: int) -> None:
+            fill_keep_flags(flags[4 * first:4 * stop], first, dropout)
+
+        # A Philox group costs about as much as PHILOX_GROUP_COST elementwise passes over
+        # one element: worth a thread from a few thousand groups.
+        self.chunks.run(draw, groups, PHILOX_GROUP_COST)
+        return flags[:size].reshape(shape)
 
     def _dropout_mask(self, shape: tuple, dropout: Dropout) -> np.ndarray:
         mask = self._masks.pop((dropout, shape))
-        return keep_mask(np, shape, dropout) if mask is None else mask
+        return self._draw_mask(shape, dropout) if mask is None else mask
 
     def softmax(self, z, out):
         rows = self.scratch("rows", (z.shape[0], 1), z.dtype)
@@ -144,12 +175,28 @@ class NumpyBackend(Backend):
     def _act_grad_dropped(self, delta, a, act, out, dropout: Dropout):
         """``delta ⊙ mask / keep ⊙ phi'(A)`` where ``a = A ⊙ mask / keep`` is stored."""
         keep = a.dtype.type(dropout.keep)
+        scale = a.dtype.type(1.0 / dropout.keep)
+        if act == "relu":
+            # relu'(A) = sign(a): a dropped element has a = 0 and slope 0, so the mask adds
+            # nothing and is neither kept nor drawn again.  delta * (sign(a) * scale) is bit
+            # for bit (delta * sign(a * keep)) * mask * scale: sign(a) and sign(a * keep)
+            # agree for a >= 0, and the mask multiplies a value that is already 0 (or NaN).
+            slope = self.scratch("slope", a.shape, a.dtype)
+
+            def rows(start: int, stop: int) -> None:
+                part = slope[start:stop]
+                np.sign(a[start:stop], out=part)
+                part *= scale
+                np.multiply(delta[start:stop], part, out=out[start:stop])
+
+            self.chunks.run(rows, a.shape[0], a.shape[1] if a.ndim > 1 else 1)
+            return out
         mask = self._dropout_mask(a.shape, dropout)
         undropped = self.scratch("undropped", a.shape, a.dtype)
         np.multiply(a, keep, out=undropped)  # A where kept; dropped entries are masked below
         self.act_grad(delta, undropped, act, out)
         np.multiply(out, mask, out=out)
-        out *= a.dtype.type(1.0 / dropout.keep)
+        out *= scale
         return out
 
     def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None,
