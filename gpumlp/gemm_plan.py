@@ -36,7 +36,7 @@ import numpy as np
 from . import kernels
 
 __all__ = ["DEFAULT_SM_COUNT", "GemmPlan", "choose", "device_sm_count", "estimate_us",
-           "scratch", "GEMM_SHAPES"]
+           "scratch", "softmax_xent_plan", "GEMM_SHAPES"]
 
 #: SMs of an H100 SXM, used when no device can be asked.
 DEFAULT_SM_COUNT = 132
@@ -65,7 +65,12 @@ GEMM_SHAPES = {
     "gemm_bias_act": "output n x m, inner k",
     "gemm_backprop_act": "output n x k, inner m",
     "gemm_weight_grads": "output k x m, inner n",
+    "gemm_softmax_xent": "output n x m, inner k (whole rows per block: m <= the tile's BN)",
 }
+#: The fused-softmax forward saves a launch and the logits' round trip through memory; it is
+#: worth a tile no worse by :func:`estimate_us` than the plain forward's plus this much (µs:
+#: the loss kernel's fill and drain, about one wave), see :func:`softmax_xent_plan`.
+SOFTMAX_KERNEL_US = WAVE_LATENCY_US
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,11 @@ def _choose(kernel: str, dtype_name: str, M: int, N: int, K: int, sm_count: int,
             tile: int | None, splits: int | None, precision: str) -> GemmPlan:
     itemsize = np.dtype(dtype_name).itemsize
     tiles = kernels.gemm_tiles(kernel, dtype_name, precision) if tile is None else (tile,)
+    if kernel == "gemm_softmax_xent":  # a block must hold whole output rows
+        tiles = tuple(t for t in tiles if kernels.GEMM_TILES[t][1] >= N)
+        if not tiles:
+            raise ValueError(f"gemm_softmax_xent needs N={N} <= the BN of a {dtype_name} "
+                             f"{precision} tile; no tile is that wide")
     best = None
     for t in tiles:
         bk = kernels.GEMM_TILES[t][2]
@@ -183,6 +193,35 @@ def choose(kernel: str, dtype: Any, M: int, N: int, K: int, sm_count: int = DEFA
     return _choose(kernel, dtype_name, int(M), int(N), int(K), int(sm_count),
                    None if tile is None else int(tile), None if splits is None else int(splits),
                    precision)
+
+
+def softmax_xent_plan(dtype: Any, n: int, k: int, m: int, sm_count: int = DEFAULT_SM_COUNT,
+                      precision: str = "float32") -> GemmPlan | None:
+    """The plan of the output layer's GEMM with softmax + cross-entropy fused in its epilogue
+    (``gemm_softmax_xent``, logits ``n x m``, inner ``k``), or ``None`` where it does not pay.
+
+    It pays where a block can hold whole output rows (``m`` at most a tile's width) and the
+    tiles that can are not slower, by :func:`estimate_us`, than the plain forward's plan by
+    more than the loss kernel it saves (:data:`SOFTMAX_KERNEL_US`): a wide output (``m``
+    beyond the narrow tile's 16 columns) forces a tile with fewer blocks, which may cost more
+    than one launch at large batches.
+
+    Examples
+    --------
+    >>> softmax_xent_plan("float32", 256, 256, 10).tile  # MNIST's 10 classes: narrow tile
+    2
+    >>> softmax_xent_plan("float32", 256, 256, 1000) is None  # no tile holds 1000 columns
+    True
+    """
+    widest = max(kernels.GEMM_TILES[t][1] for t in
+                 kernels.gemm_tiles("gemm_softmax_xent", dtype, precision))
+    if m > widest or n == 0:
+        return None
+    fused = choose("gemm_softmax_xent", dtype, n, m, k, sm_count, precision=precision)
+    plain = choose("gemm_bias_act", dtype, n, m, k, sm_count, precision=precision)
+    if fused.estimate_us > plain.estimate_us + SOFTMAX_KERNEL_US:
+        return None
+    return fused
 
 
 _SM_COUNTS: dict[Any, int] = {}

@@ -249,11 +249,12 @@ class Network:
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: Any, ws: Workspace, dropout: float = 0.0, seed: int = 0,
-                step: int = 0) -> Any:
-        """Training forward pass; returns the output buffer (logits for fused losses)."""
+                step: int = 0, layers: int | None = None) -> Any:
+        """Training forward pass; returns the output buffer (logits for fused losses), or
+        with ``layers`` the output of that many first layers."""
         a = x
         last = self.n_layers - 1
-        for layer in range(self.n_layers):
+        for layer in range(self.n_layers if layers is None else layers):
             drop = (self.dropout_spec(dropout, seed, step, layer)
                     if dropout and layer < last else None)
             a = self.backend.affine_act(a, self.weights[layer], self.biases[layer],
@@ -305,16 +306,24 @@ class Network:
         (a backend vector, one per row) and their host sum ``weight_sum``, the loss and
         gradients are the weighted mean ``sum_i w_i l_i / weight_sum``.
         """
-        output = self.forward(x, ws, dropout, seed, step)
         last = self.n_layers - 1
         h_out = ws.h[last + 1]
-        if row_weights is None:
-            loss = getattr(self.backend, self.loss.operation)(output, t, h_out)
+        if row_weights is None and self.loss.operation == "softmax_xent":
+            # The output layer and its loss as one backend operation, which may fuse them into
+            # one kernel (the logits buffer is then left unwritten).
+            hidden = self.forward(x, ws, dropout, seed, step, layers=last)
+            loss = self.backend.affine_softmax_xent(hidden, self.weights[last],
+                                                    self.biases[last], t, ws.a[last + 1],
+                                                    h_out, **self._gemm_options)
         else:
-            loss = self.backend.sample_weighted_loss(self.loss.operation, output, t, h_out,
-                                                     row_weights, weight_sum)
-        if not self.loss.from_logits and self.output_activation != "identity":
-            self.backend.act_grad(h_out, output, self.output_activation, h_out)
+            output = self.forward(x, ws, dropout, seed, step)
+            if row_weights is None:
+                loss = getattr(self.backend, self.loss.operation)(output, t, h_out)
+            else:
+                loss = self.backend.sample_weighted_loss(self.loss.operation, output, t,
+                                                         h_out, row_weights, weight_sum)
+            if not self.loss.from_logits and self.output_activation != "identity":
+                self.backend.act_grad(h_out, output, self.output_activation, h_out)
         for layer in range(last, -1, -1):
             a_prev = x if layer == 0 else ws.a[layer]
             self.backend.weight_grads(a_prev, ws.h[layer + 1], self.weight_grads[layer],

@@ -203,6 +203,18 @@ def _loss_and_optimizer_checks(report, cpu, gpu, cp, rng, batch, dtype, path, si
         limit = atomic_sum_tolerance(dtype, name, z.shape)
         report.compare(f"{name} (loss)", got, want, dtype, path, limit=limit)
         report.compare(f"{name} (gradient)", cp.asnumpy(h_d), h, dtype, path)
+    # The output layer with its loss: one fused kernel where a block holds whole rows.
+    x = rng.normal(size=(batch, 64)).astype(dtype)
+    w = (rng.normal(size=(64, classes)) / 8).astype(dtype)
+    b = rng.normal(size=classes).astype(dtype)
+    h = np.empty_like(z)
+    want = float(cpu.affine_softmax_xent(x, w, b, t, np.empty_like(z), h))
+    h_d = cp.full(z.shape, np.nan, dtype)
+    got = float(gpu.affine_softmax_xent(cp.asarray(x), cp.asarray(w), cp.asarray(b),
+                                        cp.asarray(t), cp.empty(z.shape, dtype), h_d))
+    limit = max(tolerance(dtype), atomic_sum_tolerance(dtype, "softmax_xent", z.shape))
+    report.compare("affine_softmax_xent (loss)", got, want, dtype, path, limit=limit)
+    report.compare("affine_softmax_xent (gradient)", cp.asnumpy(h_d), h, dtype, path)
     out = gpu.softmax(cp.asarray(z), cp.full(z.shape, np.nan, dtype))
     report.compare("softmax", cp.asnumpy(out), cpu.softmax(z, np.empty_like(z)), dtype, path)
     index = rng.permutation(batch)[: batch // 2].astype(np.int64)

@@ -229,3 +229,128 @@ gemm_weight_grads(T* dw, T* db, const T* a_prev, const T* h, const T* w, long lo
         }
     }
 }
+
+namespace gemm {
+
+// The most negative finite value: the row maximum of a thread holding no column of the row.
+__device__ __forceinline__ float lowest(float) { return -3.402823466e38f; }
+__device__ __forceinline__ double lowest(double) { return -1.7976931348623157e308; }
+
+}  // namespace gemm
+
+// The output layer and softmax + cross-entropy in one launch: with z = x (n x k) @ w (k x m)
+// + b, h (n x m) = (softmax(z) - t) / n and *loss_acc += sum(t * (logsumexp(z) - z)) / n, as
+// gemm_bias_act (identity) followed by softmax_xent compute them; the logits never reach
+// memory.  Each block must hold whole output rows: m <= BN (grid x = 1; gpumlp/gemm_plan.py
+// plans it so), else the kernel writes nothing.  The row max and sum of exp are reduced
+// across the TX threads of a row through shared memory; each exp is taken once, and the
+// divisions by the row sum and by n are multiplications by reciprocals (the epilogue then
+// costs fewer FMA-pipe instructions than one k-step of the main loop); one atomicAdd of the
+// loss per block.
+template <typename T, int TILE>
+__global__ void __launch_bounds__(gemm::Shape<TILE>::THREADS, gemm::Shape<TILE>::MIN_BLOCKS)
+gemm_softmax_xent(T* h, T* loss_acc, const T* x, const T* w, const T* b, const T* t,
+                  long long n, long long k, long long m, T* workspace, int* tile_counters)
+{
+    using namespace gemm;
+    using S = Shape<TILE>;
+    __shared__ T row_part[S::BM][S::TX];  // one partial per row and thread column
+    __shared__ T red[S::THREADS];
+    if (m > S::BN) return;  // uniform: the plan never launches this
+    const int tid = threadIdx.x, tx = tid % S::TX, ty = tid / S::TX;
+    const int tiles_m = (int)((n + S::BM - 1) / S::BM);
+    long long k_begin, k_end;
+    split_range<S>(k, k_begin, k_end);
+    const bool vec = quads_ok(h, m) && quads_ok(t, m);
+    T loss = T(0);
+    for (int tr = blockIdx.y; tr < tiles_m; tr += gridDim.y) {
+        T acc[S::TM][S::TN] = {};
+        T unused = T(0);
+        multiply_tile<T, S, true, false>(acc, x, k, w, m, n, m, k_begin, k_end,
+                                         (long long)tr * S::BM, 0, false, unused);
+        if (!split_k_reduce<T, S>(acc, workspace, tile_counters, tr, tiles_m, 0, 1, false,
+                                  unused))
+            continue;
+        // z in acc (bias added); columns past m are never read below.
+        T zmax[S::TM];
+#pragma unroll
+        for (int i = 0; i < S::TM; ++i) {
+            zmax[i] = lowest(T(0));
+#pragma unroll
+            for (int j = 0; j < S::TN; ++j) {
+                const long long c = block_col<S>(tx, j);
+                if (c < m) {
+                    acc[i][j] += b[c];
+                    zmax[i] = acc[i][j] > zmax[i] ? acc[i][j] : zmax[i];
+                }
+            }
+            row_part[block_row<S>(ty, i)][tx] = zmax[i];
+        }
+        __syncthreads();
+        // acc becomes e = exp(z - max), computed once; the loss of a row is
+        // sum_j t_j (log sum_e - (z_j - max)): t_j and t_j (z_j - max) are summed here.
+        T sum[S::TM], t_sum[S::TM], tz_sum[S::TM];
+#pragma unroll
+        for (int i = 0; i < S::TM; ++i) {
+            const int row = block_row<S>(ty, i);
+            for (int p = 0; p < S::TX; ++p)
+                zmax[i] = row_part[row][p] > zmax[i] ? row_part[row][p] : zmax[i];
+            const long long r = (long long)tr * S::BM + row;
+            sum[i] = t_sum[i] = tz_sum[i] = T(0);
+#pragma unroll
+            for (int j = 0; j < S::TN; ++j) {
+                const long long c = block_col<S>(tx, j);
+                if (c < m) {
+                    const T shifted = acc[i][j] - zmax[i];
+                    acc[i][j] = m_exp(shifted);
+                    sum[i] += acc[i][j];
+                    if (r < n) {
+                        const T tj = t[r * m + c];
+                        t_sum[i] += tj;
+                        tz_sum[i] += tj * shifted;
+                    }
+                }
+            }
+        }
+        __syncthreads();  // every max is read before the sums overwrite them
+#pragma unroll
+        for (int i = 0; i < S::TM; ++i) row_part[block_row<S>(ty, i)][tx] = sum[i];
+        __syncthreads();
+        const T inv_n = T(1) / T(n);
+#pragma unroll
+        for (int i = 0; i < S::TM; ++i) {
+            const int row_in_tile = block_row<S>(ty, i);
+            T total = T(0);
+            for (int p = 0; p < S::TX; ++p) total += row_part[row_in_tile][p];
+            const long long r = (long long)tr * S::BM + row_in_tile;
+            if (r >= n) continue;
+            loss += t_sum[i] * m_log(total) - tz_sum[i];
+            const T inv_total = T(1) / total;
+#pragma unroll
+            for (int q = 0; q < S::QN; ++q) {
+                const long long c = block_col<S>(tx, 4 * q);
+                if (c >= m) continue;
+                const long long base = r * m + c;
+                T tv[4], v[4];
+                if (vec) {
+                    load4_global(tv, t + base);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) tv[j] = c + j < m ? t[base + j] : T(0);
+                }
+#pragma unroll
+                for (int j = 0; j < 4; ++j) v[j] = (acc[i][4 * q + j] * inv_total - tv[j]) * inv_n;
+                if (vec) {
+                    store4(h + base, v);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (c + j < m) h[base + j] = v[j];
+                }
+            }
+        }
+        __syncthreads();  // the sums are read before the next tile's maxima overwrite them
+    }
+    const T block_loss = block_sum(loss, red);
+    if (tid == 0) atomicAdd(loss_acc, block_loss / T(n));
+}

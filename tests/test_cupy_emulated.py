@@ -201,13 +201,15 @@ def test_graph_replays_launch_only_recorded_kernels(cp):
     trainer.run_epoch(X, T)
     runner = trainer._graph_runner[1]
     # One step: the batch gather (which also moves the step state on), one L2 term over the
-    # 3 layers' weights (alpha > 0, from the weights before the update), 3 forward GEMMs, the
-    # loss, 3 weight-gradient and 2 backward GEMMs and the optimizer: 12 launches, nothing else.
-    assert len(runner.graph_one.launches) == 12
-    assert len(runner.graph_many.launches) == 12 * runner.steps_per_graph
+    # 3 layers' weights (alpha > 0, from the weights before the update), 3 forward GEMMs (the
+    # output layer's with the loss in its epilogue), 3 weight-gradient and 2 backward GEMMs
+    # and the optimizer: 11 launches, nothing else.
+    assert len(runner.graph_one.launches) == 11
+    assert len(runner.graph_many.launches) == 11 * runner.steps_per_graph
     names = [kernel.name for kernel, *_ in runner.graph_one.launches]
     assert names[0] == "gather_batch" and names[-1] == "adam_step"
     assert names[1] == "add_weights_l2_loss" and names.count("add_weights_l2_loss") == 1
+    assert names.count("gemm_softmax_xent") == 1 and "softmax_xent" not in names
 
 
 def test_capture_refuses_what_a_graph_cannot_hold(cp):

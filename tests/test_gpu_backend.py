@@ -128,6 +128,42 @@ def test_losses(cp, gpu, dtype, loss, n, k):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, k, m", [(1, 1, 1), (7, 33, 10), (257, 256, 10), (1000, 64, 16),
+                                     (300, 65, 64), (129, 40, 100)])
+def test_output_layer_with_softmax_xent(cp, gpu, dtype, n, k, m):
+    """affine_softmax_xent (one fused kernel where a block holds whole rows, else the GEMM
+    and the loss kernel) against the NumPy backend's affine then softmax_xent."""
+    rng = np.random.default_rng(12)
+    x, x_d = both(cp, rng, (n, k), dtype)
+    w, w_d = both(cp, rng, (k, m), dtype, scale=0.3)
+    b, b_d = both(cp, rng, (m,), dtype)
+    t = np.eye(m, dtype=dtype)[rng.integers(0, m, n)]
+    h, z = np.empty((n, m), dtype), np.empty((n, m), dtype)
+    value = float(CPU.affine_softmax_xent(x, w, b, t, z, h))
+    h_d = poisoned(cp, (n, m), dtype)
+    value_d = float(gpu.affine_softmax_xent(x_d, w_d, b_d, cp.asarray(t),
+                                            cp.empty((n, m), dtype), h_d))
+    rel = max(TOL[dtype], atomic_sum_tolerance(dtype, "softmax_xent", (n, m)))
+    assert value_d == pytest.approx(value, rel=rel, abs=TOL[dtype])
+    close(cp, h_d, h, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_l2_loss(cp, dtype):
+    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.network import Network
+
+    net = Network([784, 256, 256, 10], backend="numpy", dtype=dtype, seed=0)
+    spans = net.weight_spans()
+    want = float(CPU.add_weights_l2_loss(net.params, spans, 1e-4, np.zeros((), dtype)))
+    got = CupyBackend().add_weights_l2_loss(cp.asarray(net.params), spans, 1e-4,
+                                            cp.zeros((), dtype))
+    total = sum(size for _, size in spans)
+    assert float(got) == pytest.approx(
+        want, rel=atomic_sum_tolerance(dtype, "add_weights_l2_loss", (total,)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_and_gather(cp, gpu, dtype):
     rng = np.random.default_rng(5)
     z, z_d = both(cp, rng, (300, 10), dtype, scale=5)

@@ -9,7 +9,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from gpumlp import kernels
+from gpumlp import gemm_plan, kernels
 from gpumlp.backends import capture_paths
 from gpumlp.backends.cublas_direct import DirectBlas
 from gpumlp.network import Network
@@ -39,29 +39,31 @@ def captured_step(cp, rows=64):
 @pytest.mark.kernels
 def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
     # A 3-layer step: one gather of the batch (which also moves the step state on), one L2
-    # term over every layer's weights (alpha > 0), 3 forward GEMMs, the loss, 2 backward and
-    # 3 weight-gradient GEMMs and the optimizer: 12 nodes.  The L2 term and the weight
-    # gradients form a branch beside the forward and backward chain, so only the first
-    # layer's weight gradient lies on the critical path:
-    # gather + forward 3 + loss + backward 2 + first weight gradient + Adam = 9.
+    # term over every layer's weights (alpha > 0), 2 forward GEMMs, the output layer's GEMM
+    # with softmax + cross-entropy in its epilogue (3 classes: a block holds whole rows),
+    # 2 backward and 3 weight-gradient GEMMs and the optimizer: 11 nodes.  The L2 term and
+    # the weight gradients form a branch beside the forward and backward chain, so only the
+    # first layer's weight gradient lies on the critical path:
+    # gather + forward 3 (the loss fused) + backward 2 + first weight gradient + Adam = 8.
     runner = captured_step(cp)
     one = runner.graph_one
-    assert len(one.launches) == 12
-    assert one.critical_path() == 9
-    assert len(runner.graph_many.launches) == 12 * runner.steps_per_graph
-    assert runner.graph_many.critical_path() == 9 * runner.steps_per_graph
+    assert len(one.launches) == 11
+    assert one.critical_path() == 8
+    assert len(runner.graph_many.launches) == 11 * runner.steps_per_graph
+    assert runner.graph_many.critical_path() == 8 * runner.steps_per_graph
     names = [node[0].name for node in one.launches]
     deps = one.launches.deps
     for i, name in enumerate(names):
         if name == "gemm_weight_grads" and names[i + 1] == "gemm_backprop_act":
             assert i not in one.launches.ancestors(deps[i + 1])  # truly parallel
+    assert names.count("gemm_softmax_xent") == 1 and "softmax_xent" not in names
     # The L2 term: one node, after the gather, parallel to the forward GEMMs and the loss
     # (which adds into the same accumulator, atomically), before the optimizer.
     assert names.count("add_weights_l2_loss") == 1
     l2 = names.index("add_weights_l2_loss")
     assert deps[l2] == frozenset({names.index("gather_batch")})
     for i, name in enumerate(names):
-        if name in ("gemm_bias_act", "softmax_xent", "gemm_backprop_act"):
+        if name in ("gemm_bias_act", "gemm_softmax_xent", "gemm_backprop_act"):
             assert l2 not in one.launches.ancestors(frozenset({i}))
             assert i not in one.launches.ancestors(frozenset({l2}))
     assert l2 in one.launches.ancestors(frozenset({names.index("adam_step")}))
@@ -69,7 +71,7 @@ def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
     monkeypatch.setattr(capture_paths, "weight_grads_beside",
                         lambda main, side: contextlib.nullcontext())
     chain = captured_step(cp).graph_one
-    assert len(chain.launches) == 12 and chain.critical_path() == 12
+    assert len(chain.launches) == 11 and chain.critical_path() == 11
 
 
 @pytest.mark.kernels
@@ -324,13 +326,51 @@ def test_atomic_parameters_are_only_ever_atomically_added_to():
     from gpumlp.kernels import KERNELS, kernel_dir
 
     marked = {name: spec for name, spec in KERNELS.items() if spec.atomic}
-    assert {"softmax_xent", "sigmoid_bce", "squared_error", "add_weights_l2_loss"} <= set(
-        marked)
+    assert {"softmax_xent", "sigmoid_bce", "squared_error", "add_weights_l2_loss",
+            "gemm_softmax_xent"} <= set(marked)
     for name, spec in marked.items():
         source = kernel_dir().joinpath(spec.source).read_text()
-        body = source[source.index(f"void {name}("):]
+        head = re.search(rf"__global__ void\s+(?:__launch_bounds__\([^)]*\)\s+)?{name}\(",
+                         source)
+        body = source[head.start():]
         body = body[:body.index("\n}\n")]
         for param in spec.atomic:
             uses = re.findall(rf"[^\w]{param}\b", body)
             atomics = re.findall(rf"atomicAdd\({param},", body)
             assert len(uses) == len(atomics) + 1, (name, param)  # + its declaration
+
+
+# ------------------------------------------- the output layer with its softmax + cross-entropy
+@pytest.mark.kernels
+@pytest.mark.parametrize("path", ["fused", "cublas", "auto"])
+@pytest.mark.parametrize("n,k,m", [(37, 12, 10), (20, 9, 70), (20, 9, 130)])
+def test_output_layer_fuses_softmax_xent_where_a_block_holds_its_rows(cp, path, n, k, m):
+    """Eager affine_softmax_xent on the emulated GPU (2 SMs) against the NumPy backend: one
+    gemm_softmax_xent launch for 10 classes (narrow tile) and for 70 (the 128-wide tile,
+    which the plan finds no slower here), the GEMM and the loss kernel for 130 (no tile holds
+    a row).  Timing the two variants (``auto``) must not add the loss more than once."""
+    from gpumlp.backends import get_backend
+    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.selftest import atomic_sum_tolerance
+
+    rng = np.random.default_rng(13)
+    x, w = rng.normal(size=(n, k)).astype(np.float32), rng.normal(size=(k, m)).astype(
+        np.float32)
+    b, t = rng.normal(size=m).astype(np.float32), np.eye(m, dtype=np.float32)[
+        rng.integers(0, m, n)]
+    h, z = np.empty((n, m), np.float32), np.empty((n, m), np.float32)
+    want = float(get_backend("numpy").affine_softmax_xent(x, w, b, t, z, h))
+    backend = CupyBackend(gemm_path=path)
+    plan = gemm_plan.softmax_xent_plan(np.float32, n, k, m, 2)
+    assert (plan.tile if plan else None) == {10: 2, 70: 1, 130: None}[m]
+    fused = [kernels.get_kernel("gemm_softmax_xent", np.float32, tile=tile)
+             for tile in kernels.gemm_tiles("gemm_softmax_xent", np.float32)]
+    before = sum(kernel.launches for kernel in fused)
+    h_d = cp.full((n, m), np.nan, np.float32)
+    got = backend.affine_softmax_xent(*map(cp.asarray, (x, w, b, t)),
+                                      cp.empty((n, m), np.float32), h_d)
+    ran_fused = sum(kernel.launches for kernel in fused) > before
+    assert ran_fused == (plan is not None and path != "cublas")
+    rel = max(2e-5, atomic_sum_tolerance(np.float32, "softmax_xent", (n, m)))
+    assert float(got) == pytest.approx(want, rel=rel)
+    np.testing.assert_allclose(h_d.get(), h, rtol=2e-5, atol=2e-5 * np.abs(h).max())

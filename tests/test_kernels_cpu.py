@@ -333,6 +333,64 @@ def test_loss_accumulates_and_writes_h(host, n, k, kind, dtype, grid=None, in_pl
     g.check()
 
 
+def check_gemm_softmax_xent(host, n, k, m, dtype, tile, splits=1, grid=None, aligned=False):
+    """The fused output layer + softmax + cross-entropy against the reference's affine
+    (identity) then softmax_xent: h written exactly where the logits are, the loss added."""
+    rng, g = rng_for("fused_xent", n, k, m, tile, splits, dtype), Guarded(aligned)
+    x0, w0 = random(rng, (n, k), dtype), random(rng, (k, m), dtype, 0.3)
+    b0, t0 = random(rng, (m,), dtype), rng.dirichlet(np.ones(m), size=n).astype(dtype)
+    x, w, b, t = (g.array(a.shape, dtype, a) for a in (x0, w0, b0, t0))
+    h = g.array((n, m), dtype)
+    start = dtype(rng.normal())
+    acc = g.array((1,), dtype, start)
+    z = REF.affine_act(x0, w0, b0, "identity", np.empty((n, m), dtype),
+                       precision=kernels.GEMM_TILE_PRECISION[tile])
+    want_h = np.empty_like(z)
+    want_loss = REF.softmax_xent(z, t0, want_h)
+    gemm_launch(host, "gemm_softmax_xent", dtype, n, m, k, tile, splits, grid, h=h,
+                loss_acc=acc, x=x, w=w, b=b, t=t, n=n, k=k, m=m)
+    assert_matches(h, want_h, dtype)
+    assert_matches(acc[0] - start, want_loss, dtype)
+    g.check()
+
+
+#: (n, k, m): odd sizes, one and several row tiles, m up to the narrow tile's 16 columns.
+FUSED_XENT_SHAPES = [(1, 1, 1), (3, 7, 5), (17, 19, 10), (70, 33, 16), (130, 65, 3)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,m", FUSED_XENT_SHAPES)
+def test_gemm_softmax_xent(host, n, k, m, dtype):
+    for tile in kernels.gemm_tiles("gemm_softmax_xent", dtype):
+        check_gemm_softmax_xent(host, n, k, m, dtype, tile)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_softmax_xent_split_k_full_width_vectors_and_grid_stride(host, dtype):
+    """Rows as wide as each tile (BN columns: every thread of a row holds some), split-K,
+    16-byte aligned operands (the vector loads and stores of h and t) and one block row
+    striding over the row tiles."""
+    for tile in kernels.gemm_tiles("gemm_softmax_xent", dtype):
+        width = kernels.GEMM_TILES[tile][1]
+        check_gemm_softmax_xent(host, 70, 40, width, dtype, tile, splits=3, aligned=True)
+        check_gemm_softmax_xent(host, 130, 21, width - 1, dtype, tile, grid=(1, 1))
+
+
+def test_gemm_softmax_xent_writes_nothing_where_a_block_cannot_hold_a_row(host):
+    g = Guarded()
+    n, k, m = 8, 4, 17  # the narrow tile is 16 columns wide
+    x, w, b = g.array((n, k), np.float32, 1), g.array((k, m), np.float32, 1), g.array(
+        (m,), np.float32, 0)
+    t, h, acc = g.array((n, m), np.float32, 0), g.array((n, m), np.float32), g.array(
+        (1,), np.float32, 0.5)
+    grid, block = kernels.launch_config("gemm_softmax_xent", n, m, tile=2)
+    host.launch("gemm_softmax_xent", np.float32, grid, block, tile=2, h=h, loss_acc=acc,
+                x=x, w=w, b=b, t=t, n=n, k=k, m=m, workspace=None, tile_counters=None)
+    assert np.isnan(h).all() and acc[0] == np.float32(0.5)
+    with pytest.raises(ValueError, match="needs N=17 <= the BN"):
+        gemm_plan.choose("gemm_softmax_xent", np.float32, n, m, k, tile=2)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_losses_grid_stride_and_in_place(host, dtype):
     n, k = SHAPES[4]
@@ -509,7 +567,8 @@ def test_gemm_plan_fills_the_sms_at_mnist_sizes():
     thin = gemm_plan.choose("gemm_bias_act", np.float32, 256, 10, 256)
     assert thin.tile == 2  # 16 wide: 6 wasted columns of 16, not 54 of 64
     for kernel in gemm_plan.GEMM_SHAPES:  # float64 has the one tile
-        assert gemm_plan.choose(kernel, np.float64, 1000, 300, 500).tile == 0
+        columns = 60 if kernel == "gemm_softmax_xent" else 300  # whole rows in one block
+        assert gemm_plan.choose(kernel, np.float64, 1000, columns, 500).tile == 0
 
 
 def test_gemm_plan_uses_the_sm_count_and_sizes_the_scratch():

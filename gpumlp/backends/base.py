@@ -152,6 +152,18 @@ class Backend:
         h_out[...] = (e / s - t) / z.dtype.type(n)
         return loss
 
+    def affine_softmax_xent(self, x: Any, w: Any, b: Any, t: Any, z_out: Any, h_out: Any,
+                            precision: str = "float32") -> Any:
+        """The output layer with softmax + cross-entropy: ``z_out = x @ w + b``, then
+        :meth:`softmax_xent` of ``z_out``; returns its loss and writes ``h_out``.
+
+        A backend may fuse both into one kernel that never writes the logits: ``z_out`` is
+        then scratch, its contents unspecified afterwards.
+        """
+        options = {} if precision == "float32" else {"precision": precision}
+        self.affine_act(x, w, b, "identity", z_out, None, **options)
+        return self.softmax_xent(z_out, t, h_out)
+
     def sigmoid_bce(self, z: Any, t: Any, h_out: Any) -> Any:
         """Sigmoid + binary cross-entropy from logits; ``h_out = (sigmoid(z) - t) / n``."""
         xp = self.xp

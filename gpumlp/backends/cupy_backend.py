@@ -355,6 +355,69 @@ class CupyBackend(Backend):
     def softmax_xent(self, z, t, h_out):
         return self._loss("softmax_xent", z, t, h_out)
 
+    def affine_softmax_xent(self, x, w, b, t, z_out, h_out, precision: str = "float32"):
+        """One launch of ``gemm_softmax_xent`` where :func:`gemm_plan.softmax_xent_plan` says
+        it pays (a block holds whole rows of the logits, at no worse a tile), leaving
+        ``z_out`` unwritten; elsewhere the forward GEMM and the loss kernel, as before.
+
+        The fused kernel and the GEMM + epilogue + loss kernel are chosen between like every
+        GEMM of a step (eager: :meth:`_choose`; captured: :mod:`capture_paths`)."""
+        dtype = contracts.float_dtype("affine_softmax_xent", "x", x)
+        size = self._check("affine_softmax_xent", dtype, x=(x, "n k"), w=(w, "k m"),
+                           b=(b, "m"), t=(t, "n m"), z_out=(z_out, "n m"),
+                           h_out=(h_out, "n m"))
+        n, k, m = size["n"], size["k"], size["m"]
+        precision = self._device_precision(precision)
+        plan = gemm_plan.softmax_xent_plan(x.dtype, n, k, m,
+                                           gemm_plan.device_sm_count(self.xp), precision)
+        fused_fn = (self._kernel("gemm_softmax_xent", x.dtype, tile=plan.tile)
+                    if plan is not None else None)
+        bias_fn = self._kernel("bias_act", x.dtype, act="identity", dropout=False)
+        loss_fn = self._kernel("softmax_xent", x.dtype)
+        if fused_fn is None or bias_fn is None or loss_fn is None:
+            return super().affine_softmax_xent(x, w, b, t, z_out, h_out, precision)
+        state = step_state.current()
+        loss = self._loss_accumulator("affine_softmax_xent", state, x.dtype)
+        # Eager: the loss is this call's own and starts at zero in each variant (timing the
+        # two runs both); recorded: every variant adds into the runner's accumulator.
+        reset = (lambda: loss.fill(0)) if state is None else (lambda: None)
+        drop = self._dropout_args(x.dtype, None)
+        sizes = (np.int64(n), np.int64(k), np.int64(m))
+
+        def fused():
+            reset()
+            fused_fn(plan.grid, plan.block, (h_out, loss, x, w, b, t, *sizes,
+                                             *self._scratch(plan, x.dtype)))
+
+        def bias_and_loss():
+            bias_fn(*kernels.launch_config("bias_act", n, m),
+                    (z_out, b, np.int64(n), np.int64(m), *drop))
+            loss_fn(*kernels.launch_config("softmax_xent", n, m),
+                    (h_out, loss, z_out, t, np.int64(n), np.int64(m)))
+
+        def cublas():
+            reset()
+            self.xp.matmul(x, w, out=z_out)
+            bias_and_loss()
+
+        def direct_epilogue():
+            reset()
+            bias_and_loss()
+
+        self._choose("forward_softmax_xent", (n, k, m), x.dtype, fused, cublas,
+                     capture_paths.forward(x, w, z_out, direct_epilogue), precision)
+        return loss
+
+    def _loss_accumulator(self, op: str, state: Any, dtype: Any) -> Any:
+        """The recording runner's loss accumulator, else a new device scalar (eager)."""
+        loss = state.loss if state is not None else None
+        if loss is None:
+            return self.xp.zeros((), dtype=dtype)  # the kernels add into it
+        if loss.dtype != dtype:
+            raise TypeError(f"{op}: the recording's loss accumulator is {loss.dtype}, the "
+                            f"logits {np.dtype(dtype)}")
+        return loss
+
     def sigmoid_bce(self, z, t, h_out):
         return self._loss("sigmoid_bce", z, t, h_out)
 

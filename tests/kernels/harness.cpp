@@ -190,6 +190,22 @@ HARNESS_ENTRY(gemm_weight_grads)
     return status;
 }
 
+// gemm_softmax_xent<T, TILE>: the tile is its first template parameter after T.
+HARNESS_ENTRY(gemm_softmax_xent)
+{
+    (void)p2;
+    (void)p3;
+    int status = -1;
+    with_dtype(bits, [&](auto t) {
+        with_int(p1, GemmTiles{}, [&](auto tile) {
+            if constexpr (gemm_instantiated<decltype(t), tile.value>)
+                status = launch_packed(HARNESS_GEOMETRY,
+                                       gemm_softmax_xent<decltype(t), tile.value>, HARNESS_ARGS);
+        });
+    });
+    return status;
+}
+
 // sgd_step<T, bool NESTEROV>: the flag is its first template parameter after T.
 HARNESS_ENTRY(sgd_step)
 {

@@ -276,6 +276,7 @@ REPORTED = [
     "gemm_backprop_act<float, 1, true, 1>",
     "gemm_weight_grads<float, 1>", "gemm_weight_grads<float, 0>", "gemm_weight_grads<float, 2>",
     "gemm_bias_act<double, 1, false, 0>", "gemm_bias_act<float, 1, false, 3>",
+    "gemm_softmax_xent<float, 2>", "gemm_softmax_xent<float, 3>",
 ]
 
 if __name__ == "__main__":
