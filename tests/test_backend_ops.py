@@ -249,3 +249,17 @@ def test_dropout_forward_and_backward_are_bit_exact(dtype, act):
             got = np.full_like(delta, np.nan)
             backend.act_grad(delta, a, act, got, drop)
             np.testing.assert_array_equal(got, expected)
+
+
+def test_elementwise_threads_default_to_one_unless_asked(monkeypatch):
+    """BLAS's spinning workers make a split slower by default; the variable or the
+    argument still asks for one."""
+    from gpumlp.backends.numpy_backend import NumpyBackend
+
+    monkeypatch.delenv("GPUMLP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # for BLAS; not a request for a split
+    assert NumpyBackend().chunks.threads == 1
+    assert NumpyBackend(threads=2).chunks.threads == 2
+    monkeypatch.setenv("GPUMLP_NUM_THREADS", "3")
+    assert NumpyBackend().chunks.threads == 3
+    assert NumpyBackend().describe()["elementwise_threads"] == 3

@@ -5,34 +5,45 @@ bounded pool (:mod:`gpumlp.backends.scratch`), so a training step at a fixed bat
 allocates nothing after its first call, threads never share a temporary, and memory stays
 bounded whatever batch sizes are seen; matrix products
 go to BLAS on contiguous (or transposed-contiguous) operands, which NumPy passes through
-without copying, and the elementwise work between them is split over the cores
-(:mod:`gpumlp.backends.threads`).
+without copying, and the elementwise work between them runs on the calling thread, or split
+over the cores when asked (:mod:`gpumlp.backends.threads`; see :class:`NumpyBackend`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from .. import activations
-from ..dropout import Dropout, fill_keep_flags
+from ..dropout import Dropout, keep_mask
 from ..precision import gemm_operand
 from .base import Backend
 from .scratch import ScratchPool
 from .threads import RowChunks
 
-#: Elementwise passes one Philox4x32-10 group (4 flags) costs, for the thread split.
-PHILOX_GROUP_COST = 64
-
 
 class NumpyBackend(Backend):
-    """CPU backend on NumPy; float32 and float64."""
+    """CPU backend on NumPy; float32 and float64.
+
+    Parameters
+    ----------
+    threads : int, optional
+        Threads for the elementwise work between matrix products.  Default: the value of
+        ``GPUMLP_NUM_THREADS`` when set, else 1.  BLAS keeps its worker threads spinning
+        for a while after every product, so elementwise work split over the same cores
+        competes with them: on a 2-core machine the default recipe's step ran about 5 %
+        faster on one thread than on two, and batches of 1024 and 8192 gained nothing from
+        the split.
+    """
 
     name = "numpy"
 
     def __init__(self, threads: int | None = None) -> None:
         super().__init__(np)
+        if threads is None and not os.environ.get("GPUMLP_NUM_THREADS", "").strip():
+            threads = 1
         self.chunks = RowChunks(threads)
         self._scratch = ScratchPool(lambda shape, dtype: np.empty(shape, dtype=dtype))
         # Forward dropout masks kept (per thread, bounded) for the backward pass, which would
@@ -55,15 +66,23 @@ class NumpyBackend(Backend):
         # TF32 is emulated: inputs rounded as the tensor cores round them (gpumlp.precision).
         np.matmul(gemm_operand(np, x, precision), gemm_operand(np, w, precision), out=out)
         tmp = self.scratch("act", out.shape, out.dtype) if act == "leaky_relu" else None
+        # Drawn on this thread: split over threads, Philox's many short passes ran slower.
+        mask = None if dropout is None else keep_mask(np, out.shape, dropout)
+        scale = out.dtype.type(1.0 / dropout.keep) if dropout is not None else None
 
         def epilogue(start: int, stop: int) -> None:
             rows = out[start:stop]
             rows += b
             self._activate_in_place(act, rows, None if tmp is None else tmp[start:stop])
+            if mask is not None:  # inverted dropout: (A * mask) * (1 / keep)
+                np.multiply(rows, mask[start:stop], out=rows)
+                rows *= scale
 
         self.chunks.run(epilogue, out.shape[0], out.shape[1])
-        if dropout is not None:
-            self._apply_dropout(out, dropout, act)
+        if mask is not None and act != "relu":
+            # Kept for the backward pass, which would otherwise draw it again (relu's needs
+            # no mask: see _act_grad_dropped).
+            self._masks.put((dropout, out.shape), mask)
         return out
 
     @staticmethod
@@ -87,43 +106,9 @@ class NumpyBackend(Backend):
         else:
             activations.apply(np, act, z, z)
 
-    def _apply_dropout(self, a: np.ndarray, dropout: Dropout, act: str) -> None:
-        """``a *= mask / keep``; the mask is drawn once, kept for the backward pass only
-        where that needs it (not for relu: see :meth:`_act_grad_dropped`)."""
-        mask = self._draw_mask(a.shape, dropout)
-        scale = a.dtype.type(1.0 / dropout.keep)
-        if a.flags.c_contiguous:
-            flat, flags = a.reshape(-1), mask.reshape(-1)
-
-            def apply(start: int, stop: int) -> None:
-                part = flat[start:stop]
-                np.multiply(part, flags[start:stop], out=part)
-                part *= scale
-
-            self.chunks.run(apply, flat.shape[0], 1)
-        else:
-            np.multiply(a, mask, out=a)
-            a *= scale
-        if act != "relu":
-            self._masks.put((dropout, a.shape), mask)
-
-    def _draw_mask(self, shape: tuple, dropout: Dropout) -> np.ndarray:
-        """:func:`keep_mask` with the Philox groups split over the cores."""
-        size = int(np.prod(shape))
-        groups = (size + 3) // 4
-        flags = np.empty(4 * groups, dtype=bool)
-
-        def draw(first: int, stop: int) -> None:
-            fill_keep_flags(flags[4 * first:4 * stop], first, dropout)
-
-        # A Philox group costs about as much as PHILOX_GROUP_COST elementwise passes over
-        # one element: worth a thread from a few thousand groups.
-        self.chunks.run(draw, groups, PHILOX_GROUP_COST)
-        return flags[:size].reshape(shape)
-
     def _dropout_mask(self, shape: tuple, dropout: Dropout) -> np.ndarray:
         mask = self._masks.pop((dropout, shape))
-        return self._draw_mask(shape, dropout) if mask is None else mask
+        return keep_mask(np, shape, dropout) if mask is None else mask
 
     def softmax(self, z, out):
         rows = self.scratch("rows", (z.shape[0], 1), z.dtype)
@@ -210,8 +195,13 @@ class NumpyBackend(Backend):
         np.matmul(gemm_operand(np, a_prev, precision).T, gemm_operand(np, h, precision), out=dw)
         if decay:
             tmp = self.scratch("decay", w.shape, w.dtype)
-            np.multiply(w, w.dtype.type(decay), out=tmp)
-            dw += tmp
+            factor = w.dtype.type(decay)
+
+            def add_decay(start: int, stop: int) -> None:
+                np.multiply(w[start:stop], factor, out=tmp[start:stop])
+                dw[start:stop] += tmp[start:stop]
+
+            self.chunks.run(add_decay, w.shape[0], w.shape[1] if w.ndim > 1 else 1)
         # Column sums as a BLAS product with a ones vector: multithreaded, unlike np.sum.
         ones = self.scratch("ones", (h.shape[0],), h.dtype)
         ones.fill(1)
