@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .dropout import Dropout
+from .dropout import Dropout, keep_mask
 
 #: Exit statuses: all matched, a mismatch, cannot run here.
 PASSED, MISMATCH, UNAVAILABLE = 0, 1, 2
@@ -184,6 +184,8 @@ def _layer_checks(report, cpu, gpu, cp, rng, sizes, batch, dtype, path, drop) ->
         report.compare("weight_grads (db)", cp.asnumpy(db_d), db, dtype, path)
         if layer > 0:  # the sensitivity of the layer below, through this layer's weights
             a = np.maximum(x, 0)
+            if drop is not None:  # the layer below's output as training leaves it: dropped
+                a = a * keep_mask(np, a.shape, drop) / a.dtype.type(drop.keep)
             want = cpu.backprop_hidden(h, w, a, "relu", np.empty((batch, k), dtype), drop)
             got = gpu.backprop_hidden(cp.asarray(h), cp.asarray(w), cp.asarray(a), "relu",
                                       cp.full((batch, k), np.nan, dtype), drop)
