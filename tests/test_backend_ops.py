@@ -218,9 +218,9 @@ def test_keep_flags_fill_any_group_range():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act", ACTS)
 def test_dropout_forward_and_backward_are_bit_exact(dtype, act):
-    """The NumPy backend's dropout, threaded and with relu's mask-free backward, computes
-    exactly (A * mask) / keep forward and (delta * phi'(a * keep)) * mask / keep backward,
-    specials included."""
+    """The NumPy backend's dropout, split over threads or not, computes exactly
+    (A * mask) / keep forward and (delta * phi'(a * keep)) * mask / keep backward, specials
+    included, whether or not ``a`` is the forward's output (the GPU self-test passes others)."""
     from gpumlp.backends.numpy_backend import NumpyBackend
 
     rng = np.random.default_rng(11)
@@ -248,6 +248,15 @@ def test_dropout_forward_and_backward_are_bit_exact(dtype, act):
                 backend = NumpyBackend(threads=2)
             got = np.full_like(delta, np.nan)
             backend.act_grad(delta, a, act, got, drop)
+            np.testing.assert_array_equal(got, expected)
+        other = np.abs(plain) if act == "relu" else plain  # not zero where the mask drops
+        expected = np.empty_like(delta)
+        Backend(np).act_grad(delta, other * dtype(drop.keep), act, expected)
+        expected = (expected * mask) * scale
+        backend.affine_act(x, w, b, act, np.empty_like(a), drop)  # the mask kept again
+        for backend in (backend, NumpyBackend(threads=1)):
+            got = np.full_like(delta, np.nan)
+            backend.act_grad(delta, other, act, got, drop)
             np.testing.assert_array_equal(got, expected)
 
 

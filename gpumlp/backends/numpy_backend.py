@@ -79,9 +79,7 @@ class NumpyBackend(Backend):
                 rows *= scale
 
         self.chunks.run(epilogue, out.shape[0], out.shape[1])
-        if mask is not None and act != "relu":
-            # Kept for the backward pass, which would otherwise draw it again (relu's needs
-            # no mask: see _act_grad_dropped).
+        if mask is not None:  # kept for the backward pass, which would otherwise draw it again
             self._masks.put((dropout, out.shape), mask)
         return out
 
@@ -161,21 +159,6 @@ class NumpyBackend(Backend):
         """``delta ⊙ mask / keep ⊙ phi'(A)`` where ``a = A ⊙ mask / keep`` is stored."""
         keep = a.dtype.type(dropout.keep)
         scale = a.dtype.type(1.0 / dropout.keep)
-        if act == "relu":
-            # relu'(A) = sign(a): a dropped element has a = 0 and slope 0, so the mask adds
-            # nothing and is neither kept nor drawn again.  delta * (sign(a) * scale) is bit
-            # for bit (delta * sign(a * keep)) * mask * scale: sign(a) and sign(a * keep)
-            # agree for a >= 0, and the mask multiplies a value that is already 0 (or NaN).
-            slope = self.scratch("slope", a.shape, a.dtype)
-
-            def rows(start: int, stop: int) -> None:
-                part = slope[start:stop]
-                np.sign(a[start:stop], out=part)
-                part *= scale
-                np.multiply(delta[start:stop], part, out=out[start:stop])
-
-            self.chunks.run(rows, a.shape[0], a.shape[1] if a.ndim > 1 else 1)
-            return out
         mask = self._dropout_mask(a.shape, dropout)
         undropped = self.scratch("undropped", a.shape, a.dtype)
         np.multiply(a, keep, out=undropped)  # A where kept; dropped entries are masked below
