@@ -1,12 +1,16 @@
 """Row-chunked threading for the NumPy backend's elementwise work.
 
 NumPy's matrix products already use every core through BLAS, but its ufuncs run on one
-thread; after each product the bias, activation, ``⊙ phi'`` and the optimizer update would
-then leave the other cores idle.  NumPy releases the GIL inside ufuncs, so splitting that
-work into disjoint row ranges over a small pool uses them all.
+thread; after each product the bias, activation, ``⊙ phi'`` and the optimizer update leave
+the other cores to BLAS's worker threads, which spin for a while after every product.
+NumPy releases the GIL inside ufuncs, so that work can be split into disjoint row ranges
+over a small pool — the NumPy backend does so only when asked (``GPUMLP_NUM_THREADS`` or
+``threads=``; see :class:`~gpumlp.backends.numpy_backend.NumpyBackend` for why one thread is
+the default).
 
-The thread count follows ``GPUMLP_NUM_THREADS``, else ``OMP_NUM_THREADS`` (the variable BLAS
-libraries read), else the CPUs this process may run on.
+:func:`default_threads`, the count when a split is asked for without a number, follows
+``GPUMLP_NUM_THREADS``, else ``OMP_NUM_THREADS`` (the variable BLAS libraries read), else the
+CPUs this process may run on.
 """
 
 from __future__ import annotations
