@@ -24,8 +24,8 @@ so their weights agree to float32 rounding and either can be checked against the
 A runner's graphs touch only memory the runner owns: its copy of the data, its step buffers,
 and a twin of the network's parameters and gradients and of the optimizer's state.  Each epoch
 copies the trainer's parameters and optimizer state into the twin before the replays and back
-after them (three device-to-device copies of the parameter buffer's size, microseconds), so a
-runner is not tied to one network object.  New data of the same shape (``partial_fit`` on the
+after them (for Adam three device-to-device copies of the parameter buffer's size each way),
+so a runner is not tied to one network object.  New data of the same shape (``partial_fit`` on the
 next chunk) is copied into its buffers with :meth:`GraphStepRunner.load`, and when a fit ends
 the runner waits in :data:`gpumlp.graph_pool.IDLE` for the next fit of the same step (a refit,
 the next fold of a cross-validation, a clone in a grid search), which then trains without a
@@ -36,8 +36,8 @@ new warm-up or capture.  With ``cuda_graph="auto"`` the trainer replays only whe
 Two rules keep the replays correct on a real device:
 
 * **One stream, joined to the caller's.**  Everything a runner does to device memory (the
-  warm-up, the parameter snapshot and restore, the captures, the per-epoch writes of the step
-  state and the replays) runs on the runner's own stream, and every entry to and exit from it
+  warm-up, the captures, the copies of the data and of the model in and out, the per-epoch
+  writes of the step state and the replays) runs on the runner's own stream, and every entry to and exit from it
   is ordered with the caller's current stream by an event each way.  So the caller's earlier
   work (slicing or copying ``X``, the trainer's ``_last_good`` copy of the parameters) is
   finished before a replay reads or overwrites it, and the caller's later work sees the
