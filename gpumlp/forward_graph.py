@@ -18,10 +18,10 @@ for captured steps (:mod:`gpumlp.backends.capture_paths`: our fused GEMM, or cuB
 directly), which may differ from the eager choice, so outputs agree to float rounding (and
 are identical where both take the fused kernels).
 
-Only what can be captured is: the fused kernels and the softmax kernel (a sigmoid output is
-computed by CuPy element-wise code that allocates, so those networks predict eagerly).  A
-network's graphs are used by one thread at a time; a concurrent call runs eagerly rather
-than wait.
+Every launch of the pass is one of our kernels (the layers' GEMMs, the softmax or sigmoid
+of the output), none allocates, so any network on the CuPy backend with its kernels can be
+captured.  A network's graphs are used by one thread at a time; a concurrent call runs
+eagerly rather than wait.
 """
 
 from __future__ import annotations
@@ -124,11 +124,9 @@ class ForwardGraphs:
 
 def capturable(network: Any, x: Any) -> bool:
     """Whether ``network``'s forward over ``x`` can be captured: a CuPy network with the
-    fused kernels, a device array of its dtype, an output activation with a kernel."""
-    backend = network.backend
-    return (graph_unavailable_reason(network) is None and backend.owns(x)
-            and x.dtype == network.dtype and x.ndim == 2 and x.shape[0] > 0
-            and (not network.loss.from_logits or network.output_activation == "softmax"))
+    fused kernels and a device array of its dtype."""
+    return (graph_unavailable_reason(network) is None and network.backend.owns(x)
+            and x.dtype == network.dtype and x.ndim == 2 and x.shape[0] > 0)
 
 
 def _capture(network: Any, x: Any, chunk: int,

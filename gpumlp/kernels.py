@@ -141,6 +141,8 @@ KERNELS: dict[str, KernelSpec] = dict([
     _spec("act_grad", "epilogue.cu", ("dtype", "act", "dropout"),
           ("T* out", "const T* delta", "const T* a", "long long size", *_DROPOUT_ARGS),
           "flat4", DIFFERENTIABLE_ACTS),
+    _spec("apply_act", "epilogue.cu", ("dtype", "act"),
+          ("T* out", "const T* z", "long long size"), "flat", ALL_ACTS),
     _spec("softmax_xent", "loss.cu", ("dtype",),
           ("T* h", "T* loss_acc", "const T* z", "const T* t", "long long n", "long long k"),
           "rows", atomic=("loss_acc",)),

@@ -46,3 +46,12 @@ __global__ void act_grad(T* out, const T* delta, const T* a, long long size, T k
         }
     }
 }
+
+// out = phi(z) over size elements (out may alias z): an output activation on its own, e.g. the
+// sigmoid of a classifier's logits at inference.  Launch: the flat geometry of optim.cu.
+template <typename T, int ACT>
+__global__ void apply_act(T* out, const T* z, long long size)
+{
+    for (long long i = global_thread_id(); i < size; i += grid_threads())
+        out[i] = act_forward<ACT>(z[i]);
+}

@@ -67,12 +67,20 @@ def test_replays_follow_the_weights_and_the_input_contents(cp):
     assert len(net._forward_graphs) == 1
 
 
-def test_sigmoid_outputs_and_host_arrays_predict_eagerly(cp, captures):
-    net = network(loss="sigmoid_bce")
-    x = cp.asarray(np.random.default_rng(2).normal(size=(20, 6)))
-    for _ in range(3):
-        net.predict_output(x)
-    assert captures == []
+@pytest.mark.parametrize("loss", ["sigmoid_bce", "squared_error"])
+def test_sigmoid_and_identity_outputs_replay_too(cp, captures, loss):
+    net = network(loss=loss)
+    x = cp.asarray(np.random.default_rng(2).normal(size=(20, 6)) * 30)
+    eager = net.predict_output(x).get()
+    np.testing.assert_array_equal(net.predict_output(x).get(), eager)
+    assert captures == [(20, 6)]
+    reference = Network([6, 16, 8, 3], activation="relu", loss=loss, backend="numpy", seed=0,
+                        dtype=np.float64)
+    np.testing.assert_allclose(eager, reference.predict_output(x.get()), rtol=1e-12,
+                               atol=1e-300)
+
+
+def test_host_arrays_are_not_captured():
     numpy_net = Network([6, 4, 2], backend="numpy", seed=0)
     assert not forward_graph.capturable(numpy_net, np.ones((3, 6), np.float32))
 

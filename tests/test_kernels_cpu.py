@@ -278,6 +278,24 @@ def test_act_grad(host, n, m, act, dropout, dtype, grid=None, in_place=False):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("act", sorted(activations.CODES.values()))
+@pytest.mark.parametrize("n,m", SHAPES[:3])
+def test_apply_act(host, n, m, act, in_place, dtype):
+    rng, g = rng_for("apply_act", n, m, act, in_place, dtype), Guarded()
+    z0 = random(rng, (n, m), dtype, 40.0)  # wide: the sigmoid's split by sign matters
+    if z0.size >= 3:
+        z0.flat[:3] = [0.0, -0.0, -120.0]  # exp(120) overflows float32 in a naive sigmoid
+    z = g.array((n, m), dtype, z0)
+    out = z if in_place else g.array((n, m), dtype)
+    grid, block = kernels.launch_config("apply_act", n * m)
+    host.launch("apply_act", dtype, grid, block, act=act, out=out, z=z, size=n * m)
+    want = activations.apply(np, ACT_NAMES[act], z0.copy(), np.empty_like(z0))
+    assert_matches(out, want, dtype, False)
+    g.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_elementwise_grid_stride_and_in_place(host, dtype):
     n, m = SHAPES[4]
     test_bias_act(host, n, m, activations.CODES["leaky_relu"], True, dtype, grid=(1, 1, 1))

@@ -75,9 +75,10 @@ def test_derived_names_cover_every_kernel_dtype_and_activation():
                    "squared_error", "add_weights_l2_loss", "adam_step", "gather_rows"):
         assert {f"{kernel}<float>", f"{kernel}<double>"} <= set(names)
     assert {"sgd_step<float, true>", "sgd_step<double, false>"} <= set(names)
+    assert {"apply_act<float, 3>", "apply_act<double, 0>"} <= set(names)
     assert "advance_step" in names  # the one kernel with no template parameters
     expected = sum(len(spec.grid()) for spec in kernels.KERNELS.values())
-    assert len(names) == expected == 175
+    assert len(names) == expected == 187
 
 
 _KERNEL = re.compile(r"(?:template\s*<([^>]*)>\s*)?__global__\s+void\s+"

@@ -260,7 +260,12 @@ class CupyBackend(Backend):
     def sigmoid(self, z, out):
         dtype = contracts.float_dtype("sigmoid", "z", z)
         self._check("sigmoid", dtype, z=(z, "n k"), out=(out, "n k"))
-        return super().sigmoid(z, out)
+        fn = self._kernel("apply_act", z.dtype, act="sigmoid")
+        if fn is None:
+            return super().sigmoid(z, out)
+        grid, block = kernels.launch_config("apply_act", z.size)
+        fn(grid, block, (out, z, np.int64(z.size)))  # one pass, no temporaries: capturable
+        return out
 
     # ---------------------------------------------------------------------------- backward
     def act_grad(self, delta, a, act, out, dropout: Dropout | None = None):

@@ -166,6 +166,22 @@ HARNESS_ACT_FLAG_TILE(gemm_backprop_act, DifferentiableActs)
 HARNESS_ACT_FLAG(bias_act, AllActs)
 HARNESS_ACT_FLAG(act_grad, DifferentiableActs)
 HARNESS_PLAIN(softmax_xent)
+
+// apply_act<T, ACT>: the activation is its first template parameter after T.
+HARNESS_ENTRY(apply_act)
+{
+    (void)p2;
+    (void)p3;
+    int status = -1;
+    with_dtype(bits, [&](auto t) {
+        with_int(p1, AllActs{}, [&](auto act) {
+            status = launch_packed(HARNESS_GEOMETRY, apply_act<decltype(t), act.value>,
+                                   HARNESS_ARGS);
+        });
+    });
+    return status;
+}
+
 HARNESS_PLAIN(softmax_rows)
 HARNESS_PLAIN(sigmoid_bce)
 HARNESS_PLAIN(squared_error)
