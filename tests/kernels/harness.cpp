@@ -190,37 +190,25 @@ HARNESS_PLAIN(adam_step)
 HARNESS_PLAIN(gather_rows)
 HARNESS_PLAIN(gather_batch)
 
-// gemm_weight_grads<T, TILE>: the tile is its first template parameter after T.
-HARNESS_ENTRY(gemm_weight_grads)
-{
-    (void)p2;
-    (void)p3;
-    int status = -1;
-    with_dtype(bits, [&](auto t) {
-        with_int(p1, GemmTiles{}, [&](auto tile) {
-            if constexpr (gemm_instantiated<decltype(t), tile.value>)
-                status = launch_packed(HARNESS_GEOMETRY,
-                                       gemm_weight_grads<decltype(t), tile.value>, HARNESS_ARGS);
-        });
-    });
-    return status;
-}
+// GEMMs templated on <T, TILE> (no activation): the tile is the first parameter after T.
+#define HARNESS_TILE(name) \
+    HARNESS_ENTRY(name) \
+    { \
+        (void)p2; \
+        (void)p3; \
+        int status = -1; \
+        with_dtype(bits, [&](auto t) { \
+            with_int(p1, GemmTiles{}, [&](auto tile) { \
+                if constexpr (gemm_instantiated<decltype(t), tile.value>) \
+                    status = launch_packed(HARNESS_GEOMETRY, name<decltype(t), tile.value>, \
+                                           HARNESS_ARGS); \
+            }); \
+        }); \
+        return status; \
+    }
 
-// gemm_softmax_xent<T, TILE>: the tile is its first template parameter after T.
-HARNESS_ENTRY(gemm_softmax_xent)
-{
-    (void)p2;
-    (void)p3;
-    int status = -1;
-    with_dtype(bits, [&](auto t) {
-        with_int(p1, GemmTiles{}, [&](auto tile) {
-            if constexpr (gemm_instantiated<decltype(t), tile.value>)
-                status = launch_packed(HARNESS_GEOMETRY,
-                                       gemm_softmax_xent<decltype(t), tile.value>, HARNESS_ARGS);
-        });
-    });
-    return status;
-}
+HARNESS_TILE(gemm_weight_grads)
+HARNESS_TILE(gemm_softmax_xent)
 
 // sgd_step<T, bool NESTEROV>: the flag is its first template parameter after T.
 HARNESS_ENTRY(sgd_step)
