@@ -219,3 +219,17 @@ def test_bad_pool_size_is_named():
     assert graph_pool.capacity_from_environment("0") == 0
     with pytest.raises(ValueError, match="capacity=-2"):
         graph_pool.IdleRunners().capacity = -2
+
+
+def test_partial_fit_on_alternating_shapes_keeps_both_steps(cp, captures):
+    # Chunks of two lengths in turn: each length's runner waits idle while the other trains.
+    backend = gpu()
+    graph, eager = classifier(backend), classifier(backend, cuda_graph="off")
+    for rows in (40, 48, 40, 48, 40):
+        X, y = data(rows, seed=rows)
+        graph.partial_fit(cp.asarray(X), y, classes=[0, 1])
+        eager.partial_fit(cp.asarray(X), y, classes=[0, 1])
+    # 40 rows: many-step, one-step and remainder graphs; 48 rows: many-step and one-step.
+    assert len(captures) == 5
+    np.testing.assert_allclose(graph.network_.get_flat_params(),
+                               eager.network_.get_flat_params(), rtol=1e-5, atol=1e-6)
