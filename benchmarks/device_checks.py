@@ -9,7 +9,9 @@ budget.  A step whose prerequisite is absent (no compute-sanitizer, no Fashion-M
 ``--data-dir``/``$GPUMLP_DATA``) is *skipped* with the reason, which is not a failure.
 
 The estimates are seconds on one H100 from a cold CuPy kernel cache; each run records what
-every step really took (``device_checks.json``), which is what the estimates should follow.
+every step really took (``device_checks.json``), which is what the estimates should follow
+(``--estimates earlier/device_checks.json`` uses them).  A copy of the tree without ``.git``
+(a device machine's) records ``--commit HASH`` as its commit.
 
 Output in ``--out`` (default ``$OUT``): ``device_checks.json`` (machine, versions, commit and
 every step's status, seconds and log name) and ``device_checks-logs.tar.gz`` (every log and
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import shlex
 import shutil
@@ -336,6 +339,26 @@ def exit_status(results: list[Result], device: bool) -> int:
     return 0 if device else 2
 
 
+def measured_estimates(steps: tuple[Step, ...], path: str) -> tuple[Step, ...]:
+    """``steps`` with the estimate of each step that finished in an earlier run's JSON set
+    to its seconds there plus a fifth (rounded up), its limit at least twice that; other
+    steps keep theirs."""
+    try:
+        earlier = json.loads(Path(path).read_text())["steps"]
+        seconds = {s["step"]: float(s["seconds"]) for s in earlier
+                   if s["status"] in ("passed", "failed")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--estimates {path}: not a device_checks.json ({exc})") from None
+    steps_now = []
+    for step in steps:
+        if step.name in seconds:
+            estimate = math.ceil(1.2 * seconds[step.name])
+            step = replace(step, estimate_s=estimate,
+                           timeout_s=max(step.timeout_s, 2 * estimate))
+        steps_now.append(step)
+    return tuple(steps_now)
+
+
 # ------------------------------------------------------------------------------- plans
 def dry_run(steps: tuple[Step, ...], ctx: Context, budget_s: float) -> str:
     """The plan on a GPU machine with every prerequisite present, each step taking its
@@ -394,6 +417,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "$GPUMLP_DATA); without it the accuracy steps are skipped")
     parser.add_argument("--commit", default=None,
                         help="commit to record when the tree has no .git (default: git's)")
+    parser.add_argument("--estimates", default=None, metavar="JSON",
+                        help="take each step's estimate from an earlier run's "
+                             "device_checks.json (its seconds plus a fifth)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan and its estimates; run nothing")
     args = parser.parse_args(argv)
@@ -409,8 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ctx = Context(python=sys.executable, logs=Path(args.out or ".") / LOGS,
                   data_dir=fashion_mnist_dir(args.data_dir), sanitizer=find_sanitizer())
+    steps = measured_estimates(STEPS, args.estimates) if args.estimates else STEPS
     if args.dry_run:
-        print(dry_run(STEPS, ctx, args.budget))
+        print(dry_run(steps, ctx, args.budget))
         return 0
     out = Path(args.out)
     shutil.rmtree(ctx.logs, ignore_errors=True)  # left by a run that was stopped
@@ -438,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{' (' + result.reason + ')' if result.reason else ''}", flush=True)
         write_json(out / "device_checks.json", report)
 
-    results = schedule(STEPS, ctx, args.budget, lambda s, t: run_step(s, ctx, t),
+    results = schedule(steps, ctx, args.budget, lambda s, t: run_step(s, ctx, t),
                        time.monotonic, started, record)
     report["seconds"] = round(time.monotonic() - started, 1)
     report["exit_status"] = exit_status(results, ctx.device)

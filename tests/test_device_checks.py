@@ -223,3 +223,21 @@ def test_a_bad_budget_is_a_one_line_error(dc, capsys):
         dc.main(["--dry-run", "--budget", "0"])
     assert exc.value.code == 2
     assert "--budget must be a positive number of seconds, got 0" in capsys.readouterr().err
+
+
+def test_estimates_follow_an_earlier_run(dc, tmp_path, capsys):
+    earlier = tmp_path / "device_checks.json"
+    earlier.write_text(json.dumps({"steps": [
+        {"step": "selftest-quick", "status": "passed", "seconds": 50.0},
+        {"step": "pytest-gpu", "status": "failed", "seconds": 150.0},
+        {"step": "memcheck", "status": "skipped", "seconds": 0.0}]}))
+    steps = {s.name: s for s in dc.measured_estimates(dc.STEPS, str(earlier))}
+    defaults = {s.name: s for s in dc.STEPS}
+    assert (steps["selftest-quick"].estimate_s, steps["selftest-quick"].timeout_s) == (60, 240)
+    assert (steps["pytest-gpu"].estimate_s, steps["pytest-gpu"].timeout_s) == (180, 360)
+    assert steps["memcheck"] == defaults["memcheck"]  # skipped: nothing measured
+    assert dc.main(["--dry-run", "--estimates", str(earlier)]) == 0
+    assert "selftest-quick      60 s" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="--estimates .*bad.json: not a device_checks.json"):
+        dc.measured_estimates(dc.STEPS, str(tmp_path / "bad.json"))
