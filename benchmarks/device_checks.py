@@ -39,11 +39,12 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUDGET_S = 480
-#: Seconds kept back for the environment probe (before the steps) and the archive (after).
-PROBE_ESTIMATE_S = 15
-FINISH_RESERVE_S = 10
 #: Seconds a step gets to exit after SIGTERM before SIGKILL.
-KILL_GRACE_S = 10
+KILL_GRACE_S = 5
+#: Seconds kept back for the environment probe (before the steps), and for a stopped step's
+#: grace and the archive (after them).
+PROBE_ESTIMATE_S = 15
+FINISH_RESERVE_S = KILL_GRACE_S + 10
 LOGS = "device_checks-logs"
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -246,7 +247,7 @@ facts = {"python": platform.python_version()}
 for name in ("numpy", "cupy", "torch", "pytest"):
     try:
         facts[name] = __import__(name).__version__
-    except Exception as exc:
+    except Exception:
         facts[name] = None
 try:
     import cupy
@@ -375,8 +376,8 @@ def dry_run(steps: tuple[Step, ...], ctx: Context, budget_s: float) -> str:
 
     results = schedule(steps, present, budget_s, pretend, lambda: clock[0], 0.0)
     lines = [f"Device check plan, budget {budget_s:.0f} s: estimates for one H100 from a cold "
-             f"kernel cache, {PROBE_ESTIMATE_S} s probe and {FINISH_RESERVE_S} s archive kept "
-             "back; assumes compute-sanitizer and Fashion-MNIST (--data-dir) are there, "
+             f"kernel cache; {PROBE_ESTIMATE_S} s for the probe and {FINISH_RESERVE_S} s for a "
+             "stopped step and the archive kept back; assumes compute-sanitizer and Fashion-MNIST (--data-dir) are there, "
              "else those steps are skipped, not failed.",
              f"{'#':>2}  {'step':<15}{'estimate':>9}{'limit':>7}{'ends by':>9}  plan"]
     at = PROBE_ESTIMATE_S
@@ -396,7 +397,7 @@ def dry_run(steps: tuple[Step, ...], ctx: Context, budget_s: float) -> str:
     priority = sum(s.estimate_s for s in steps if s.priority)
     total = PROBE_ESTIMATE_S + priority + FINISH_RESERVE_S
     fits = "fits" if total <= budget_s else "does NOT fit"
-    lines.append(f"Priority steps {priority} s + probe and archive "
+    lines.append(f"Priority steps {priority} s + probe and reserve "
                  f"{PROBE_ESTIMATE_S + FINISH_RESERVE_S} s = {total} s of {budget_s:.0f} s: "
                  f"{fits}. With the extras that fit, the plan ends by "
                  f"{at + FINISH_RESERVE_S} s.")
