@@ -10,6 +10,7 @@ Examples
 from .backends import (Backend, BackendUnavailable, available_backends, get_backend,
                        use_backend)
 from .estimators import MLPClassifier, MLPRegressor
+from .exceptions import FileFormatError
 from .io import load
 from .network import Network
 from .optim import SGD, Adam
@@ -30,7 +31,7 @@ def __getattr__(name: str):
 
 
 __all__ = ["Adam", "Backend", "BackendUnavailable", "ConvergenceWarning", "DivergenceError",
-           "DivergenceWarning", "DataConversionWarning",
+           "DivergenceWarning", "DataConversionWarning", "FileFormatError",
            "History", "MLPClassifier", "MLPRegressor", "Network", "NotFittedError",
            "Perceptron", "SGD",
            "Trainer", "available_backends", "get_backend", "load", "use_backend",

@@ -5,7 +5,8 @@ expect a save to change a file's content, not what kind of file it is, so:
 
 - an existing file keeps its permission mode (a ``0644`` file stays ``0644``); a new file gets
   the mode ``open()`` would give it (``0666`` less the umask), not ``mkstemp``'s ``0600``;
-- when the path is a symbolic link, the link's final target is replaced and the link stays.
+- when the path is a symbolic link, the link's final target is replaced and the link stays;
+- only a regular file is replaced: a FIFO, device node or folder there raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import secrets
 import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from .files import check_replaceable
 
 
 @contextlib.contextmanager
@@ -41,6 +44,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     file is removed and the target is untouched.
     """
     target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         existing_mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
@@ -54,6 +58,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             if existing_mode is not None:
                 _set_mode(handle.fileno(), tmp, existing_mode)
             os.fsync(handle.fileno())
+        check_replaceable(target)  # again: a FIFO may have appeared while we wrote
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -353,9 +353,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     if args.backend is not None:
         _check_backend("--backend", args.backend)
-    if not os.path.isfile(args.model):
-        raise OptionError(f"model {args.model!r}: "
-                          + ("is a directory" if os.path.isdir(args.model) else "no such file"))
+    if not os.path.exists(args.model):
+        raise OptionError(f"model {args.model!r}: no such file")
     model = load(args.model, backend=args.backend)
     data = load_dataset(args.dataset, path=args.data_dir)
     start = time.perf_counter()

@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from .files import check_replaceable
+
 
 class OptionError(ValueError):
     """An option value that cannot work; the message starts with the option's name."""
@@ -142,7 +144,8 @@ def check_writable_file(option: str, path: str | os.PathLike, overwrite: bool) -
     """``path`` as a file this process can create (or, with ``overwrite``, replace).
 
     Raises :class:`OptionError` when it is a directory, when it exists and ``overwrite`` is
-    false, or when its folder is not writable (or cannot be created).
+    false, when it is not a regular file (a FIFO, a device node), or when its folder is not
+    writable (or cannot be created).
     """
     target = Path(path)
     if str(path).strip() == "":
@@ -153,6 +156,10 @@ def check_writable_file(option: str, path: str | os.PathLike, overwrite: bool) -
     if target.exists() and not overwrite:
         raise OptionError(f"{option} {str(path)!r} exists; add --force to replace it, or "
                           "choose another name")
+    try:  # --force replaces a file's content, never a FIFO or a device node
+        check_replaceable(target, option)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
     check_writable_dir(option, target.resolve().parent, shown=str(path))
     return target
 

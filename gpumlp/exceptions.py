@@ -21,6 +21,15 @@ NAMES = ("NotFittedError", "ConvergenceWarning", "DataConversionWarning")
 _resolved: dict[str, type] = {}
 
 
+class FileFormatError(ValueError):
+    """A file gpumlp was asked to read is not one it reads: not a regular file (a FIFO, a
+    device, a folder), or a damaged, truncated or hostile model or IDX file.
+
+    The one error every such file raises, whatever is wrong with it; the message names the
+    file and what is wrong.  A ``ValueError``, so ``except ValueError`` catches it too.
+    """
+
+
 def _own_classes() -> dict[str, type]:
     class NotFittedError(ValueError, AttributeError):
         """An estimator was used before ``fit``."""
@@ -56,4 +65,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = list(NAMES)
+__all__ = [*NAMES, "FileFormatError"]

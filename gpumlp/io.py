@@ -37,6 +37,8 @@ import numpy as np
 
 from .atomic import atomic_write
 from .backends import BACKEND_NAMES, Backend
+from .exceptions import FileFormatError
+from .files import open_regular_file
 from .model_registry import model_class, registered_models
 from .validation import check_choice
 
@@ -194,15 +196,15 @@ def load(path: str | os.PathLike, backend: str | None = None) -> Any:
     """
     if backend is not None and not isinstance(backend, Backend):  # not the file's fault
         check_choice("backend", backend, BACKEND_NAMES)
-    try:
-        archive = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable gpumlp model file (not a zip archive "
-                         f"of .npy arrays: {exc})") from None
-    with archive:
-        return _ModelFile(path, archive).load(backend)
+    handle = open_regular_file(path, "model file")
+    with handle:
+        try:
+            archive = zipfile.ZipFile(handle)
+        except Exception as exc:  # noqa: BLE001 - zipfile raises many types on bad bytes
+            raise FileFormatError(f"{path} is not a readable gpumlp model file (not a zip "
+                                  f"archive of .npy arrays: {type(exc).__name__}: {exc})") from None
+        with archive:
+            return _ModelFile(path, archive).load(backend)
 
 
 class _BadFile(ValueError):

@@ -19,6 +19,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from gpumlp.atomic import atomic_write
+from gpumlp.exceptions import FileFormatError
+from gpumlp.files import open_regular_file
 
 #: IDX type code -> big-endian element dtype.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -59,7 +61,7 @@ def _idx_stream(path: Path) -> Iterator[tuple[BinaryIO, int | None]]:
     """The file's content as a stream, decompressed as it is read when the file starts with
     the gzip magic bytes, and its size when known without decompressing (plain files).
     Corrupt gzip data met while reading becomes a ``ValueError`` naming the file."""
-    with open(path, "rb") as raw:
+    with open_regular_file(path, "IDX file") as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
