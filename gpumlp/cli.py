@@ -391,16 +391,29 @@ def _run_export(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- info
 def _add_info(commands: Any) -> None:
-    info = _command(commands, "info", help="versions, backends, devices, BLAS and datasets",
+    info = _command(commands, "info",
+                    help="versions, backends, devices, BLAS and datasets; or a saved model",
                     description="Versions, backends (and why one is unavailable), devices, "
-                                "BLAS and the datasets found on this machine.")
+                                "BLAS and the datasets found on this machine. Given a saved "
+                                "model: its estimator, layers, activations, parameters, FLOPs "
+                                "per sample and memory.")
+    info.add_argument("model", nargs="?", default=None,
+                      help="a model file written by gpumlp (`train`, or save() in Python)")
     info.set_defaults(run=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .info import collect_info, format_info
+    from .info import collect_info, format_info, format_model
 
-    print(format_info(collect_info()))
+    if args.model is None:
+        print(format_info(collect_info()))
+        return 0
+    from .io import load
+
+    if not os.path.isfile(args.model):
+        raise OptionError(f"model {args.model!r}: "
+                          + ("is a directory" if os.path.isdir(args.model) else "no such file"))
+    print(format_model(args.model, load(args.model, backend="numpy")))
     return 0
 
 

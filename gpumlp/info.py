@@ -1,5 +1,6 @@
 """What ``gpumlp info`` reports: versions, backends (and why one is unavailable), devices,
-BLAS, kernels and the datasets found on this machine."""
+BLAS, kernels and the datasets found on this machine; or, given a saved model, what the
+model is (:func:`format_model`)."""
 
 from __future__ import annotations
 
@@ -59,4 +60,23 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append("datasets:")
     for name, where in info["datasets"].items():
         lines.append(f"  {name:14} {where or 'not found (downloaded on first use if online)'}")
+    return "\n".join(lines)
+
+
+def format_model(path: str, model: Any) -> str:
+    """What ``gpumlp info MODEL`` prints: the estimator, what it was trained for, and its
+    network's summary (:meth:`gpumlp.network.Network.summary`)."""
+    name = type(model).__name__
+    classes = getattr(model, "classes_", None)
+    task = (f"{len(classes)} classes" if classes is not None else
+            f"{getattr(model, 'n_outputs_', 1)} output(s)")
+    lines = [f"{path}: {name}, {model.n_features_in_} features, {task}, "
+             f"trained {model.n_iter_} epoch(s)"]
+    network = getattr(model, "network_", None)
+    if network is None:  # the single-layer perceptron keeps coef_ and intercept_
+        coef = np.asarray(model.coef_)
+        lines.append(f"one hard-limit layer {coef.shape[1]} -> {coef.shape[0]}: "
+                     f"{coef.size + np.size(model.intercept_):,} parameters, dtype {coef.dtype}")
+        return "\n".join(lines)
+    lines.append(str(network.summary(optimizer=model.solver)))
     return "\n".join(lines)

@@ -504,7 +504,7 @@ class _ModelFile:
             params["dtype"] = np.dtype(params["dtype"])
         elif kinds.get("dtype") == "type":
             params["dtype"] = np.dtype(params["dtype"]).type
-        if backend is not None:
+        if backend is not None and "backend" in signature:  # a Perceptron runs on the host
             params["backend"] = backend
         model = cls(**params)
         check = getattr(model, "_check_hyperparameters", None)

@@ -32,6 +32,7 @@ from .forward_graph import ForwardGraphs
 from .init import init_layer
 from .losses import get_loss
 from .precision import check_precision
+from .summary import NetworkSummary, summarize
 
 DTYPES = (np.float32, np.float64)
 #: Every weight and bias view starts at a multiple of this many elements (16 bytes in float32).
@@ -141,6 +142,31 @@ class Network:
         self.weights, self.biases = self._views(self.params)
         self.weight_grads, self.bias_grads = self._views(self.grads)
         self._forward_graphs = ForwardGraphs()
+
+    def __repr__(self) -> str:
+        hidden = sorted(set(self.hidden_activations))
+        activation = (repr(hidden[0]) if len(hidden) == 1 else repr(self.hidden_activations))
+        return (f"Network({self.sizes}, activation={activation}, loss={self.loss.name!r}, "
+                f"dtype={self.dtype.name}, backend={self.backend.name!r}, "
+                f"precision={self.precision!r}, params={self.n_params:,})")
+
+    def summary(self, optimizer: Any = None) -> NetworkSummary:
+        """Layers, activations, parameter counts, FLOPs per sample and memory.
+
+        Printed (or shown in a REPL) it is a table; :meth:`NetworkSummary.as_dict
+        <gpumlp.summary.NetworkSummary.as_dict>` has the numbers.  ``optimizer`` (a solver
+        name such as ``"adam"``, or an optimizer object) adds the memory of its state.
+
+        Examples
+        --------
+        >>> net = Network([784, 256, 10], seed=0, backend="numpy")
+        >>> print(net.summary("adam"))  # doctest: +ELLIPSIS
+        Network: 2 dense layer(s), loss softmax_xent
+        ...
+        parameters        203,530
+        ...
+        """
+        return summarize(self, optimizer)
 
     def copy(self) -> "Network":
         """A network of the same structure and parameters with buffers of its own (fresh
