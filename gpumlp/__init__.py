@@ -11,7 +11,7 @@ from .backends import (Backend, BackendUnavailable, available_backends, get_back
                        use_backend)
 from .estimators import MLPClassifier, MLPRegressor
 from .exceptions import FileFormatError
-from .io import load
+from .io import load, save
 from .network import Network
 from .optim import SGD, Adam
 from .perceptron import Perceptron
@@ -34,5 +34,5 @@ __all__ = ["Adam", "Backend", "BackendUnavailable", "ConvergenceWarning", "Diver
            "DivergenceWarning", "DataConversionWarning", "FileFormatError",
            "History", "MLPClassifier", "MLPRegressor", "Network", "NotFittedError",
            "Perceptron", "SGD",
-           "Trainer", "available_backends", "get_backend", "load", "use_backend",
+           "Trainer", "available_backends", "get_backend", "load", "save", "use_backend",
            "__version__"]

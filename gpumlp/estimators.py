@@ -28,6 +28,7 @@ import numpy as np
 
 from . import activations, exceptions
 from .backends import BACKEND_NAMES, Backend, backend_for
+from .evaluation import r2
 from .graph import GRAPH_MODES
 from .model_registry import register_model
 from .init import INIT_SCHEMES, initial_parameters
@@ -35,7 +36,7 @@ from .network import Network, check_dtype
 from .optim import SCHEDULES, make_optimizer
 from .params import ParamsMixin
 from .precision import PRECISIONS, check_precision
-from .training import DivergenceError, Trainer
+from .training import DivergenceError, Trainer, check_callbacks
 from .validation import (as_array_input, check_choice, check_classification_targets,
                          check_finite_numeric, check_float, check_int, check_sample_weight,
                          check_targets, check_X, dense_rows, is_sparse, seed_from)
@@ -160,12 +161,14 @@ class BaseMLP(ParamsMixin):
         check_choice("precision", self.precision, PRECISIONS)
         check_precision(self.precision, check_dtype(self.dtype))  # tf32 needs float32
         check_choice("cuda_graph", self.cuda_graph, GRAPH_MODES)
+        check_callbacks(self.callbacks)
         if not isinstance(self.backend, Backend):
             check_choice("backend", self.backend, BACKEND_NAMES)
         return [int(s) for s in sizes]
 
     # ------------------------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "BaseMLP":
+    def fit(self, X: Any, y: Any, sample_weight: Any = None,
+            validation_data: Any = None) -> "BaseMLP":
         """Train on ``X`` and targets ``y``.
 
         Parameters
@@ -177,21 +180,31 @@ class BaseMLP(ParamsMixin):
         sample_weight : array-like of shape (n_samples,), optional
             Per-sample weights: the loss is the weighted mean over each batch and the L2 term
             is divided by the batch's weight sum, as in scikit-learn.
+        validation_data : (X_val, y_val), optional
+            Held-out data evaluated after every epoch (stochastic solvers): ``history_``
+            then records ``val_loss`` (the loss's data term, no L2) and ``val_score``
+            (accuracy, or R^2), and callbacks can monitor them.  It never changes training:
+            the weights are those of a fit without it.  Independent of ``early_stopping``,
+            which holds out part of ``X`` as scikit-learn does.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight,
+                         validation_data=validation_data)
 
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None,
-             sample_weight: Any = None) -> "BaseMLP":
+             sample_weight: Any = None, validation_data: Any = None) -> "BaseMLP":
         hidden = self._check_hyperparameters()
         if incremental and self.solver == "lbfgs":
             raise ValueError("partial_fit is only available for the stochastic solvers "
                              "('sgd', 'adam'); solver='lbfgs' trains on the whole data in fit")
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
+        if validation_data is not None and self.solver == "lbfgs":
+            raise ValueError("validation_data is evaluated after every epoch of the stochastic "
+                             "solvers ('sgd', 'adam'); solver='lbfgs' has no epochs")
         dtype = check_dtype(self.dtype)
         X = as_array_input(X)
         fitted = hasattr(self, "network_")
@@ -205,6 +218,12 @@ class BaseMLP(ParamsMixin):
                                  warm=keep and not incremental)
         if not keep:
             self._build(backend, dtype, [X.shape[1], *hidden, T.shape[1]])
+        try:
+            validation = self._validation_arrays(validation_data, backend, dtype)
+        except (TypeError, ValueError):
+            if not keep:  # nothing was trained: the new network must not look fitted
+                del self.network_
+            raise
         if not keep or not incremental:
             previous = getattr(self, "_trainer_", None)
             if previous is not None:  # its captured graphs can serve the new trainer
@@ -213,6 +232,7 @@ class BaseMLP(ParamsMixin):
         trainer = self._trainer_
         trainer.alpha, trainer.dropout = float(self.alpha), float(self.dropout)
         T = backend.asarray(T, dtype)
+        trainer.owner = self  # for callbacks that save the model
         try:
             if self.solver == "lbfgs":
                 self._fit_lbfgs(X, T, weights)
@@ -224,7 +244,8 @@ class BaseMLP(ParamsMixin):
                     X, T, weights, score = self._hold_out(X, T, y, weights)
                     trainer.set_validation(score)
                 trainer.batch_size = self._batch_size(X.shape[0])
-                history = trainer.fit(X, T, self.max_iter, sample_weight=weights)
+                history = trainer.fit(X, T, self.max_iter, sample_weight=weights,
+                                      validation_data=validation)
                 if history.stop_reason == "max_iter":
                     warnings.warn(f"{owner}: max_iter={self.max_iter} reached and the "
                                   "optimisation has not converged yet",
@@ -234,7 +255,37 @@ class BaseMLP(ParamsMixin):
             if not keep:  # no finite epoch: untrained weights must not look fitted
                 del self.network_, self._trainer_
             raise
+        finally:
+            trainer.owner = None  # no reference cycle left behind
         return self
+
+    def _validation_arrays(self, validation_data: Any, backend: Backend,
+                           dtype: np.dtype) -> tuple[Any, Any] | None:
+        """``validation_data`` checked like ``X`` and ``y`` (errors name it) and encoded as
+        backend arrays ``(X_val, T_val)``, made once per fit."""
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            got = (f"a {type(validation_data).__name__} of {len(validation_data)} item(s)"
+                   if isinstance(validation_data, (tuple, list)) else _short(validation_data))
+            raise ValueError(f"validation_data must be a pair (X_val, y_val); got {got}")
+        owner = type(self).__name__
+        X_val = check_X(as_array_input(validation_data[0], "validation_data[0] (X_val)"),
+                        backend, dtype, self.n_features_in_,
+                        name="validation_data[0] (X_val)", owner=owner)
+        if validation_data[1] is None:
+            raise ValueError("validation_data[1] (y_val) is None; give the targets of X_val")
+        try:
+            y_val = check_targets(validation_data[1], X_val.shape[0],
+                                  name="validation_data[1] (y_val)", owner=owner)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("but X has", "but validation_data[0] (X_val) "
+                                              "has")) from None
+        try:
+            T_val = self._encode_targets(y_val, first=False, classes=None)
+        except ValueError as exc:
+            raise ValueError(f"validation_data[1] (y_val): {exc}") from None
+        return dense_rows(X_val, backend, dtype), backend.asarray(T_val, dtype)
 
     def _batch_size(self, n: int) -> int:
         """Rows per step: ``min(200, n)`` for ``"auto"``, else ``batch_size`` clipped to ``n``
@@ -292,7 +343,7 @@ class BaseMLP(ParamsMixin):
         trainer = Trainer(net, optimizer, shuffle=self.shuffle,
                           seed=seed_from(self.random_state), tol=self.tol,
                           n_iter_no_change=self.n_iter_no_change,
-                          callbacks=list(self.callbacks or ()), verbose=bool(self.verbose),
+                          callbacks=self.callbacks, verbose=bool(self.verbose),
                           cuda_graph=self.cuda_graph)
         if previous is not None:  # warm start: keep the history, restart the optimizer
             trainer.history = previous.history
@@ -363,6 +414,19 @@ class BaseMLP(ParamsMixin):
             raise AttributeError("loss_curve_ is recorded by the stochastic solvers only; "
                                  "solver='lbfgs' has loss_")
         return list(self._trainer_.history.loss)
+
+    @property
+    def history_(self) -> dict[str, list[float]]:
+        """Per-epoch record of training, one entry per epoch in each list: ``loss`` (as
+        ``loss_curve_``), ``lr`` (the step size the epoch trained with), ``epoch_seconds``
+        and ``samples_per_second`` (training alone: evaluation and callbacks excluded), and
+        with ``fit(..., validation_data=...)`` ``val_loss`` and ``val_score`` (accuracy, or
+        R^2 for the regressor).  Absent with ``solver="lbfgs"``, which has no epochs."""
+        self._check_fitted()
+        if self.solver == "lbfgs":
+            raise AttributeError("history_ is recorded by the stochastic solvers only; "
+                                 "solver='lbfgs' has loss_")
+        return {name: list(values) for name, values in self._trainer_.history.metrics.items()}
 
     @property
     def loss_(self) -> float:
@@ -436,8 +500,9 @@ class MLPClassifier(BaseMLP):
     Parameters are those of ``sklearn.neural_network.MLPClassifier`` (solvers ``"lbfgs"``,
     ``"sgd"`` and ``"adam"``, with ``max_fun`` for lbfgs), plus ``backend`` (``"auto"``,
     ``"numpy"``, ``"cupy"``), ``dtype`` (``"float32"`` default), ``dropout``
-    (inverted-dropout rate of hidden layers), ``callbacks`` (``callback(epoch, history)``; a
-    truthy return stops training), ``cuda_graph`` (``"auto"``: on the CuPy backend each step
+    (inverted-dropout rate of hidden layers), ``callbacks`` (a list of :mod:`gpumlp.callbacks`
+    objects, or functions ``callback(epoch, history)`` whose truthy return stops training),
+    ``cuda_graph`` (``"auto"``: on the CuPy backend each step
     is a replayed CUDA graph; ``"on"`` insists, ``"off"`` runs eagerly) and ``init``
     (``"glorot"``, scikit-learn's: weights and biases uniform in ``±sqrt(6/(fan_in +
     fan_out))``, drawn as scikit-learn draws them so an integer ``random_state`` gives its
@@ -617,10 +682,9 @@ class MLPRegressor(BaseMLP):
 
 def _r2(xp: Any, predicted: Any, target: Any, sample_weight: Any = None) -> float:
     """R^2 per output column, averaged; a constant column scores 0 (as scikit-learn)."""
-    weights = xp.ones(len(target)) if sample_weight is None else xp.asarray(sample_weight)
-    weights = weights[:, None]
-    mean = (weights * target).sum(axis=0) / weights.sum()
-    residual = (weights * (target - predicted) ** 2).sum(axis=0)
-    total = (weights * (target - mean) ** 2).sum(axis=0)
-    per_output = xp.where(total > 0, 1 - residual / xp.where(total > 0, total, 1), 0.0)
-    return float(per_output.mean())
+    return float(r2(xp, predicted, target, sample_weight))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{type(value).__name__} {text[:50]}..."

@@ -1,5 +1,11 @@
 """The training loop: minibatches, loss history, early stopping, divergence and callbacks.
 
+Each epoch is timed from its first step to the host's read of its loss; evaluating the
+validation data and running callbacks come after that, so ``epoch_seconds`` and
+``samples_per_second`` in :attr:`History.metrics` are the training's alone.  Evaluating the
+validation data reads neither the training data nor the trainer's random generator, so a
+fit with ``validation_data`` trains exactly as one without.
+
 The step itself (gather a batch, forward, loss, backward, update) allocates nothing and never
 waits for the device: the trainer owns its batch and work buffers, made once per batch size
 (at most the two sizes of the current epoch are kept, and none is pickled), and the epoch's
@@ -24,6 +30,7 @@ Examples
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -32,10 +39,12 @@ import numpy as np
 
 from . import graph_pool
 from .graph import GRAPH_MODES, GraphStepRunner, graph_unavailable_reason
+from .evaluation import evaluate
 from .network import Network, Workspace
 from .validation import is_sparse
 
-#: ``callback(epoch, history)`` runs after every epoch; returning True stops training.
+#: ``callback(epoch, history)`` runs after every epoch; returning True stops training.  An
+#: object with ``on_epoch_end`` instead follows the hooks of :class:`gpumlp.callbacks.Callback`.
 Callback = Callable[[int, "History"], Any]
 
 
@@ -73,6 +82,19 @@ class History:
     n_iter: int = 0
     samples_seen: int = 0
     stop_reason: str | None = None
+    #: Per-epoch values by name, one entry per epoch: ``loss``, ``lr`` (the step size the
+    #: epoch trained with), ``epoch_seconds`` and ``samples_per_second`` (training only), and
+    #: with validation data ``val_loss`` and ``val_score`` (accuracy, or R^2 for regression).
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def record(self, values: dict[str, float]) -> None:
+        """Append one epoch's ``values``; a name missing from this epoch or from earlier
+        ones (a warm-started fit with validation data after one without) gets NaN there."""
+        epochs = max((len(column) for column in self.metrics.values()), default=0)
+        for name in values:
+            self.metrics.setdefault(name, [math.nan] * epochs)
+        for name, column in self.metrics.items():
+            column.append(float(values.get(name, math.nan)))
 
 
 class Trainer:
@@ -96,7 +118,11 @@ class Trainer:
     validation : callable or None
         ``validation(network) -> float``, a score on held-out data (higher is better);
         enables early stopping on it, and the best weights are restored at the end.
-    callbacks : sequence of ``callback(epoch, history)``; a truthy return stops training.
+    callbacks : sequence
+        ``callback(epoch, history)`` functions, run after every epoch (a truthy return stops
+        training), or objects with the hooks of :class:`gpumlp.callbacks.Callback`, which
+        receive this trainer (its ``network``, ``optimizer``, ``history`` and ``owner``,
+        the estimator that drives it, if any).
     cuda_graph : {"auto", "on", "off"}
         Capture whole steps as CUDA graphs and replay them (CuPy backend, see
         :mod:`gpumlp.graph`): ``auto`` where it applies, ``on`` insists, ``off`` runs eagerly.
@@ -118,8 +144,15 @@ class Trainer:
         self.dropout_seed = int(self.rng.integers(0, 2**63 - 1))
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
-        self.callbacks = list(callbacks)
+        self.callbacks = check_callbacks(callbacks)
         self.verbose = verbose
+        #: The estimator training through this trainer, for callbacks that save it.
+        self.owner: Any = None
+        #: The epoch budget of the current :meth:`fit` (None outside one, as in partial_fit).
+        self.epochs: int | None = None
+        #: Rows of the epoch being trained (for progress within it).
+        self.epoch_samples = 0
+        self._validation_data: tuple[Any, Any] | None = None
         if cuda_graph not in GRAPH_MODES:
             raise ValueError(f"cuda_graph={cuda_graph!r} is not valid; choose one of "
                              f"{GRAPH_MODES}")
@@ -144,14 +177,20 @@ class Trainer:
             self._best[...] = self.network.params
 
     # --------------------------------------------------------------------------------- fit
-    def fit(self, X: Any, T: Any, epochs: int, sample_weight: Any = None) -> History:
+    def fit(self, X: Any, T: Any, epochs: int, sample_weight: Any = None,
+            validation_data: tuple[Any, Any] | None = None) -> History:
         """Train for up to ``epochs`` epochs on backend arrays ``X`` and targets ``T``.
 
         ``X`` may also be a SciPy CSR matrix (densified a batch at a time) and
-        ``sample_weight`` a host array of per-sample weights (see :meth:`run_epoch`).  The
+        ``sample_weight`` a host array of per-sample weights (see :meth:`run_epoch`).
+        ``validation_data=(X_val, T_val)`` (arrays shaped like ``X`` and ``T``) is evaluated
+        after every epoch into ``history.metrics["val_loss"]`` and ``["val_score"]``.  The
         batch and work buffers are released at the end (see :meth:`release`).
         """
+        self._validation_data = self._checked_validation_data(validation_data)
+        self.epochs = int(epochs)
         try:
+            self._call_hooks("on_train_begin")
             for epoch in range(epochs):
                 # X and T stay as they are during a fit: the graphs' copy is made once.
                 if not self._run_epoch(X, T, sample_weight, new_data=epoch == 0):
@@ -160,9 +199,29 @@ class Trainer:
                 self.history.stop_reason = self.history.stop_reason or "max_iter"
             if self._best is not None and self.history.validation_score:
                 self.network.params[...] = self._best
+            self._call_hooks("on_train_end")
         finally:
+            self._validation_data = None
+            self.epochs = None
             self.release()
         return self.history
+
+    def _checked_validation_data(self, validation_data: Any) -> tuple[Any, Any] | None:
+        """``(X_val, T_val)`` as arrays of the network's backend and dtype, shapes checked."""
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, T_val); got "
+                             f"{type(validation_data).__name__}")
+        backend, dtype = self.network.backend, self.network.dtype
+        X_val, T_val = (backend.asarray(part, dtype) for part in validation_data)
+        expected = (self.network.sizes[0], self.network.sizes[-1])
+        if (X_val.ndim, T_val.ndim) != (2, 2) or (X_val.shape[1], T_val.shape[1]) != expected \
+                or X_val.shape[0] != T_val.shape[0] or X_val.shape[0] == 0:
+            raise ValueError(f"validation_data holds X_val of shape {X_val.shape} and T_val of "
+                             f"shape {T_val.shape}; this network needs (n, {expected[0]}) and "
+                             f"(n, {expected[1]}) with the same n >= 1")
+        return X_val, T_val
 
     def release(self) -> None:
         """Free the batch and work buffers; the captured graphs go to
@@ -186,6 +245,9 @@ class Trainer:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        for name, value in (("owner", None), ("epochs", None), ("epoch_samples", 0),
+                            ("_validation_data", None)):  # pickled before these existed
+            self.__dict__.setdefault(name, value)
         params = self.network.params
         self._last_good = self.network.backend.empty(params.shape, self.network.dtype)
         self._last_good[...] = params
@@ -207,7 +269,14 @@ class Trainer:
         the previous epoch, unchanged (the captured graphs' copy of them is then current)."""
         history = self.history
         n = X.shape[0]
-        loss = self._train_one_epoch(X, T, sample_weight, new_data)
+        if history.n_iter == 0 and self.epochs is None:  # partial_fit's first epoch
+            self._call_hooks("on_train_begin")
+        self.epoch_samples = n
+        self._call_hooks("on_epoch_begin", history.n_iter)
+        learning_rate = self.optimizer.learning_rate
+        started = time.perf_counter()
+        loss = self._train_one_epoch(X, T, sample_weight, new_data)  # reads the loss: synced
+        seconds = time.perf_counter() - started
         # The epoch's last update can overflow even when every loss it saw was finite.
         if not math.isfinite(loss) or not bool(self.network.backend.xp.isfinite(
                 self.network.params).all()):
@@ -228,11 +297,19 @@ class Trainer:
         history.loss.append(loss)
         self.optimizer.epoch_end(history.samples_seen, history.n_iter)
         improved = self._record_progress(loss)
+        logs = {"loss": loss}
+        if self._validation_data is not None:
+            logs["val_loss"], logs["val_score"] = evaluate(self.network, *self._validation_data)
+        logs.update(lr=learning_rate, epoch_seconds=seconds,
+                    samples_per_second=n / seconds if seconds > 0 else math.inf)
+        history.record(logs)
         if self.verbose:
             score = (f", validation score = {history.validation_score[-1]:.6f}"
                      if self.validation else "")
-            print(f"Iteration {history.n_iter}, loss = {loss:.8f}{score}")
-        if any(bool(callback(history.n_iter, history)) for callback in self.callbacks):
+            val = (f", val_loss = {logs['val_loss']:.8f}, val_score = {logs['val_score']:.6f}"
+                   if "val_loss" in logs else "")
+            print(f"Iteration {history.n_iter}, loss = {loss:.8f}{score}{val}")
+        if self._epoch_end_stops(logs):
             history.stop_reason = "callback"
             return False
         if not improved and self._no_improvement > self.n_iter_no_change:
@@ -241,6 +318,24 @@ class Trainer:
                 return False
             self._no_improvement = 0
         return True
+
+    # ---------------------------------------------------------------------------- callbacks
+    def _call_hooks(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None) if _has_hooks(callback) else None
+            if method is not None:
+                method(self, *args)
+
+    def _epoch_end_stops(self, logs: dict[str, float]) -> bool:
+        """Run every callback's end of epoch (all of them, even after one asks to stop);
+        whether any asked to stop."""
+        history, stop = self.history, False
+        for callback in self.callbacks:
+            if _has_hooks(callback):
+                stop |= bool(callback.on_epoch_end(self, history.n_iter, dict(logs)))
+            else:
+                stop |= bool(callback(history.n_iter, history))
+        return stop
 
     def _train_one_epoch(self, X: Any, T: Any, sample_weight: Any, new_data: bool) -> float:
         eager_only = sample_weight is not None or is_sparse(X)
@@ -308,6 +403,8 @@ class Trainer:
             starts = np.arange(0, n, self.batch_size)
             batch_sums = np.add.reduceat(np.asarray(sample_weight)[host_order], starts)
         total = 0.0
+        batch_hooks = [callback.on_batch_end for callback in self.callbacks
+                       if _has_hooks(callback) and hasattr(callback, "on_batch_end")]
         for number, start in enumerate(range(0, n, self.batch_size)):
             index = order[start:start + self.batch_size]
             rows = index.shape[0]
@@ -337,6 +434,8 @@ class Trainer:
             self.optimizer.step(net.params, net.grads)
             self.step_count += 1
             total = total + (batch_loss + l2) * rows  # stays on the device until epoch end
+            for hook in batch_hooks:  # told the rows only: nothing that waits for the device
+                hook(self, number, rows)
         return float(total) / n
 
     def step_buffers(self, rows: int, X: Any, T: Any) -> StepBuffers:
@@ -372,3 +471,24 @@ class Trainer:
         history.best_loss = min(history.best_loss, loss)
         self._no_improvement = 0 if improved else self._no_improvement + 1
         return improved
+
+
+def _has_hooks(callback: Any) -> bool:
+    """Whether ``callback`` is a hook object (else a ``callback(epoch, history)`` function)."""
+    return hasattr(callback, "on_epoch_end")
+
+
+def check_callbacks(callbacks: Any) -> list:
+    """``callbacks`` as a list, each a function or a hook object, else a ``TypeError``."""
+    if callbacks is None:
+        return []
+    if callable(callbacks) or _has_hooks(callbacks) or isinstance(callbacks, (str, bytes)):
+        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}; wrap a "
+                        "single one in a list")
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if not (_has_hooks(callback) or callable(callback)):
+            raise TypeError(f"callbacks: {callback!r} is neither a function "
+                            "callback(epoch, history) nor an object with on_epoch_end "
+                            "(see gpumlp.callbacks)")
+    return callbacks
