@@ -27,6 +27,8 @@ def collect_info() -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "numpy": np.__version__,
         "blas": _blas_name(),
+        "blas_threads": blas_threads(),
+        "cpu_path": cpu_path(),
         "backends": available_backends(),
         "datasets": find_datasets(),
     }
@@ -35,6 +37,27 @@ def collect_info() -> dict[str, Any]:
 
         info["gpu"] = get_backend("cupy").describe()
     return info
+
+
+def cpu_path() -> dict[str, Any]:
+    """How the NumPy backend's elementwise work runs, with the kernels compiled (or loaded
+    from Numba's cache) now: a warm-up no later timing pays for."""
+    from .backends import get_backend
+
+    path = get_backend("numpy").cpu_path
+    warm_up = path.compile()
+    return {"path": path.describe(), "warm_up": warm_up}
+
+
+def blas_threads() -> list[dict[str, Any]] | None:
+    """BLAS and OpenMP thread pools loaded in this process (threadpoolctl, when installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [{"library": p.get("internal_api"), "version": p.get("version"),
+             "threads": p.get("num_threads"), "architecture": p.get("architecture")}
+            for p in threadpool_info()]
 
 
 def cpu_model() -> str:
@@ -52,7 +75,12 @@ def cpu_model() -> str:
 def format_info(info: dict[str, Any]) -> str:
     lines = [f"gpumlp {info['gpumlp']} (Python {info['python']}, {info['platform']})",
              f"CPU: {info['cpu']} ({info['cpu_cores']} logical cores)",
-             f"NumPy {info['numpy']}, BLAS: {info['blas']}", "backends:"]
+             f"NumPy {info['numpy']}, BLAS: {info['blas']}"]
+    for pool in info.get("blas_threads") or []:
+        lines.append(f"  thread pool: {pool['library']} {pool['version']} "
+                     f"({pool['architecture']}), {pool['threads']} threads")
+    lines.append(f"CPU path: {info['cpu_path']['path']}")
+    lines.append("backends:")
     for name, reason in info["backends"].items():
         lines.append(f"  {name:6} {'available' if reason is None else 'unavailable: ' + reason}")
     for key, value in info.get("gpu", {}).items():

@@ -7,6 +7,11 @@ bounded whatever batch sizes are seen; matrix products
 go to BLAS on contiguous (or transposed-contiguous) operands, which NumPy passes through
 without copying, and the elementwise work between them runs on the calling thread, or split
 over the cores when asked (:mod:`gpumlp.backends.threads`; see :class:`NumpyBackend`).
+
+Where Numba imports, that elementwise work is done by compiled passes instead
+(:mod:`gpumlp.backends.cpu_kernels`: one pass per operation where NumPy makes several); the
+NumPy code below stays as their reference and as the path when ``GPUMLP_CPU_KERNELS=off`` or
+Numba is missing.
 """
 
 from __future__ import annotations
@@ -17,11 +22,18 @@ from typing import Any
 import numpy as np
 
 from .. import activations
-from ..dropout import Dropout, keep_mask
+from ..dropout import Dropout, keep_mask, keep_threshold
 from ..precision import gemm_operand
 from .base import Backend
+from .cpu_path import CpuPath, choose_cpu_path
 from .scratch import ScratchPool
 from .threads import RowChunks
+
+_MASK32 = 0xFFFFFFFF
+#: Activations the compiled passes know (forward; the backward excludes hard_limit, which
+#: has no derivative and is left to the reference's error).
+_FORWARD_CODES = dict(activations.CODES)
+_BACKWARD_CODES = {k: v for k, v in activations.CODES.items() if k != "hard_limit"}
 
 
 class NumpyBackend(Backend):
@@ -36,15 +48,21 @@ class NumpyBackend(Backend):
         competes with them: on a 2-core machine the default recipe's step ran about 5 %
         faster on one thread than on two, and batches of 1024 and 8192 gained nothing from
         the split.
+    cpu_kernels : {"auto", "on", "off"}, optional
+        Whether the elementwise work runs as Numba-compiled passes
+        (:mod:`gpumlp.backends.cpu_kernels`): ``"auto"`` where Numba imports, ``"on"``
+        requires it, ``"off"`` keeps the NumPy passes.  Default: ``GPUMLP_CPU_KERNELS``,
+        else ``"auto"``.
     """
 
     name = "numpy"
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, cpu_kernels: str | None = None) -> None:
         super().__init__(np)
         if threads is None and not os.environ.get("GPUMLP_NUM_THREADS", "").strip():
             threads = 1
         self.chunks = RowChunks(threads)
+        self.cpu_path: CpuPath = choose_cpu_path(cpu_kernels)
         self._scratch = ScratchPool(lambda shape, dtype: np.empty(shape, dtype=dtype))
         # Forward dropout masks kept (per thread, bounded) for the backward pass, which would
         # otherwise regenerate them: Philox is cheap on a GPU, not in NumPy.
@@ -58,13 +76,45 @@ class NumpyBackend(Backend):
         info = super().describe()
         info["blas"] = _blas_name()
         info["elementwise_threads"] = self.chunks.threads
+        info["cpu_path"] = self.cpu_path.describe()
         return info
+
+    def _compiled(self, *arrays: np.ndarray):
+        """The compiled kernels when they may take these arrays (C-contiguous, one float
+        dtype), else ``None``: the NumPy passes then do the work."""
+        kernels = self.cpu_path.kernels
+        if kernels is None:
+            return None
+        dtype = arrays[0].dtype
+        if dtype != np.float32 and dtype != np.float64:
+            return None
+        for a in arrays:
+            if a.dtype != dtype or not a.flags.c_contiguous:
+                return None
+        return kernels
+
+    # ----------------------------------------------------------------------- data movement
+    def gather_rows(self, src, index, out):
+        kernels = (self._compiled(src, out) if src.ndim == 2 and out.ndim == 2
+                   and isinstance(index, np.ndarray) and index.dtype == np.int64
+                   and index.ndim == 1 and out.shape == (index.shape[0], src.shape[1])
+                   else None)
+        # Out-of-range (or negative) indices go to np.take, which wraps or raises as usual.
+        if kernels is None or (index.size and (index.min() < 0
+                                               or index.max() >= src.shape[0])):
+            return super().gather_rows(src, index, out)
+        kernels.gather_rows(src, index, out)
+        return out
 
     # ----------------------------------------------------------------------------- forward
     def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None,
                    precision: str = "float32"):
         # TF32 is emulated: inputs rounded as the tensor cores round them (gpumlp.precision).
         np.matmul(gemm_operand(np, x, precision), gemm_operand(np, w, precision), out=out)
+        kernels = (self._compiled(out, b) if act in _FORWARD_CODES and out.ndim == 2
+                   and b.shape == out.shape[1:] else None)
+        if kernels is not None:
+            return self._bias_act_compiled(kernels, out, b, act, dropout)
         tmp = self.scratch("act", out.shape, out.dtype) if act == "leaky_relu" else None
         # Drawn on this thread: split over threads, Philox's many short passes ran slower.
         mask = None if dropout is None else keep_mask(np, out.shape, dropout)
@@ -81,6 +131,22 @@ class NumpyBackend(Backend):
         self.chunks.run(epilogue, out.shape[0], out.shape[1])
         if mask is not None:  # kept for the backward pass, which would otherwise draw it again
             self._masks.put((dropout, out.shape), mask)
+        return out
+
+    def _bias_act_compiled(self, kernels, out, b, act, dropout: Dropout | None):
+        dt = out.dtype.type
+        code, m = _FORWARD_CODES[act], out.shape[1]
+        constants = (dt(0), dt(1), dt(activations.LEAKY_SLOPE))
+        if dropout is None:
+            self.chunks.run(lambda start, stop: kernels.bias_act(
+                out[start:stop], b, code, *constants), out.shape[0], m)
+            return out
+        keep = np.empty(out.shape, np.bool_)
+        scale, philox = dt(1.0 / dropout.keep), _philox_arguments(dropout)
+        self.chunks.run(lambda start, stop: kernels.bias_act_dropout(
+            out[start:stop], b, code, keep[start:stop], start * m, *philox, scale, *constants),
+            out.shape[0], m)
+        self._masks.put((dropout, out.shape), keep)  # for the backward pass
         return out
 
     @staticmethod
@@ -106,7 +172,14 @@ class NumpyBackend(Backend):
 
     def _dropout_mask(self, shape: tuple, dropout: Dropout) -> np.ndarray:
         mask = self._masks.pop((dropout, shape))
-        return keep_mask(np, shape, dropout) if mask is None else mask
+        if mask is not None:
+            return mask
+        kernels = self.cpu_path.kernels
+        if kernels is None:
+            return keep_mask(np, shape, dropout)
+        mask = np.empty(shape, np.bool_)
+        kernels.keep_flags(mask.reshape(-1), 0, *_philox_arguments(dropout))
+        return mask
 
     def softmax(self, z, out):
         rows = self.scratch("rows", (z.shape[0], 1), z.dtype)
@@ -119,6 +192,10 @@ class NumpyBackend(Backend):
 
     # ---------------------------------------------------------------------------- backward
     def act_grad(self, delta, a, act, out, dropout: Dropout | None = None):
+        kernels = (self._compiled(delta, a, out) if act in _BACKWARD_CODES and a.ndim == 2
+                   and delta.shape == a.shape == out.shape else None)
+        if kernels is not None:
+            return self._act_grad_compiled(kernels, delta, a, act, out, dropout)
         if dropout is not None:
             return self._act_grad_dropped(delta, a, act, out, dropout)
         slope = self.scratch("slope", a.shape, a.dtype)
@@ -128,6 +205,24 @@ class NumpyBackend(Backend):
                                 slope[start:stop])
 
         self.chunks.run(rows, a.shape[0], a.shape[1] if a.ndim > 1 else 1)
+        return out
+
+    def _act_grad_compiled(self, kernels, delta, a, act, out, dropout: Dropout | None):
+        dt = a.dtype.type
+        code = _BACKWARD_CODES[act]
+        # The reference's constants: slope = max(sign(a), 0) * (1 - s) + s for leaky relu.
+        constants = (dt(0), dt(1), dt(activations.LEAKY_SLOPE),
+                     dt(1 - activations.LEAKY_SLOPE))
+        if dropout is None:
+            self.chunks.run(lambda start, stop: kernels.act_grad(
+                delta[start:stop], a[start:stop], out[start:stop], code, *constants),
+                a.shape[0], a.shape[1])
+            return out
+        mask = self._dropout_mask(a.shape, dropout)
+        keep, scale = dt(dropout.keep), dt(1.0 / dropout.keep)
+        self.chunks.run(lambda start, stop: kernels.act_grad_dropout(
+            delta[start:stop], a[start:stop], out[start:stop], mask[start:stop], code, keep,
+            scale, *constants), a.shape[0], a.shape[1])
         return out
 
     @staticmethod
@@ -176,7 +271,15 @@ class NumpyBackend(Backend):
     def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0,
                      precision: str = "float32"):
         np.matmul(gemm_operand(np, a_prev, precision).T, gemm_operand(np, h, precision), out=dw)
-        if decay:
+        kernels = self._compiled(dw, w) if decay and w.shape == dw.shape else None
+        if kernels is not None:
+            factor = w.dtype.type(decay)
+            rows = w.shape[0] if w.ndim > 1 else 1
+            flat_dw, flat_w = dw.reshape(rows, -1), w.reshape(rows, -1)
+            self.chunks.run(lambda start, stop: kernels.add_scaled(
+                flat_dw[start:stop].reshape(-1), flat_w[start:stop].reshape(-1), factor),
+                rows, flat_w.shape[1])
+        elif decay:
             tmp = self.scratch("decay", w.shape, w.dtype)
             factor = w.dtype.type(decay)
 
@@ -191,7 +294,31 @@ class NumpyBackend(Backend):
         np.matmul(ones, h, out=db)
 
     # ------------------------------------------------------------------------------ losses
+    def affine_softmax_xent(self, x, w, b, t, z_out, h_out, precision: str = "float32"):
+        kernels = (self._compiled(z_out, b, t, h_out) if z_out.ndim == 2
+                   and b.shape == z_out.shape[1:] and t.shape == z_out.shape == h_out.shape
+                   else None)
+        if kernels is None:
+            return super().affine_softmax_xent(x, w, b, t, z_out, h_out, precision)
+        np.matmul(gemm_operand(np, x, precision), gemm_operand(np, w, precision), out=z_out)
+        return self._softmax_xent_compiled(kernels, z_out, b, t, h_out)
+
+    @staticmethod
+    def _softmax_xent_compiled(kernels, z, b, t, h_out):
+        """Bias, softmax, cross-entropy and ``H`` in one pass over each row of logits."""
+        n, dt = z.shape[0], z.dtype.type
+        total = kernels.softmax_xent(z, b, t, h_out, dt(1.0 / n), dt(0))
+        return np.asarray(total / n, dtype=z.dtype)
+
     def softmax_xent(self, z, t, h_out):
+        kernels = (self._compiled(z, t, h_out) if z.ndim == 2
+                   and t.shape == z.shape == h_out.shape else None)
+        if kernels is not None:
+            zero_bias = self.scratch("zero_bias", z.shape[1:], z.dtype)
+            zero_bias.fill(0)
+            logits = self.scratch("logits", z.shape, z.dtype)  # z itself stays unchanged
+            np.copyto(logits, z)
+            return self._softmax_xent_compiled(kernels, logits, zero_bias, t, h_out)
         n = z.shape[0]
         dt = z.dtype.type
         rows = self.scratch("rows", (n, 1), z.dtype)
@@ -221,6 +348,12 @@ class NumpyBackend(Backend):
     # --------------------------------------------------------------------------- optimizer
     def sgd_step(self, params, grads, velocity, lr, momentum, nesterov):
         dt = params.dtype.type
+        kernels = self._compiled(params, grads, velocity) if params.ndim == 1 else None
+        if kernels is not None:
+            self.chunks.run(lambda start, stop: kernels.sgd(
+                params[start:stop], grads[start:stop], velocity[start:stop], dt(lr),
+                dt(momentum), bool(nesterov)), params.shape[0], 1)
+            return
         scratch = self.scratch("optim", params.shape, params.dtype)
 
         def update(start: int, stop: int) -> None:
@@ -241,6 +374,13 @@ class NumpyBackend(Backend):
         dt = params.dtype.type
         scratch = self.scratch("optim", params.shape, params.dtype)
         lr_t = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+        kernels = self._compiled(params, grads, m, v) if params.ndim == 1 else None
+        if kernels is not None:
+            constants = (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(lr_t))
+            self.chunks.run(lambda start, stop: kernels.adam(
+                params[start:stop], grads[start:stop], m[start:stop], v[start:stop],
+                *constants), params.shape[0], 1)
+            return
 
         def update(start: int, stop: int) -> None:
             p, g, m_, v_, tmp = (a[start:stop] for a in (params, grads, m, v, scratch))
@@ -258,6 +398,15 @@ class NumpyBackend(Backend):
             p -= tmp
 
         self.chunks.run(update, params.shape[0], 1)
+
+
+def _philox_arguments(dropout: Dropout) -> tuple:
+    """Key, call counter and keep limit of one dropout call as the compiled passes take
+    them: uint64 words (``word < limit`` is ``(word >> 8) < keep_threshold``)."""
+    u64 = np.uint64
+    return (u64(dropout.seed & _MASK32), u64((dropout.seed >> 32) & _MASK32),
+            u64(dropout.counter & _MASK32), u64((dropout.counter >> 32) & _MASK32),
+            u64(keep_threshold(dropout.keep) << 8))
 
 
 def _blas_name() -> str:
