@@ -299,8 +299,9 @@ def test_importing_gpumlp_does_not_import_numba():
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
                     reason="reads x86-64 assembly")
 def test_float32_loops_vectorise_and_stay_in_float32():
-    """The Adam and epilogue loops use packed float32 instructions, and no float32 loop
-    widens to float64 (a Python literal in the arithmetic would: ``cvtss2sd``).  Compiled
+    """The Adam, epilogue and backward loops use packed float32 instructions (the backward
+    in place too: given two names for one array, LLVM's overlap check would pick the scalar
+    loop, 9x slower, hence the in-place kernels), and no float32 loop widens to float64 (a Python literal in the arithmetic would: ``cvtss2sd``).  Compiled
     afresh: Numba does not show the assembly of cached code."""
     import numba
 
@@ -317,6 +318,8 @@ def test_float32_loops_vectorise_and_stay_in_float32():
                              u64(3), u64(4), u64(1 << 31), one, f32(0), one, half),
         "act_grad": (out, out.copy(), out.copy(), activations.CODES["relu"], f32(0), one,
                      half, half),
+        "act_grad_in_place": (out, out.copy(), activations.CODES["relu"], f32(0), one, half,
+                              half),
     }
     for name, args in cases.items():
         fresh = numba.njit(nogil=True, error_model="numpy")(getattr(cpu_kernels,

@@ -226,6 +226,28 @@ def act_grad_dropout(delta, a, out, keep, act, undrop, scale, zero, one, leaky, 
                    leaky, one_m_leaky)
 
 
+# In place (``delta`` is ``out``): one array for both, so LLVM sees a single pointer; given
+# two names for the same memory, its overlap check sends the loop to the scalar version.
+@_jit
+def act_grad_in_place(out, a, act, zero, one, leaky, one_m_leaky):
+    """:func:`act_grad` with ``delta`` and ``out`` the same array."""
+    n, m = a.shape
+    empty = np.empty(0, np.bool_)
+    for r in range(n):
+        _grad_span(out[r], a[r], out[r], empty, m, act, False, one, one, zero, one, leaky,
+                   one_m_leaky)
+
+
+@_jit
+def act_grad_dropout_in_place(out, a, keep, act, undrop, scale, zero, one, leaky,
+                              one_m_leaky):
+    """:func:`act_grad_dropout` with ``delta`` and ``out`` the same array."""
+    n, m = a.shape
+    for r in range(n):
+        _grad_span(out[r], a[r], out[r], keep[r], m, act, True, undrop, scale, zero, one,
+                   leaky, one_m_leaky)
+
+
 @_jit
 def add_scaled(dw, w, factor):
     """``dw += w * factor`` (the L2 term of a weight gradient) over flat buffers."""
@@ -301,8 +323,9 @@ def gather_rows(src, index, out):
 
 
 # ------------------------------------------------------------------------------ warm-up
-KERNELS = (bias_act, bias_act_dropout, keep_flags, act_grad, act_grad_dropout, add_scaled,
-           softmax_xent, adam, sgd, gather_rows)
+KERNELS = (bias_act, bias_act_dropout, keep_flags, act_grad, act_grad_dropout,
+           act_grad_in_place, act_grad_dropout_in_place, add_scaled, softmax_xent, adam, sgd,
+           gather_rows)
 
 
 def compile_all() -> dict:
@@ -322,6 +345,8 @@ def compile_all() -> dict:
         bias_act_dropout(out, b, RELU, keep, 0, *philox, one, zero, one, half)
         act_grad(out, out, out, RELU, zero, one, half, half)
         act_grad_dropout(out, out, out, keep, RELU, one, one, zero, one, half, half)
+        act_grad_in_place(out, out, RELU, zero, one, half, half)
+        act_grad_dropout_in_place(out, out, keep, RELU, one, one, zero, one, half, half)
         add_scaled(flat, flat, half)
         softmax_xent(out, b, out, np.empty_like(out), half, zero)
         adam(flat, flat, flat, flat, half, half, half, half, half, half)

@@ -213,16 +213,27 @@ class NumpyBackend(Backend):
         # The reference's constants: slope = max(sign(a), 0) * (1 - s) + s for leaky relu.
         constants = (dt(0), dt(1), dt(activations.LEAKY_SLOPE),
                      dt(1 - activations.LEAKY_SLOPE))
+        in_place = delta is out or (delta.ctypes.data == out.ctypes.data)
         if dropout is None:
-            self.chunks.run(lambda start, stop: kernels.act_grad(
-                delta[start:stop], a[start:stop], out[start:stop], code, *constants),
-                a.shape[0], a.shape[1])
+            if in_place:  # one name for the memory: the loop vectorises (see cpu_kernels)
+                work = lambda start, stop: kernels.act_grad_in_place(  # noqa: E731
+                    out[start:stop], a[start:stop], code, *constants)
+            else:
+                work = lambda start, stop: kernels.act_grad(  # noqa: E731
+                    delta[start:stop], a[start:stop], out[start:stop], code, *constants)
+            self.chunks.run(work, a.shape[0], a.shape[1])
             return out
         mask = self._dropout_mask(a.shape, dropout)
         keep, scale = dt(dropout.keep), dt(1.0 / dropout.keep)
-        self.chunks.run(lambda start, stop: kernels.act_grad_dropout(
-            delta[start:stop], a[start:stop], out[start:stop], mask[start:stop], code, keep,
-            scale, *constants), a.shape[0], a.shape[1])
+        if in_place:
+            work = lambda start, stop: kernels.act_grad_dropout_in_place(  # noqa: E731
+                out[start:stop], a[start:stop], mask[start:stop], code, keep, scale,
+                *constants)
+        else:
+            work = lambda start, stop: kernels.act_grad_dropout(  # noqa: E731
+                delta[start:stop], a[start:stop], out[start:stop], mask[start:stop], code,
+                keep, scale, *constants)
+        self.chunks.run(work, a.shape[0], a.shape[1])
         return out
 
     @staticmethod
