@@ -230,6 +230,8 @@ class BaseMLP(ParamsMixin):
                 previous.release()
             self._trainer_ = self._make_trainer(previous=previous if keep else None)
         trainer = self._trainer_
+        # n_iter_ counts this call's epochs, as scikit-learn's does (1 after partial_fit)
+        self._epochs_before_call = trainer.history.n_iter
         trainer.alpha, trainer.dropout = float(self.alpha), float(self.dropout)
         T = backend.asarray(T, dtype)
         trainer.owner = self  # for callbacks that save the model
@@ -452,8 +454,11 @@ class BaseMLP(ParamsMixin):
 
     @property
     def n_iter_(self) -> int:
+        """Epochs of the last ``fit`` or ``partial_fit`` call (1 after ``partial_fit``; a
+        warm-started fit counts its own), as scikit-learn counts them; ``loss_curve_`` keeps
+        every epoch."""
         self._check_fitted()
-        return self._trainer_.history.n_iter
+        return self._trainer_.history.n_iter - getattr(self, "_epochs_before_call", 0)
 
     @property
     def t_(self) -> int:

@@ -93,7 +93,7 @@ def save(model: Any, path: str | os.PathLike) -> None:
         arrays, state = _mlp_state(model)
     elif hasattr(model, "coef_"):
         arrays = {"coef": model.coef_, "intercept": model.intercept_}
-        state = {"n_iter": model.n_iter_, "converged": model.converged_}
+        state = {"n_iter": model.n_iter_, "converged": model.converged_, "t": model.t_}
     else:
         raise TypeError(f"model must be a fitted gpumlp estimator; this {cls.__name__} is "
                         "not fitted yet")
@@ -113,6 +113,8 @@ def save(model: Any, path: str | os.PathLike) -> None:
         kinds["dtype"] = ("str" if isinstance(dtype, str) else
                           "dtype" if isinstance(dtype, np.dtype) else "type")
         params["dtype"] = np.dtype(dtype).name
+    if isinstance(params.get("class_weight"), dict):  # JSON keys are strings: keep pairs
+        params["class_weight"] = [[k, v] for k, v in params["class_weight"].items()]
     if isinstance(params.get("random_state"), np.integer):
         params["random_state"] = int(params["random_state"])
     if not isinstance(params.get("random_state"), (int, type(None))):
@@ -471,6 +473,9 @@ class _ModelFile:
             raise _bad("state.n_iter", state.get("n_iter"), "allowed: an integer >= 0")
         if not isinstance(state.get("converged"), bool):
             raise _bad("state.converged", state.get("converged"), "allowed: true or false")
+        if "t" in state and not (_is_real(state["t"]) and math.isfinite(state["t"])
+                                 and state["t"] >= 1):
+            raise _bad("state.t", state["t"], "allowed: a number >= 1")
 
     def _construct(self, cls: type, metadata: dict, backend: Any) -> Any:
         """The estimator with the file's parameters, each checked against the constructor's
@@ -485,6 +490,13 @@ class _ModelFile:
                 if not (isinstance(value, list) and all(map(_is_int, value))):
                     raise _bad("params.hidden_layer_sizes", value,
                                "allowed: a list of positive integers")
+            elif key == "class_weight" and isinstance(value, list):
+                if not all(isinstance(pair, list) and len(pair) == 2
+                           and isinstance(pair[0], (int, float, str))
+                           and not isinstance(pair[0], bool) and _is_real(pair[1])
+                           for pair in value):
+                    raise _bad("params.class_weight", value,
+                               "allowed: null, 'balanced' or a list of [label, weight] pairs")
             elif isinstance(value, (list, dict)):
                 raise _bad(f"params.{key}", value, "allowed: a number, a string, true, false "
                            "or null")
@@ -500,6 +512,8 @@ class _ModelFile:
             params["hidden_layer_sizes"] = params["hidden_layer_sizes"][0]
         elif kinds.get("hidden_layer_sizes") == "tuple":
             params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        if isinstance(params.get("class_weight"), list):
+            params["class_weight"] = {label: weight for label, weight in params["class_weight"]}
         if kinds.get("dtype") == "dtype":
             params["dtype"] = np.dtype(params["dtype"])
         elif kinds.get("dtype") == "type":
@@ -555,9 +569,8 @@ def _restore_linear(model: Any, arrays: dict, state: dict) -> None:
     model.classes_ = arrays["classes"]
     model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
     model.n_iter_, model.converged_ = state["n_iter"], state["converged"]
+    model.t_ = float(state.get("t", 1.0))  # files written before t_ was saved: a fresh count
     model.n_features_in_ = model.coef_.shape[1]
-    model._n_units = model.coef_.shape[0]
-    model._rng = np.random.default_rng(model.random_state)
 
 
 # ============================================================================== helpers

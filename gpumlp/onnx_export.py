@@ -317,10 +317,13 @@ def _perceptron_graph(onnx: Any, model: Any) -> Any:
                           "hard_limit", 1)
     units = builder.node("Identity", [units], "unit_outputs")
     classes = np.asarray(model.classes_)
-    if coef.shape[0] == 1:  # two classes: the unit's output picks the class
+    if coef.shape[0] == 1:  # two classes: a net input > 0 picks the second, as predict
         classes = _exportable_classes(classes)
         table = builder.constant("classes", classes, classes.dtype)
-        fired = builder.node("Cast", [units], "class_index_column", to=onnx.TensorProto.INT64)
+        positive = builder.node("Greater", ["layer1_z", builder.constant("label_zero", 0)],
+                                "positive")
+        fired = builder.node("Cast", [positive], "class_index_column",
+                             to=onnx.TensorProto.INT64)
         flat = builder.constant("flat_shape", [-1], np.int64)
         index = builder.node("Reshape", [fired, flat], "class_index")
         label = builder.node("Gather", [table, index], "label", axis=0)

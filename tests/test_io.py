@@ -134,14 +134,14 @@ def test_loaded_model_continues_with_partial_fit(tmp_path, multiclass_data, cls)
     if cls is Perceptron:
         before = loaded.coef_.copy()
         loaded.partial_fit(X, target)  # classes are known: not needed again
-        assert loaded.n_iter_ == before_iter + 1
+        assert loaded.n_iter_ == 1 and loaded.t_ == model.t_ + len(X)
         assert not np.array_equal(loaded.coef_, before)
         np.testing.assert_array_equal(model.coef_, gpumlp.load(tmp_path / "m.npz").coef_)
         return
     before = [w.copy() for w in loaded.coefs_]
     for _ in range(3):
         loaded.partial_fit(X, target)
-    assert loaded.n_iter_ == before_iter + 3
+    assert loaded.n_iter_ == 1 and loaded.t_ == model.t_ + 3 * len(X)
     assert loaded.loss_curve_[:before_iter] == model.loss_curve_
     assert len(loaded.loss_curve_) == before_iter + 3
     assert all(np.isfinite(loaded.loss_curve_))

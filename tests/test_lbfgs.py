@@ -92,7 +92,7 @@ def test_lbfgs_warm_start_continues(data):
         first = model.loss_
         model.fit(X, y)
     assert model.loss_ < first
-    assert model.n_iter_ == 10
+    assert model.n_iter_ == 5  # this fit's iterations, as scikit-learn counts them
 
 
 def test_lbfgs_model_saves_and_loads(data, tmp_path):
