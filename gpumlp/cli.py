@@ -1,4 +1,4 @@
-"""The ``gpumlp`` command: ``train``, ``evaluate``, ``info`` and ``bench``.
+"""The ``gpumlp`` command: ``train``, ``evaluate``, ``predict``, ``info`` and ``bench``.
 
 Every option is checked (with its option name) before any data is loaded, and every error is
 one line, ``gpumlp COMMAND: error: ...``; ``--debug`` adds the traceback.  ``train`` saves the
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import __version__
-from .cli_args import (CommandParser, HelpFormatter, OptionError, check_writable_file,
-                       integer, real, sibling, sizes, unused_path)
+from .cli_args import (CommandParser, HelpFormatter, OptionError, check_table_path,
+                       check_writable_file, integer, real, sibling, sizes, unused_path)
 
 #: The default recipe of ``gpumlp train``: 784-512-512-10, ReLU, Adam with a cosine-annealed
 #: step size (it settles the last epochs, where a constant step keeps the test accuracy
@@ -114,13 +114,15 @@ def _add_train(commands: Any) -> None:
 
     train = _command(
         commands, "train",
-        help="train a classifier on an MNIST-family dataset, report test accuracy, save it",
-        description="Train an MLP classifier on a dataset of the MNIST family, show loss and "
-                    "test accuracy after every epoch, then the final accuracy and throughput, "
-                    "and save the model. The defaults are the recipe that reaches about 90% "
-                    "on Fashion-MNIST. Ctrl-C (or an error) after some epochs saves the last "
-                    "finished epoch's model as NAME.interrupted.npz beside the output.")
-    _data_arguments(train)
+        help="train an MLP on an MNIST-family dataset or your own table, report, save it",
+        description="Train an MLP classifier on a dataset of the MNIST family (or a classifier "
+                    "or regressor on your own CSV, .npz or Parquet file with --data), show "
+                    "loss and test accuracy (R2 for a regressor) after every epoch, then the "
+                    "final score and throughput, and save the model. The defaults are the "
+                    "recipe that reaches about 90% on Fashion-MNIST. Ctrl-C (or an error) "
+                    "after some epochs saves the last finished epoch's model as "
+                    "NAME.interrupted.npz beside the output.")
+    _data_arguments(train, own_data=True)
     train.add_argument("--hidden", type=sizes("--hidden"), default=RECIPE["hidden"],
                        metavar="SIZES", help="hidden layer sizes, comma separated (e.g. 256,128)")
     train.add_argument("--activation", default=RECIPE["activation"],
@@ -168,11 +170,14 @@ def _add_train(commands: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .data import load_dataset
-    from .estimators import ConvergenceWarning, MLPClassifier
+    from .estimators import ConvergenceWarning, MLPClassifier, MLPRegressor
     from .progress import EpochProgress, matplotlib_missing, plot_curves
 
     # Everything that can be checked without the data is checked before loading it.
+    own_data = _check_own_data(args)
     _check_backend("--backend", args.backend, args.cuda_graph)
     if args.precision == "tf32" and args.dtype != "float32":
         raise OptionError(f"--precision tf32 needs --dtype float32, got --dtype {args.dtype}")
@@ -183,28 +188,43 @@ def _run_train(args: argparse.Namespace) -> int:
             raise OptionError(f"--plot needs matplotlib: {missing}")
         check_writable_file("--plot", args.plot, overwrite=True)
 
-    data = load_dataset(args.dataset, path=args.data_dir)
+    if own_data:
+        from .data.user_data import load_user_data
+
+        data = load_user_data(args.data, args.target, args.test, args.test_fraction,
+                              args.task, args.seed)
+        task, outputs = data.task, _outputs(data.task, data.y_train)
+        described = (f"{data.name}: task {task} ({data.task_reason}); "
+                     f"{len(data.feature_names)} features")
+    else:
+        data = load_dataset(args.dataset, path=args.data_dir)
+        task, outputs, described = "classify", "10", f"{data.name} from {data.source}"
     X_train, y_train = data.X_train, data.y_train
     if args.limit is not None:
         X_train, y_train = X_train[:args.limit], y_train[:args.limit]
+    has_test = data.X_test is not None
+    metric = "accuracy" if task == "classify" else "R2"
     hidden = args.hidden
-    clf = MLPClassifier(hidden, activation=args.activation, solver=args.solver,
-                        alpha=args.alpha, batch_size=args.batch_size,
-                        learning_rate=args.schedule, learning_rate_init=args.lr,
-                        max_iter=args.epochs,
-                        random_state=args.seed, backend=args.backend, dtype=args.dtype,
-                        dropout=args.dropout, n_iter_no_change=args.epochs + 1,
-                        cuda_graph=args.cuda_graph, init=args.init, precision=args.precision)
-    print(f"gpumlp {__version__}: {data.name} from {data.source}: "
-          f"{len(X_train)} training / {len(data.X_test)} test samples; "
-          f"784-{'-'.join(map(str, hidden))}-10, {args.activation}, {args.solver}, "
-          f"batch {args.batch_size}, {args.schedule} step from {args.lr}")
+    estimator = MLPClassifier if task == "classify" else MLPRegressor
+    clf = estimator(hidden, activation=args.activation, solver=args.solver,
+                    alpha=args.alpha, batch_size=args.batch_size,
+                    learning_rate=args.schedule, learning_rate_init=args.lr,
+                    max_iter=args.epochs,
+                    random_state=args.seed, backend=args.backend, dtype=args.dtype,
+                    dropout=args.dropout, n_iter_no_change=args.epochs + 1,
+                    cuda_graph=args.cuda_graph, init=args.init, precision=args.precision)
+    if own_data:  # saved with the model: `gpumlp predict` picks these columns by name
+        clf.feature_names_in_ = np.array(data.feature_names, dtype=object)
+    tested = f"{len(data.X_test)} test" if has_test else "no test (--test or --test-fraction)"
+    print(f"gpumlp {__version__}: {described}: {len(X_train)} training / {tested} samples; "
+          f"{X_train.shape[1]}-{'-'.join(map(str, hidden))}-{outputs}, {args.activation}, "
+          f"{args.solver}, batch {args.batch_size}, {args.schedule} step from {args.lr}")
     if output is not None:
         print(f"the model will be saved to {output}")
-    track_accuracy = not args.quiet or args.plot
+    track_accuracy = has_test and (not args.quiet or args.plot)
     progress = EpochProgress(
         args.epochs, (lambda: clf.score(data.X_test, data.y_test)) if track_accuracy else None,
-        enabled=not args.quiet)
+        enabled=not args.quiet, metric=metric)
     keeper = LastFinishedEpoch(clf)
     clf.set_params(callbacks=[keeper, progress])  # keeper first: it must run every epoch
     start = time.perf_counter()
@@ -222,18 +242,58 @@ def _run_train(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise TrainingStopped(f"{describe(exc)}; {_rescue(clf, keeper, output, args)}") \
             from exc
-    accuracy = clf.score(data.X_test, data.y_test)
     print(f"backend {clf.network_.backend.name}: {clf.n_iter_} epoch(s) in {seconds:.1f} s "
           f"({clf.n_iter_ * len(X_train) / seconds:,.0f} samples/s, including the per-epoch "
           f"evaluation)")
-    print(f"test accuracy: {accuracy:.4f}")
+    if has_test:
+        print(f"test {metric}: {clf.score(data.X_test, data.y_test):.4f}")
+    else:
+        print(f"training {metric}: {clf.score(X_train, y_train):.4f} (no test set)")
     if output is not None:
-        print(f"model saved to {output} (`gpumlp evaluate {output}` checks it again)")
+        again = f"predict {output} DATA` predicts with it" if own_data else \
+            f"evaluate {output}` checks it again"
+        print(f"model saved to {output} (`gpumlp {again})")
     if args.plot:
-        plot_curves(args.plot, progress.loss, progress.accuracy,
-                    title=f"{data.name}: 784-{'-'.join(map(str, hidden))}-10")
+        plot_curves(args.plot, progress.loss, progress.accuracy, accuracy_label=f"test {metric}",
+                    title=f"{data.name}: {X_train.shape[1]}-{'-'.join(map(str, hidden))}-"
+                          f"{outputs}")
         print(f"curves plotted to {args.plot}")
     return 0
+
+
+def _check_own_data(args: argparse.Namespace) -> bool:
+    """Whether ``train`` reads your own table (``--data``), its options checked; else the
+    ``--dataset`` (fashion-mnist when not given)."""
+    own_options = [option for option, value in (("--target", args.target), ("--test", args.test),
+                                                ("--test-fraction", args.test_fraction),
+                                                ("--task", args.task)) if value is not None]
+    if args.data is None:
+        if own_options:
+            raise OptionError(f"{own_options[0]} needs --data FILE (your own data); a "
+                              "--dataset of the MNIST family has its own test set")
+        args.dataset = args.dataset or "fashion-mnist"
+        return False
+    for option, value in (("--dataset", args.dataset), ("--data-dir", args.data_dir)):
+        if value is not None:
+            raise OptionError(f"{option} cannot be combined with --data: train on your own "
+                              "file or on a dataset of the MNIST family")
+    if args.target is None:
+        raise OptionError("--data needs --target COLUMN, the column to predict (for an .npz "
+                          "file, the array y: --target y)")
+    check_table_path("--data", args.data)
+    if args.test is not None:
+        check_table_path("--test", args.test)
+    return True
+
+
+def _outputs(task: str, y: Any) -> str:
+    """The output layer as the start-up line shows it: its units (and the classes)."""
+    import numpy as np
+
+    if task == "regress":
+        return "1"
+    classes = len(np.unique(y))
+    return f"{1 if classes == 2 else classes} ({classes} classes)"
 
 
 class TrainingStopped(RuntimeError):
@@ -286,7 +346,8 @@ def _model_path(args: argparse.Namespace) -> Path:
     """The path ``train`` will save to, checked now (before the data is loaded)."""
     if args.output is not None:
         return check_writable_file("--output", args.output, overwrite=args.force)
-    default = unused_path(DEFAULT_OUTPUT.format(dataset=args.dataset))
+    name = Path(args.data).stem if args.data is not None else args.dataset
+    default = unused_path(DEFAULT_OUTPUT.format(dataset=name))
     return check_writable_file("--output", default, overwrite=False)
 
 
@@ -418,14 +479,41 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------- shared arguments
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
+def _data_arguments(parser: argparse.ArgumentParser, own_data: bool = False) -> None:
     from .data import DATASETS
 
-    parser.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS),
-                        help="dataset of the MNIST family")
+    parser.add_argument("--dataset", default=None if own_data else "fashion-mnist",
+                        choices=list(DATASETS),
+                        help="dataset of the MNIST family"
+                             + (" (default: fashion-mnist, unless --data)" if own_data else ""))
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder holding the IDX files (by default: $GPUMLP_DATA, "
                              "~/.cache/gpumlp, /usr/share/datasets, then a download)")
+    if own_data:
+        _own_data_arguments(parser)
+
+
+def _own_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data.user_data import TASKS
+
+    group = parser.add_argument_group(
+        "your own data", "train on a table instead of a --dataset: every column but the "
+                         "target is a feature and must hold numbers")
+    group.add_argument("--data", default=None, metavar="FILE",
+                       help="the training table: .csv (with a header row), .npz (arrays X "
+                            "and y) or .parquet (needs pyarrow)")
+    group.add_argument("--target", default=None, metavar="COLUMN",
+                       help="the column to predict (required with --data; y for .npz)")
+    held_out = group.add_mutually_exclusive_group()
+    held_out.add_argument("--test", default=None, metavar="FILE",
+                          help="a test table with the same columns")
+    held_out.add_argument("--test-fraction", default=None, metavar="F",
+                          type=real("--test-fraction", 0, 1, low_open=True, high_open=True),
+                          help="hold out this share of --data as the test set (stratified "
+                               "when classifying; drawn with --seed)")
+    group.add_argument("--task", default=None, choices=TASKS,
+                       help="classify or regress (default: inferred from the target: text, "
+                            "or integers with at most 100 values, are class labels)")
 
 
 def _runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -455,6 +543,12 @@ def _check_backend(option: str, backend: str, cuda_graph: str | None = None) -> 
                               + (f" ({reason})" if reason else f", not {option} {backend}"))
 
 
+def _add_predict(commands: Any) -> None:
+    from .cli_predict import add_predict_command
+
+    add_predict_command(commands)
+
+
 def _add_bench(commands: Any) -> None:
     from .bench.cli import add_bench_command
 
@@ -468,7 +562,8 @@ def _add_selftest(commands: Any) -> None:
 
 
 #: Every command's registration, in the order ``gpumlp --help`` lists them.
-COMMANDS = [_add_train, _add_evaluate, _add_export, _add_info, _add_bench, _add_selftest]
+COMMANDS = [_add_train, _add_evaluate, _add_predict, _add_export, _add_info, _add_bench,
+            _add_selftest]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .files import check_replaceable
+from .files import check_replaceable, open_regular_file
 
 
 class OptionError(ValueError):
@@ -181,6 +181,29 @@ def check_writable_dir(option: str, path: str | os.PathLike, shown: str | None =
         raise OptionError(f"{option} {shown!r} cannot be written: no permission to write in "
                           f"{str(existing)!r}")
     return folder
+
+
+def check_table_path(option: str, path: str) -> None:
+    """``path`` names a table file of a known type, it is a regular file, and Parquet can be
+    read here; else an :class:`OptionError` naming ``option``."""
+    from .data.tables import TableError, table_format
+
+    try:
+        kind = table_format(path)
+        open_regular_file(path, option).close()
+    except TableError as exc:
+        raise OptionError(f"{option} {exc}") from None
+    except FileNotFoundError:
+        raise OptionError(f"{option} {path}: no such file") from None
+    except (ValueError, OSError) as exc:  # not a regular file, no permission
+        raise OptionError(str(exc) if isinstance(exc, ValueError) else
+                          f"{option} {path}: cannot be read ({exc.strerror})") from None
+    if kind == "parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise OptionError(f"{option} {path!r}: reading Parquet needs pyarrow (pip install "
+                              "pyarrow, or gpumlp[parquet])") from None
 
 
 def unused_path(path: str | os.PathLike, taken: Iterable[Path] = ()) -> Path:

@@ -9,10 +9,11 @@ import math
 import numpy as np
 
 
-def stratified_holdout(y: np.ndarray, fraction: float,
-                       rng: np.random.RandomState) -> np.ndarray:
+def stratified_holdout(y: np.ndarray, fraction: float, rng: np.random.RandomState,
+                       option: str = "validation_fraction") -> np.ndarray:
     """Boolean mask of ``ceil(fraction * len(y))`` rows to hold out, each class in
-    proportion to its frequency, every class on both sides.
+    proportion to its frequency, every class on both sides; ``option`` names the fraction
+    in the error.
 
     Raises
     ------
@@ -23,11 +24,10 @@ def stratified_holdout(y: np.ndarray, fraction: float,
     n_train = len(y) - n_val
     labels, index, counts = np.unique(y, return_inverse=True, return_counts=True)
     if n_val < len(labels) or n_train < len(labels) or counts.min() < 2:
-        raise ValueError(f"early_stopping with validation_fraction={fraction} cannot hold out "
-                         f"a stratified set of {n_val} of {len(y)} samples ({len(labels)} "
-                         f"classes, the rarest with {counts.min()}): every class needs a "
-                         "sample on each side; change validation_fraction, add samples, or "
-                         "set early_stopping=False")
+        raise ValueError(f"{option}={fraction} cannot hold out a stratified {n_val} of "
+                         f"{len(y)} samples ({len(labels)} classes, the rarest with "
+                         f"{counts.min()}): every class needs a sample on each side; change "
+                         f"{option} or add samples")
     members = np.split(np.argsort(index, kind="stable"), np.cumsum(counts)[:-1])
     train_counts = _apportion(counts, n_train, rng)
     val_counts = _apportion(counts - train_counts, n_val, rng)

@@ -119,6 +119,8 @@ def save(model: Any, path: str | os.PathLike) -> None:
         params["random_state"] = int(params["random_state"])
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None
+    if hasattr(model, "feature_names_in_"):  # the columns it was trained on, by name
+        state["feature_names"] = [str(name) for name in model.feature_names_in_]
     classes = np.asarray(model.classes_) if hasattr(model, "classes_") else np.zeros(0)
     if classes.dtype.kind == "O":
         classes = _object_labels(classes)
@@ -240,6 +242,8 @@ class _ModelFile:
             _restore_mlp(model, arrays, state)
         else:
             _restore_linear(model, arrays, state)
+        if "feature_names" in state:
+            model.feature_names_in_ = np.array(state["feature_names"], dtype=object)
         return model
 
     def _checked(self, backend: Any) -> tuple[Any, dict, dict]:
@@ -258,6 +262,8 @@ class _ModelFile:
             self._check_mlp(cls, metadata, state)
         else:
             self._check_linear(state)
+        self._check_feature_names(state, state["sizes"][0] if layout == "mlp"
+                                  else self._header("coef")[0][1])
         if state.get("classes_object", True) is not True:
             raise _bad("state.classes_object", state["classes_object"], "allowed: true")
         model = self._construct(cls, metadata, backend)
@@ -450,6 +456,17 @@ class _ModelFile:
         if outputs != needed:
             raise _bad("classes", f"{n_classes} labels", f"the network has {outputs} outputs; "
                        f"{n_classes} classes need {needed}")
+
+    @staticmethod
+    def _check_feature_names(state: dict, n_features: int) -> None:
+        names = state.get("feature_names")
+        if names is None and "feature_names" not in state:
+            return
+        if not (isinstance(names, list) and len(names) == n_features
+                and all(isinstance(name, str) for name in names)
+                and len(set(names)) == len(names)):
+            raise _bad("state.feature_names", names, f"allowed: {n_features} distinct strings, "
+                       "one per input feature")
 
     def _check_linear(self, state: dict) -> None:
         coef, coef_dtype = self._header("coef")

@@ -246,7 +246,8 @@ class Perceptron(ParamsMixin):
         if not self.early_stopping:
             return np.zeros(len(y), dtype=np.bool_)
         mask = stratified_holdout(y, self.validation_fraction,
-                                  _random_states(self.random_state))
+                                  _random_states(self.random_state),
+                                  "validation_fraction (early_stopping)")
         if not weights[mask].any():
             raise ValueError("early_stopping: the sample_weight of every validation sample is "
                              "zero; use another random_state or validation_fraction")

@@ -29,6 +29,8 @@ class EpochProgress:
     stream : file, default ``sys.stdout``
     bar : bool or None
         Draw a bar; ``None`` draws one only when ``stream`` is a terminal.
+    metric : str, default "accuracy"
+        The name printed before ``evaluate()``'s value (e.g. ``"R2"`` for a regressor).
 
     Examples
     --------
@@ -44,13 +46,14 @@ class EpochProgress:
 
     def __init__(self, epochs: int, evaluate: Callable[[], float] | None = None,
                  enabled: bool = True, stream: TextIO | None = None, width: int = 24,
-                 bar: bool | None = None):
+                 bar: bool | None = None, metric: str = "accuracy"):
         self.epochs = epochs
         self.evaluate = evaluate
         self.enabled = enabled
         self.stream = stream or sys.stdout
         self.width = width
         self.bar = _is_terminal(self.stream) if bar is None else bar
+        self.metric = metric
         self.start = time.perf_counter()
         self.epoch: list[int] = []
         self.loss: list[float] = []
@@ -72,7 +75,7 @@ class EpochProgress:
         done = min(epoch / self.epochs, 1.0)
         eta = elapsed / done * (1 - done) if done else 0.0
         counter = f"{epoch:>{len(str(self.epochs))}}/{self.epochs}"
-        shown = f"  accuracy {accuracy:.4f}" if accuracy is not None else ""
+        shown = f"  {self.metric} {accuracy:.4f}" if accuracy is not None else ""
         if self.bar:
             filled = int(round(done * self.width))
             bar = "#" * filled + "." * (self.width - filled)

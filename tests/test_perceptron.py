@@ -92,7 +92,8 @@ def test_bad_types_and_class_weight_labels(iris):
         Perceptron(class_weight="balanced").partial_fit(X, y, classes=[0, 1, 2])
     with pytest.raises(ValueError, match=r"coef_init has shape \(2, 4\)"):
         Perceptron().fit(X, y, coef_init=np.zeros((2, 4)))
-    with pytest.raises(ValueError, match="cannot hold out a stratified set"):
+    with pytest.raises(ValueError, match=r"validation_fraction \(early_stopping\)=0.1 cannot "
+                                         "hold out a stratified 1 of 4 samples"):
         Perceptron(early_stopping=True).fit(X[:4], [0, 0, 1, 1])
 
 
