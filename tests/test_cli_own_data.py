@@ -66,7 +66,8 @@ def test_train_on_a_csv_then_predict_another(tmp_path, csv_pair):
     code, out, err = run(["predict", str(model_path), str(new), "--output",
                           str(tmp_path / "p.csv"), "--proba"])
     assert code == 0, err
-    assert out.strip() == f"30 predictions of {model_path} for {new} written to {tmp_path / 'p.csv'}"
+    written = tmp_path / "p.csv"
+    assert out.strip() == f"30 predictions of {model_path} for {new} written to {written}"
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert lines[0] == "prediction,proba_no,proba_yes" and len(lines) == 31
     rows = [line.split(",") for line in lines[1:]]

@@ -268,8 +268,10 @@ def test_compiled_epoch_equals_the_python_reference():
             state = linear_sgd.new_state(w, 0.0, 1.0)
             order = np.arange(40, dtype=np.int64)
             for _ in range(3):
-                epoch(rows.data, rows.indices, rows.indptr, rows.dense, y, weights, order, 12345, np.zeros(40, np.bool_), w, q, state, 3, 0.01, 0.3,
-                      0.5, 1.0, 2.0, True, rows.intercept_decay, True)
+                # elastic net (both penalty parts), class weights 1 and 2, the intercept
+                epoch(rows.data, rows.indices, rows.indptr, rows.dense, y, weights, order,
+                      12345, np.zeros(40, np.bool_), w, q, state, 3, 0.01, 0.3, 0.5, 1.0,
+                      2.0, True, rows.intercept_decay, True)
             results.append((w, q, state, order))
         for compiled, python in zip(*results):
             np.testing.assert_array_equal(compiled, python)

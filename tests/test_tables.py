@@ -48,10 +48,17 @@ def test_csv_feature_selection_by_name_ignores_other_columns(tmp_path):
         read_table(path, features=["a", "c"])
 
 
-def test_csv_utf8_byte_order_mark_and_quoted_fields(tmp_path):
-    path = write(tmp_path / "t.csv", '\ufeffa,"the label"\n"1.5","yes, really"\n'.encode())
+def test_csv_utf8_byte_order_mark_quoted_fields_and_crlf(tmp_path):
+    path = write(tmp_path / "t.csv", '\ufeffa,"the label"\r\n"1.5","yes,\nreally"\r\n'
+                                     '2,"no"\r\n3,x\r\n'.encode())
     table = read_table(path, target="the label")
-    assert table.feature_names == ["a"] and table.y.tolist() == ["yes, really"]
+    assert table.feature_names == ["a"] and table.y.tolist() == ["yes,\nreally", "no", "x"]
+    bad = write(tmp_path / "b.csv", 'a,label\r\n1,"x\ny"\r\n3,y\r\nz,w\r\n'.encode())
+    with pytest.raises(TableError, match=r"b.csv, line 5, column 'a': 'z' is not a number"):
+        read_table(bad, target="label")  # a quoted field over two lines: lines still count
+    bad = write(tmp_path / "c.csv", 'a,label\n1,x\n"1\n2",y\n'.encode())
+    with pytest.raises(TableError, match=r"c.csv, line 3, column 'a': '1\\n2' is not a"):
+        read_table(bad, target="label")  # the record's first line
 
 
 @pytest.mark.parametrize("text, message", [
@@ -78,12 +85,18 @@ def test_csv_bad_files_name_file_line_and_column(tmp_path, text, message):
     assert "\n" not in str(caught.value)
 
 
-def test_csv_not_utf8_and_overlong_fields(tmp_path):
-    with pytest.raises(TableError, match=r"t.csv: not UTF-8 text \(byte 8"):
-        read_table(write(tmp_path / "t.csv", b"a,label\n\xff,1\n"), target="label")
+def test_csv_not_utf8_and_overlong_fields_and_lines(tmp_path, monkeypatch):
+    from gpumlp.data import tables
+
+    with pytest.raises(TableError, match=r"t.csv, line 3: not UTF-8 text \(byte 3 of the line"):
+        read_table(write(tmp_path / "t.csv", b"a,label\n1,2\n1,\xff\n"), target="label")
     huge = "a,label\n" + "1" * (2 << 20) + ",1\n"
-    with pytest.raises(TableError, match=r"big.csv, line \d+: field larger than field limit"):
+    with pytest.raises(TableError, match=r"big.csv, line 2: field larger than field limit"):
         read_table(write(tmp_path / "big.csv", huge), target="label")
+    monkeypatch.setattr(tables, "MAX_LINE_BYTES", 64)
+    long_line = "a,label\n1,2\n" + "1" * 100 + ",1\n"
+    with pytest.raises(TableError, match=r"long.csv, line 3: longer than MAX_LINE_BYTES=64"):
+        read_table(write(tmp_path / "long.csv", long_line), target="label")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".npz", ".parquet"])

@@ -31,7 +31,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence, TextIO
+from typing import Any, BinaryIO, Iterator, Sequence, TextIO
 
 import numpy as np
 
@@ -42,6 +42,8 @@ from ..files import open_regular_file
 FORMATS = {".csv": "csv", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
 #: The longest CSV field accepted (characters); a longer one is a damaged file, not data.
 MAX_FIELD_CHARS = 1 << 20
+#: The longest CSV line read (bytes): lines are read one at a time, never more than this.
+MAX_LINE_BYTES = 1 << 24
 
 
 class TableError(FileFormatError):
@@ -107,38 +109,55 @@ def read_table(path: str | os.PathLike, target: str | None = None,
 def _read_csv(path: str, raw: BinaryIO, target: str | None,
               features: list[str] | None) -> Table:
     csv.field_size_limit(MAX_FIELD_CHARS)
+    rows = csv.reader(_text_lines(path, raw))  # parsed as read: one line in memory at a time
     try:
-        with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
-            rows = csv.reader(handle)
-            header = next(rows, None)
-            if header is None:
-                raise TableError(f"{path}: empty file; a CSV file needs a header row of "
-                                 "column names")
-            header = [name.strip() for name in header]
-            picked, target_at = _columns(path, header, target, features)
-            values, labels = array.array("d"), []
-            for row in rows:
-                line = rows.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # a blank line (e.g. the last one)
-                if len(row) != len(header):
-                    raise TableError(f"{path}, line {line}: {len(row)} fields, but the header "
-                                     f"has {len(header)}")
-                values.extend(_number(path, line, header[i], row[i]) for i in picked)
-                if target_at is not None:
-                    label = row[target_at].strip()
-                    if not label:
-                        raise TableError(f"{path}, line {line}, column {header[target_at]!r}: "
-                                         "empty target cell (a missing label)")
-                    labels.append(label)
-    except UnicodeDecodeError as exc:
-        raise TableError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        header = next(rows, None)
+        if header is None:
+            raise TableError(f"{path}: empty file; a CSV file needs a header row of "
+                             "column names")
+        header = [name.strip() for name in header]
+        picked, target_at = _columns(path, header, target, features)
+        values, labels = array.array("d"), []
+        end = rows.line_num
+        for row in rows:
+            line, end = end + 1, rows.line_num  # its first line (quotes may span lines)
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line (e.g. the last one)
+            if len(row) != len(header):
+                raise TableError(f"{path}, line {line}: {len(row)} fields, but the header "
+                                 f"has {len(header)}")
+            values.extend(_number(path, line, header[i], row[i]) for i in picked)
+            if target_at is not None:
+                label = row[target_at].strip()
+                if not label:
+                    raise TableError(f"{path}, line {line}, column {header[target_at]!r}: "
+                                     "empty target cell (a missing label)")
+                labels.append(label)
     except csv.Error as exc:
         raise TableError(f"{path}, line {rows.line_num}: {exc}") from None
     X = np.frombuffer(values, dtype=np.float64).reshape(-1, len(picked)) if picked else (
         np.zeros((len(labels), 0)))
     y = _labels(path, labels, header[target_at]) if target_at is not None else None
     return Table(path, X, y, [header[i] for i in picked], target)
+
+
+def _text_lines(path: str, raw: BinaryIO) -> Iterator[str]:
+    """The file's lines as text, each decoded as UTF-8 (a byte-order mark dropped), read
+    with a bound on their length."""
+    number = 0
+    while True:
+        line = raw.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise TableError(f"{path}, line {number}: longer than MAX_LINE_BYTES="
+                             f"{MAX_LINE_BYTES} bytes")
+        try:
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise TableError(f"{path}, line {number}: not UTF-8 text (byte {exc.start + 1} "
+                             f"of the line: {exc.reason})") from None
 
 
 def _columns(path: str, header: list[str], target: str | None,
