@@ -12,9 +12,9 @@ a Fisher-Yates shuffle driven by a 32-bit xorshift generator from a fixed seed, 
 permutation applied again each epoch.
 
 The rule is sequential (each update depends on the previous one), so it runs on the host
-whatever backend the rest of gpumlp uses.  With Numba installed (``gpumlp[cpu]``) the epoch
-is compiled once and cached on disk; without it the same function runs as Python, correct
-but about a thousand times slower.
+whatever backend the rest of gpumlp uses.  Numba (a dependency) compiles the epoch once and
+caches it on disk; where Numba is missing the same function runs as Python, correct but about
+a thousand times slower.
 """
 
 from __future__ import annotations
