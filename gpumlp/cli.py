@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import __version__
+from . import __version__, config
 from .cli_args import (CommandParser, HelpFormatter, OptionError, check_table_path,
                        check_writable_file, integer, real, sibling, sizes, unused_path)
 
@@ -44,7 +44,8 @@ INTERRUPTED = 130
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``gpumlp`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
-    0 success, 1 failure, 2 a bad option or path (nothing was done), 130 interrupted.
+    0 success, 1 failure, 2 a bad option, path or environment variable (nothing was done),
+    130 interrupted.
     """
     parser = build_parser()
     try:
@@ -56,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     prog = f"gpumlp {args.command}"
     debug = getattr(args, "debug", False)
+    try:
+        config.check_all()  # a bad environment variable is refused before any work
+    except ValueError as exc:
+        print(f"{prog}: error: {describe(exc)}", file=sys.stderr)
+        return 2
     try:
         with _warnings_as_lines(prog):
             return int(args.run(args) or 0)

@@ -17,27 +17,14 @@ one removes it from the pool (thread-safe).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from typing import Any
 
+from . import config
+
 #: Idle runners kept when ``GPUMLP_IDLE_GRAPHS`` is unset.
-DEFAULT_CAPACITY = 2
-
-
-def capacity_from_environment(value: str | None) -> int:
-    """The pool size named by ``GPUMLP_IDLE_GRAPHS`` (``None``: the default)."""
-    if value is None or not value.strip():
-        return DEFAULT_CAPACITY
-    try:
-        capacity = int(value)
-    except ValueError:
-        capacity = -1
-    if capacity < 0:
-        raise ValueError(f"GPUMLP_IDLE_GRAPHS={value!r} is not valid; give the number of "
-                         "idle captured-step runners to keep (0 or more)")
-    return capacity
+DEFAULT_CAPACITY = config.DEFAULT_IDLE_GRAPHS
 
 
 class IdleRunners:
@@ -53,7 +40,7 @@ class IdleRunners:
         """How many idle runners are kept (``GPUMLP_IDLE_GRAPHS``, read at first use so that
         a bad value is reported before a fit, not at import)."""
         if self._capacity is None:
-            self._capacity = capacity_from_environment(os.environ.get("GPUMLP_IDLE_GRAPHS"))
+            self._capacity = config.get("GPUMLP_IDLE_GRAPHS")
         return self._capacity
 
     @capacity.setter

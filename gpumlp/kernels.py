@@ -30,7 +30,6 @@ Examples
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import threading
 import warnings
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import activations
+from . import activations, config
 from .precision import PRECISIONS, check_precision
 
 __all__ = ["KERNELS", "KernelSpec", "KernelsUnavailable", "NvrtcCompileError", "PRECISIONS",
@@ -402,8 +401,7 @@ _warned = False
 
 def kernels_enabled() -> bool:
     """False when ``GPUMLP_KERNELS`` is ``off`` (or ``0``/``false``/``no``)."""
-    return os.environ.get("GPUMLP_KERNELS", "").strip().lower() not in {"off", "0", "false",
-                                                                        "no"}
+    return config.get("GPUMLP_KERNELS")
 
 
 def _fail(source: str, message: str) -> KernelsUnavailable:

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Callable, TextIO
 
+from . import config
 from .training import History
 
 
@@ -86,7 +87,7 @@ class EpochProgress:
 
 def _is_terminal(stream: TextIO) -> bool:
     try:
-        return bool(stream.isatty()) and os.environ.get("TERM") != "dumb"
+        return bool(stream.isatty()) and config.get("TERM") != "dumb"
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
 

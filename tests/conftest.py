@@ -53,6 +53,17 @@ def make_blobs():
     return _blobs
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """Every test reads the environment variables anew (gpumlp.config keeps what it parsed);
+    a test that changes one mid-way calls ``config.reset()`` itself."""
+    from gpumlp import config
+
+    config.reset()
+    yield
+    config.reset()
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip ``@pytest.mark.gpu`` tests, with the reason, where CuPy or a device is missing."""
     from gpumlp.backends import cupy_unavailable_reason

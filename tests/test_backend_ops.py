@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gpumlp
+from gpumlp import config
 from gpumlp.backends import get_backend, use_backend
 from gpumlp.backends.base import Backend
 from gpumlp.dropout import Dropout, keep_mask
@@ -270,5 +271,6 @@ def test_elementwise_threads_default_to_one_unless_asked(monkeypatch):
     assert NumpyBackend().chunks.threads == 1
     assert NumpyBackend(threads=2).chunks.threads == 2
     monkeypatch.setenv("GPUMLP_NUM_THREADS", "3")
+    config.reset()
     assert NumpyBackend().chunks.threads == 3
     assert NumpyBackend().describe()["elementwise_threads"] == 3

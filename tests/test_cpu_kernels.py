@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from gpumlp import activations
+from gpumlp import activations, config
 from gpumlp.backends.base import Backend
 from gpumlp.backends.cpu_path import choose_cpu_path
 from gpumlp.backends.numpy_backend import NumpyBackend
@@ -261,10 +261,12 @@ def test_cpu_kernels_setting_is_validated(monkeypatch):
     with pytest.raises(ValueError, match="cpu_kernels=1 is not valid"):
         NumpyBackend(cpu_kernels=1)
     monkeypatch.setenv("GPUMLP_CPU_KERNELS", "OFF")
+    config.reset()
     backend = NumpyBackend()
     assert backend.cpu_path.kernels is None
     assert backend.describe()["cpu_path"] == "NumPy passes (GPUMLP_CPU_KERNELS=off)"
     monkeypatch.delenv("GPUMLP_CPU_KERNELS")
+    config.reset()
     assert NumpyBackend().describe()["cpu_path"].startswith("Numba ")
 
 

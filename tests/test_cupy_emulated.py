@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpumlp import config
 from gpumlp.backends import get_backend
 from gpumlp.dropout import Dropout
 from gpumlp.network import Network
@@ -108,6 +109,7 @@ def test_optimizer_steps_match_numpy(cp, solver):
 
 def test_disabled_kernels_fall_back_to_generic_code(cp, monkeypatch):
     monkeypatch.setenv("GPUMLP_KERNELS", "off")
+    config.reset()
     gpu = gpu_backend("auto")
     assert not gpu.use_kernels
     rng = np.random.default_rng(4)

@@ -7,6 +7,7 @@ GPU machine with ``pytest -m gpu``.
 import numpy as np
 import pytest
 
+from gpumlp import config
 from gpumlp.backends import get_backend
 from gpumlp.dropout import Dropout, keep_mask
 from gpumlp.selftest import atomic_sum_tolerance
@@ -206,6 +207,7 @@ def test_generic_fallback_matches(cp, monkeypatch):
     from gpumlp.backends.cupy_backend import CupyBackend
 
     monkeypatch.setenv("GPUMLP_KERNELS", "off")
+    config.reset()
     fallback = CupyBackend()
     assert not fallback.use_kernels
     rng = np.random.default_rng(8)

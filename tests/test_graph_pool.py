@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from gpumlp import graph_pool
+from gpumlp import config, graph_pool
 from gpumlp.graph import GraphStepRunner
 from gpumlp.network import Network
 from gpumlp.optim import Adam
@@ -210,13 +210,16 @@ def test_graphs_keep_their_buffers_when_the_trainer_drops_its_own(cp):
     trainer.run_epoch(cp.asarray(X), cp.asarray(T))  # replays the captured remainder step
 
 
-def test_bad_pool_size_is_named():
+def test_bad_pool_size_is_named(monkeypatch):
+    monkeypatch.setenv("GPUMLP_IDLE_GRAPHS", "many")
     with pytest.raises(ValueError, match="GPUMLP_IDLE_GRAPHS='many'.*0 or more"):
-        graph_pool.capacity_from_environment("many")
-    with pytest.raises(ValueError, match="GPUMLP_IDLE_GRAPHS='-1'"):
-        graph_pool.capacity_from_environment("-1")
-    assert graph_pool.capacity_from_environment(None) == graph_pool.DEFAULT_CAPACITY
-    assert graph_pool.capacity_from_environment("0") == 0
+        graph_pool.IdleRunners().take(("any",))  # refused before a fit, not when keeping
+    monkeypatch.setenv("GPUMLP_IDLE_GRAPHS", "0")
+    config.reset()
+    assert graph_pool.IdleRunners().capacity == 0
+    monkeypatch.delenv("GPUMLP_IDLE_GRAPHS")
+    config.reset()
+    assert graph_pool.IdleRunners().capacity == graph_pool.DEFAULT_CAPACITY
     with pytest.raises(ValueError, match="capacity=-2"):
         graph_pool.IdleRunners().capacity = -2
 

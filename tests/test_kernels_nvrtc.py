@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gpumlp import activations, kernels
+from gpumlp import activations, config, kernels
 
 pytestmark = pytest.mark.kernels
 
@@ -162,6 +162,7 @@ def fresh_loader(monkeypatch):
                         ("_warned", False)]:
         monkeypatch.setattr(kernels, name, value)
     monkeypatch.delenv("GPUMLP_KERNELS", raising=False)
+    config.reset()
     built = []
 
     class RawModule:
@@ -206,6 +207,7 @@ def test_loader_failure_warns_once_then_raises(fresh_loader):
 def test_environment_switch_forces_the_fallback(fresh_loader, monkeypatch):
     _, built = fresh_loader
     monkeypatch.setenv("GPUMLP_KERNELS", "off")
+    config.reset()
     with pytest.raises(kernels.KernelsUnavailable, match="GPUMLP_KERNELS=off"):
         kernels.get_kernel("gather_rows", "float32")
     assert built == []

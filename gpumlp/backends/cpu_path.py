@@ -9,11 +9,12 @@ needs it, not when gpumlp is imported.
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 from typing import Any
 
-CPU_KERNEL_SETTINGS = ("auto", "on", "off")
+from .. import config
+
+CPU_KERNEL_SETTINGS = config.CPU_KERNEL_SETTINGS
 
 
 def check_cpu_kernels(value: Any, name: str = "cpu_kernels") -> str:
@@ -28,8 +29,7 @@ def check_cpu_kernels(value: Any, name: str = "cpu_kernels") -> str:
 def choose_cpu_path(setting: str | None = None) -> "CpuPath":
     """The path for ``setting``, or for ``GPUMLP_CPU_KERNELS`` (default ``auto``) when None."""
     if setting is None:
-        raw = os.environ.get("GPUMLP_CPU_KERNELS", "").strip()
-        return CpuPath(check_cpu_kernels(raw, "GPUMLP_CPU_KERNELS") if raw else "auto")
+        return CpuPath(config.get("GPUMLP_CPU_KERNELS"))
     return CpuPath(check_cpu_kernels(setting))
 
 

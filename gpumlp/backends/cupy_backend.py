@@ -21,7 +21,6 @@ it (:mod:`gpumlp.backends.step_state`), never to this shared backend object.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 import weakref
@@ -29,13 +28,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import kernels
+from .. import config, kernels
 from .. import gemm_plan
 from ..dropout import Dropout
 from . import capture_paths, contracts, step_state
 from .base import Backend, check_spans
 
-GEMM_PATHS = ("auto", "fused", "cublas")
+GEMM_PATHS = config.GEMM_PATHS
 #: Launches per variant when timing the two GEMM paths for a shape.
 _TIMING_REPEATS = 5
 #: Device span tables of add_weights_l2_loss, per owning step state (see _span_table).
@@ -52,9 +51,9 @@ class CupyBackend(Backend):
         import cupy
 
         super().__init__(cupy)
-        self.gemm_path = gemm_path or os.environ.get("GPUMLP_GEMM", "auto").strip().lower()
+        self.gemm_path = gemm_path or config.get("GPUMLP_GEMM")
         if self.gemm_path not in GEMM_PATHS:
-            raise ValueError(f"GPUMLP_GEMM={self.gemm_path!r} is not valid; choose one of "
+            raise ValueError(f"gemm_path={self.gemm_path!r} is not valid; choose one of "
                              f"{GEMM_PATHS}")
         self.use_kernels = kernels.kernels_enabled()
         self._path_choice: dict[tuple, str] = {}

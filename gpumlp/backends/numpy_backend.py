@@ -16,12 +16,11 @@ Numba is missing.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from .. import activations
+from .. import activations, config
 from ..dropout import Dropout, keep_mask, keep_threshold
 from ..precision import gemm_operand
 from .base import Backend
@@ -59,7 +58,7 @@ class NumpyBackend(Backend):
 
     def __init__(self, threads: int | None = None, cpu_kernels: str | None = None) -> None:
         super().__init__(np)
-        if threads is None and not os.environ.get("GPUMLP_NUM_THREADS", "").strip():
+        if threads is None and config.get("GPUMLP_NUM_THREADS") is None:
             threads = 1
         self.chunks = RowChunks(threads)
         self.cpu_path: CpuPath = choose_cpu_path(cpu_kernels)

@@ -19,15 +19,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from .. import config
+
 #: Below this many elements a chunk is not worth a thread hand-off (about 20 µs).
 MIN_CHUNK_ELEMENTS = 1 << 15
 
 
 def default_threads() -> int:
-    for name in ("GPUMLP_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+    asked = config.get("GPUMLP_NUM_THREADS") or config.get("OMP_NUM_THREADS")
+    if asked is not None:
+        return asked
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from .. import config
 from ..info import collect_info
 
 
@@ -42,7 +42,7 @@ def git_commit() -> str:
 
 def thread_counts() -> dict[str, Any]:
     """Thread settings that change CPU results: the environment and the BLAS pool."""
-    counts: dict[str, Any] = {k: os.environ.get(k) for k in
+    counts: dict[str, Any] = {k: config.text(k) for k in
                               ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     try:
         from threadpoolctl import threadpool_info

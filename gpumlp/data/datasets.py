@@ -25,6 +25,7 @@ from typing import BinaryIO, Mapping
 
 import numpy as np
 
+from gpumlp import config
 from gpumlp.atomic import atomic_write
 from gpumlp.data.idx import read_idx, read_idx_header
 
@@ -120,7 +121,7 @@ def _spec(name: object) -> DatasetSpec:
 
 
 def _cache_dir(name: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = config.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "gpumlp" / name
 
 
@@ -139,9 +140,9 @@ def _holds_dataset(directory: Path) -> bool:
 def _search_dirs(name: str) -> list[Path]:
     """Local directories to search for ``name``, in order (not the explicit path)."""
     dirs = []
-    env = os.environ.get("GPUMLP_DATA")
-    if env:
-        dirs += [Path(env).expanduser() / name, Path(env).expanduser()]
+    env = config.get("GPUMLP_DATA")
+    if env is not None:
+        dirs += [env / name, env]
     dirs.append(_cache_dir(name))
     dirs += [base / name for base in SYSTEM_DIRS]
     return dirs
