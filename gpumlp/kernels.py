@@ -54,8 +54,22 @@ ALL_ACTS = tuple(sorted(activations.CODES.values()))
 DIFFERENTIABLE_ACTS = tuple(code for name, code in sorted(activations.CODES.items(),
                                                           key=lambda item: item[1])
                             if name not in activations.INFERENCE_ONLY)
-#: Options for every compilation; the headers are inlined by :func:`source_code`, so no -I.
+#: Options gpumlp passes to ``cupy.RawModule``; the headers are inlined by
+#: :func:`source_code`, so no -I.
 COMPILE_OPTIONS = ("-std=c++17",)
+#: Options CuPy's NVRTC route adds to those at run time that change the generated code
+#: (CuPy 14, ``cupy/cuda/compiler.py``): ``-ftz=true`` (float32 denormals flushed to zero) and
+#: ``--device-as-default-execution-space``.  Its include paths, ``--pch`` (a compile cache)
+#: and the ``-arch`` of the device are left out.  The NVRTC tests, the CPU harness and the
+#: SASS reader all compile with :func:`nvrtc_options`, and a test checks this tuple against
+#: CuPy's own option assembly.
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
+
+def nvrtc_options(arch: str) -> list[str]:
+    """Every option of a run-time compile for ``arch`` (``sm_90``): ours, then CuPy's."""
+    return [f"-arch={arch}", *COMPILE_OPTIONS, *CUPY_ADDED_OPTIONS]
+
 
 _DROPOUT_ARGS = ("T keep", "unsigned long long seed", "const long long* counter_base",
                  "long long counter_offset")
@@ -365,7 +379,7 @@ def nvrtc_compile_all(arch: str = "sm_90", sources_: list[str] | None = None
 
     if not re.fullmatch(r"(sm|compute)_\d+[a-z]?", arch):
         raise ValueError(f"arch={arch!r} is not a GPU architecture like 'sm_90'")
-    options = [f"--gpu-architecture={arch}", *COMPILE_OPTIONS]
+    options = nvrtc_options(arch)
     results = {}
     for source in sources_ or sources():
         expressions = name_expressions(source)

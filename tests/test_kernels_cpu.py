@@ -657,3 +657,20 @@ def test_tf32_gemms_round_their_inputs(host):
     tf32 = REF.affine_act(x, w, b, "identity", np.empty_like(out), precision="tf32")
     assert_matches(out, tf32, np.float32)
     assert np.max(np.abs(out - fp32)) > 20 * RTOL[np.float32] * np.max(np.abs(fp32))
+
+
+def test_float32_denormals_flush_to_zero_as_with_ftz(host):
+    """CuPy compiles every kernel with -ftz=true: a float32 result below 1.18e-38 is zero on
+    the GPU, so it is zero in the harness too (the caller's thread keeps its own mode)."""
+    g = Guarded()
+    z0 = np.array([[-95.0, -100.0, -80.0, 1.0]], np.float32)
+    z, out = g.array(z0.shape, np.float32, z0), g.array(z0.shape, np.float32)
+    host.launch("apply_act", np.float32, (1, 1, 1), (32, 1, 1),
+                act=activations.CODES["sigmoid"], out=out, z=z, size=z0.size)
+    want = 1.0 / (1.0 + np.exp(-z0.astype(np.float64)))
+    tiny = np.finfo(np.float32).tiny
+    assert 0 < want[0, 0] < tiny and 0 < want[0, 1] < tiny  # denormal in float32
+    assert out[0, 0] == 0.0 and out[0, 1] == 0.0, out
+    np.testing.assert_allclose(out[0, 2:], want[0, 2:], rtol=1e-5)  # 1.8e-35 is normal
+    assert np.float32(1e-40) * np.float32(1.0) > 0  # this thread still keeps denormals
+    g.check()

@@ -211,3 +211,69 @@ def test_environment_switch_forces_the_fallback(fresh_loader, monkeypatch):
     with pytest.raises(kernels.KernelsUnavailable, match="GPUMLP_KERNELS=off"):
         kernels.get_kernel("gather_rows", "float32")
     assert built == []
+
+
+def _cupy_run_time_options(monkeypatch, source: str) -> tuple[str, ...]:
+    """The options CuPy's ``RawModule(code, options=COMPILE_OPTIONS, name_expressions=...)``
+    hands NVRTC, taken from CuPy's own code path up to the NVRTC call: the device's
+    architecture is fixed at sm_90 and the program records its options instead of compiling,
+    so no GPU is needed."""
+    try:
+        from cupy._core import core
+        from cupy.cuda import compiler
+    except ImportError as exc:
+        pytest.skip(f"CuPy is not installed: {exc}")
+
+    seen = []
+
+    class Recorded(Exception):
+        pass
+
+    class RecordingProgram:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def compile(self, options=(), log_stream=None):
+            seen.append(tuple(options))
+            raise Recorded
+
+    monkeypatch.setenv("CUPY_CACHE_IN_MEMORY", "1")  # never a cached cubin from disk
+    monkeypatch.setattr(compiler, "_get_arch", lambda: "90")
+    monkeypatch.setattr(compiler, "_get_arch_for_options_for_nvrtc",
+                        lambda arch=None: ("-arch=sm_90", "cubin"))
+    monkeypatch.setattr(compiler, "_preprocess", lambda *args, **kwargs: "")
+    monkeypatch.setattr(compiler, "_NVRTCProgram", RecordingProgram)
+    # What cupy/_core/raw.pyx's _get_raw_module calls for a RawModule built from code.
+    with pytest.raises(Recorded):
+        core.compile_with_cache(kernels.source_code(source), kernels.COMPILE_OPTIONS,
+                                prepend_cupy_headers=False, backend="nvrtc",
+                                name_expressions=tuple(kernels.name_expressions(source)))
+    return seen[0]
+
+
+def test_offline_compiles_use_cupys_run_time_options(monkeypatch):
+    """NVRTC tests, the CPU harness and the SASS reader compile with kernels.nvrtc_options;
+    that must be exactly what CuPy compiles with on a GPU, less include paths (the sources
+    are inlined) and --pch (a compile cache)."""
+    run_time = _cupy_run_time_options(monkeypatch, "gather.cu")
+    code_options = [o for o in run_time if not o.startswith("-I") and o != "--pch"]
+    assert sorted(code_options) == sorted(kernels.nvrtc_options("sm_90"))
+    assert "-ftz=true" in code_options
+
+
+def test_harness_and_sass_reader_follow_the_run_time_options():
+    from conftest import load_support
+
+    harness, sass = load_support("harness"), load_support("sass")
+    assert "-DCOMPAT_FLUSH_DENORMALS=1" in harness.host_flags()
+    assert sass.nvcc_options("sm_90") == ["-arch=sm_90", "-std=c++17", "-ftz=true"]
+
+
+def test_an_option_without_a_host_equivalent_stops_the_harness(monkeypatch):
+    from conftest import load_support
+
+    harness = load_support("harness")
+    monkeypatch.setattr(kernels, "CUPY_ADDED_OPTIONS", (*kernels.CUPY_ADDED_OPTIONS,
+                                                        "-fmad=false"))
+    with pytest.raises(RuntimeError, match="'-fmad=false'.*no equivalent"):
+        harness.host_flags()

@@ -15,6 +15,15 @@
 //
 // TF32 wmma (kernels/tensor_core.cuh) is emulated with fragments holding the whole tile in
 // every thread, TF32 rounding as cvt.rna does it, and stores shared by the warp's lanes.
+//
+// Denormals: CuPy compiles every kernel with -ftz=true, so float32 denormal inputs and results
+// are zero on the GPU.  With COMPAT_FLUSH_DENORMALS (set by tests/kernels/harness.py from that
+// option) each thread running a kernel sets the CPU's flush-to-zero and denormals-are-zero
+// modes (x86 MXCSR FTZ|DAZ, AArch64 FPCR.FZ).  The CPU flag also flushes float64, which the GPU
+// does not; a float64 denormal (below 2.2e-308) does not arise in the tests' data, and a test
+// that compared one would see 0 against ~1e-308.  Contraction of a*b+c into one FMA (NVRTC's
+// default -fmad=true) is not modelled: g++ rounds the product, so results may differ from the
+// GPU's in the last bit, within the tests' tolerances.
 #ifndef GPUMLP_CUDA_HOST_COMPAT_H
 #define GPUMLP_CUDA_HOST_COMPAT_H
 #define GPUMLP_HOST_COMPAT 1
@@ -28,6 +37,9 @@
 #include <deque>
 #include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 struct dim3 {
     unsigned int x = 1, y = 1, z = 1;
@@ -192,6 +204,20 @@ inline T atomicAdd(T* address, T value)
     return std::atomic_ref<T>(*address).fetch_add(value);
 }
 
+// Flush denormals to zero on this thread, as a kernel compiled with -ftz=true does.
+inline void compat_flush_denormals()
+{
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_setcsr(_mm_getcsr() | 0x8040u);  // FTZ (bit 15): results; DAZ (bit 6): inputs
+#elif defined(__aarch64__)
+    unsigned long fpcr;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(fpcr | (1ul << 24)));  // FZ
+#else
+#error "cuda_host_compat.h: no flush-to-zero mode known for this CPU (needed for -ftz=true)"
+#endif
+}
+
 // Run kernel<<<grid, block>>>(args...) to completion.
 template <typename... P, typename... A>
 void compat_launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args)
@@ -209,6 +235,9 @@ void compat_launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args)
     pool.reserve(threads);
     for (unsigned t = 0; t < threads; ++t) {
         pool.emplace_back([&, t] {
+#if COMPAT_FLUSH_DENORMALS
+            compat_flush_denormals();  // a fresh thread: the caller's mode is untouched
+#endif
             threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
             for (unsigned bz = 0; bz < grid.z; ++bz)
                 for (unsigned by = 0; by < grid.y; ++by)

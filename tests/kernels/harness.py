@@ -25,6 +25,17 @@ BUILD_DIR = HERE / "_build"
 LIBRARY = BUILD_DIR / "libgpumlp_kernels_host.so"
 CXX_FLAGS = ("-O2", "-std=c++20", "-pthread", "-shared", "-fPIC", "-Wall", "-Wextra",
              "-Wno-unknown-pragmas")
+#: What each option of a run-time kernel compile (``kernels.nvrtc_options``) becomes here, so
+#: that the CPU build runs the code the GPU runs; an option missing from this table stops the
+#: build rather than be silently dropped.
+HOST_EQUIVALENTS = {
+    # The harness itself needs C++20 (std::barrier, std::atomic_ref; CXX_FLAGS); the kernels
+    # are C++17 and the NVRTC tests hold them to it.
+    "-std=c++17": (),
+    "-ftz=true": ("-DCOMPAT_FLUSH_DENORMALS=1",),  # see cuda_host_compat.h
+    # On the host every function is host code already.
+    "--device-as-default-execution-space": (),
+}
 
 
 class HarnessUnavailable(RuntimeError):
@@ -36,24 +47,43 @@ def _inputs() -> list[Path]:
             HERE / "cuda_host_compat.h"]
 
 
+def host_flags() -> list[str]:
+    """The g++ flags standing for the options the kernels are compiled with on a GPU."""
+    flags = []
+    for option in kernels.nvrtc_options("sm_90"):
+        if option.startswith("-arch="):
+            continue
+        if option not in HOST_EQUIVALENTS:
+            raise RuntimeError(f"the kernels are compiled with {option!r} on a GPU and the "
+                               "CPU harness has no equivalent: add one to HOST_EQUIVALENTS")
+        flags += HOST_EQUIVALENTS[option]
+    return flags
+
+
 def build() -> Path:
     """Compile the harness unless an up-to-date build exists; return the library's path."""
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         raise HarnessUnavailable(f"C++ compiler {cxx!r} not found (set $CXX or install g++ "
                                  "with C++20 support) to run the kernels on the CPU")
+    command = [cxx, *CXX_FLAGS, *host_flags(), f"-I{REPO / 'kernels'}", f"-I{HERE}",
+               str(HERE / "harness.cpp"), "-o"]
+    stamp = LIBRARY.with_suffix(".command")  # a build with other flags is rebuilt
     newest = max(p.stat().st_mtime for p in _inputs())
-    if LIBRARY.exists() and LIBRARY.stat().st_mtime >= newest:
+    if (LIBRARY.exists() and LIBRARY.stat().st_mtime >= newest and stamp.exists()
+            and stamp.read_text(encoding="utf-8") == " ".join(command)):
         return LIBRARY
     BUILD_DIR.mkdir(exist_ok=True)
     partial = BUILD_DIR / f".{LIBRARY.name}.{os.getpid()}"
-    command = [cxx, *CXX_FLAGS, f"-I{REPO / 'kernels'}", f"-I{HERE}",
-               str(HERE / "harness.cpp"), "-o", str(partial)]
+    command_text = " ".join(command)
+    command = [*command, str(partial)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"building the kernel harness failed:\n{' '.join(command)}\n"
                            f"{result.stderr}")
     os.replace(partial, LIBRARY)  # atomic: a concurrent run never loads a half-written file
+    partial.with_suffix(".command").write_text(command_text, encoding="utf-8")
+    os.replace(partial.with_suffix(".command"), stamp)
     return LIBRARY
 
 

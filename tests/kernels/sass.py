@@ -129,9 +129,9 @@ def parse_functions(sass: str) -> dict[str, list[tuple[str, str, str | None]]]:
 
 
 def is_op(opcode: str, name: str) -> bool:
-    """Whether ``opcode`` is ``name``: FFMA / DFMA exactly, HMMA with any shape suffix
-    (``HMMA.1684.F32.TF32`` is one TF32 m16n8k8 tensor-core step)."""
-    return opcode == name or (name == "HMMA" and opcode.startswith("HMMA."))
+    """Whether ``opcode`` is ``name`` with any modifiers: ``FFMA.FTZ`` (the -ftz=true build)
+    is an FFMA, ``HMMA.1684.F32.TF32`` one TF32 m16n8k8 tensor-core step."""
+    return opcode == name or opcode.startswith(name + ".")
 
 
 def hottest_loop(instructions: list[tuple[str, str, str | None]], fma: str = "FFMA"
@@ -193,6 +193,19 @@ def _ptxas_usage(log: str) -> dict[str, dict[str, int]]:
     return usage
 
 
+#: Run-time NVRTC options nvcc does not take, with why leaving them out changes nothing here.
+NVRTC_ONLY = {
+    # gemm.cu marks every function __device__ or __global__ itself.
+    "--device-as-default-execution-space",
+}
+
+
+def nvcc_options(arch: str) -> list[str]:
+    """The run-time compile's options (``kernels.nvrtc_options``) as nvcc takes them, so
+    the SASS read here is the SASS CuPy loads (NVRTC optimises as nvcc -O3 does)."""
+    return [option for option in kernels.nvrtc_options(arch) if option not in NVRTC_ONLY]
+
+
 def analyse(expressions: list[str], workdir: Path, arch: str = ARCH) -> list[KernelReport]:
     """Compile ``expressions`` of gemm.cu with nvcc for ``arch`` and read their SASS."""
     tools = find_tools()
@@ -200,7 +213,7 @@ def analyse(expressions: list[str], workdir: Path, arch: str = ARCH) -> list[Ker
     source, cubin = workdir / "gemm_sass.cu", workdir / "gemm_sass.cubin"
     source.write_text(instantiation_source(expressions), encoding="utf-8")
     compiled = subprocess.run(
-        [tools["nvcc"], f"-arch={arch}", "-cubin", "-O3", "-std=c++17", "-Xptxas", "-v",
+        [tools["nvcc"], *nvcc_options(arch), "-cubin", "-O3", "-Xptxas", "-v",
          str(source), "-o", str(cubin)], capture_output=True, text=True)
     if compiled.returncode != 0:
         raise RuntimeError(f"nvcc failed:\n{compiled.stderr}")
@@ -231,7 +244,8 @@ def analyse(expressions: list[str], workdir: Path, arch: str = ARCH) -> list[Ker
             shared_bytes=shared, threads=threads,
             occupancy=occupancy(info.get("registers", 0), shared, threads),
             loop_instructions=len(loop_body),
-            loop_ffma=sum(op == ("DFMA" if dtype == "double" else "FFMA") for op in loop_body),
+            loop_ffma=sum(is_op(op, "DFMA" if dtype == "double" else "FFMA")
+                          for op in loop_body),
             loop_hmma=sum(is_op(op, "HMMA") for op in loop_body),
             loop_lds128=sum(op.startswith("LDS.128") for op in loop_body),
             loop_local=sum(op.startswith(("LDL", "STL")) for op in loop_body),
