@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import activations, exceptions
+from .activations import canonical as canonical_activation
 from .backends import BACKEND_NAMES, Backend, backend_for
 from .evaluation import r2
 from .graph import GRAPH_MODES
@@ -37,13 +38,17 @@ from .optim import SCHEDULES, make_optimizer
 from .params import ParamsMixin
 from .precision import PRECISIONS, check_precision
 from .training import DivergenceError, Trainer, check_callbacks
-from .validation import (as_array_input, check_choice, check_classification_targets,
+from .validation import (all_finite, as_array_input, block_rows, check_choice,
+                         check_classification_targets, check_feature_names, check_label_types,
                          check_finite_numeric, check_float, check_int, check_sample_weight,
-                         check_targets, check_X, dense_rows, is_sparse, seed_from)
+                         check_targets, check_X, converted_rows, dense_rows, is_sparse,
+                         seed_from)
 
 SOLVERS = ("lbfgs", "sgd", "adam")
 #: Rows densified at a time when predicting on sparse ``X``.
 _SPARSE_CHUNK = 4096
+#: Rows of one forward pass in prediction (the network's work buffers hold this many).
+_PREDICT_CHUNK = 4096
 #: scikit-learn's names for the output activations.
 _OUT_NAMES = {"softmax_xent": "softmax", "sigmoid_bce": "logistic", "squared_error": "identity"}
 
@@ -122,7 +127,8 @@ class BaseMLP(ParamsMixin):
         self.precision = precision
 
     # ------------------------------------------------------------------------ validation
-    def _check_hyperparameters(self) -> list[int]:
+    def _hidden_sizes(self) -> list[int]:
+        """``hidden_layer_sizes`` as a list of positive ints, or a ``ValueError``."""
         sizes = self.hidden_layer_sizes
         if isinstance(sizes, (int, np.integer)):
             sizes = [sizes]
@@ -134,6 +140,10 @@ class BaseMLP(ParamsMixin):
                    for s in sizes):
             raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} must be positive "
                              "integers, e.g. (100,) or (256, 128)")
+        return [int(s) for s in sizes]
+
+    def _check_hyperparameters(self) -> list[int]:
+        sizes = self._hidden_sizes()
         name = activations.canonical(self.activation)
         if name in activations.INFERENCE_ONLY:
             raise ValueError(f"activation={self.activation!r} cannot be trained by gradient "
@@ -206,9 +216,12 @@ class BaseMLP(ParamsMixin):
             raise ValueError("validation_data is evaluated after every epoch of the stochastic "
                              "solvers ('sgd', 'adam'); solver='lbfgs' has no epochs")
         dtype = check_dtype(self.dtype)
-        X = as_array_input(X)
         fitted = hasattr(self, "network_")
         keep = fitted and (incremental or self.warm_start)
+        if keep:  # continuing the fitted network: parameters set since must describe it
+            self._check_network_matches("continue training (warm_start or partial_fit)")
+        check_feature_names(self, X, reset=not keep)
+        X = as_array_input(X)
         backend = self.network_.backend if keep else backend_for(X, self.backend)
         owner = type(self).__name__
         X = check_X(X, backend, dtype, self.n_features_in_ if keep else None, owner=owner)
@@ -224,7 +237,7 @@ class BaseMLP(ParamsMixin):
             if not keep:  # nothing was trained: the new network must not look fitted
                 del self.network_
             raise
-        if not keep or not incremental:
+        if not keep or not incremental or self._trainer_.optimizer is None:
             previous = getattr(self, "_trainer_", None)
             if previous is not None:  # its captured graphs can serve the new trainer
                 previous.release()
@@ -321,22 +334,31 @@ class BaseMLP(ParamsMixin):
                           "max_iter or max_fun, or scale the data",
                           exceptions.ConvergenceWarning, stacklevel=4)
 
-    def _build(self, backend: Backend, dtype: np.dtype, sizes: list[int]) -> None:
-        seed = seed_from(self.random_state)
-        hidden = activations.canonical(self.activation)
-        self.network_ = Network(sizes, hidden, self._loss_name, dtype=dtype, backend=backend,
-                                seed=seed, precision=self.precision)
-        if self.init != "he":  # Network draws "he"; others are set over it
+    def _build(self, backend: Backend, dtype: np.dtype, sizes: list[int],
+               activations: list[str] | None = None, precision: str | None = None,
+               initialize: bool = True) -> None:
+        """A new network of ``sizes``; ``activations`` and ``precision`` default to the
+        parameters'. ``initialize=False`` (loading) leaves the weights zero, to be set."""
+        seed = seed_from(self.random_state) if initialize else None
+        if activations is None:
+            activations = [canonical_activation(self.activation)] * (len(sizes) - 2)
+        self.network_ = Network(sizes, activations, self._loss_name, dtype=dtype,
+                                backend=backend, seed=seed,
+                                precision=self.precision if precision is None else precision,
+                                initialize=initialize)
+        if initialize and self.init != "he":  # Network draws "he"; others are set over it
             self.network_.set_flat_params(initial_parameters(
-                self.init, sizes, [hidden] * (len(sizes) - 2), seed, dtype))
+                self.init, sizes, activations, seed, dtype))
         self.n_features_in_ = sizes[0]
         self.n_outputs_ = sizes[-1]
         self.n_layers_ = len(sizes)
         self.out_activation_ = _OUT_NAMES[self._loss_name]
 
-    def _make_trainer(self, previous: Trainer | None) -> Trainer:
+    def _make_trainer(self, previous: Trainer | None, optimizer: bool = True) -> Trainer:
+        """A trainer of the network; ``optimizer=False`` (a loaded model) leaves its
+        optimizer to be made by the first ``partial_fit``."""
         net = self.network_
-        optimizer = None if self.solver == "lbfgs" else make_optimizer(  # lbfgs: own loop
+        optimizer = None if self.solver == "lbfgs" or not optimizer else make_optimizer(
             self.solver, net.backend, net.params, learning_rate_init=self.learning_rate_init,
             momentum=self.momentum, nesterov=self.nesterovs_momentum,
             schedule=self.learning_rate, power_t=self.power_t, total_epochs=self.max_iter,
@@ -386,6 +408,30 @@ class BaseMLP(ParamsMixin):
         return rng.permutation(len(y))[:n_val]
 
     # ---------------------------------------------------------------------- fitted state
+    def _check_network_matches(self, action: str) -> None:
+        """Refuse to ``action`` when a parameter that defines the network (set with
+        ``set_params`` after ``fit``) disagrees with the fitted network, which would silently
+        ignore it; a new ``fit`` (without warm_start) builds a network that applies it."""
+        net = self.network_
+        fitted = {"hidden_layer_sizes": tuple(net.sizes[1:-1]), "dtype": net.dtype,
+                  "precision": net.precision}
+        try:
+            now = {"hidden_layer_sizes": tuple(self._hidden_sizes()),
+                   "dtype": check_dtype(self.dtype), "precision": self.precision}
+            if net.hidden_activations:
+                fitted["activation"] = net.hidden_activations[0]
+                now["activation"] = canonical_activation(self.activation)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"cannot {action}: {exc}") from None
+        for name, value in fitted.items():
+            if now[name] != value:
+                shown = value.name if isinstance(value, np.dtype) else value
+                raise ValueError(
+                    f"cannot {action}: {name}={getattr(self, name)!r} was set after fit and "
+                    f"does not match the fitted network ({name}={shown!r}); call fit with "
+                    f"warm_start=False to train a network with it, or set it back to "
+                    f"{shown!r}")
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "network_"):
             raise exceptions.NotFittedError(
@@ -470,16 +516,45 @@ class BaseMLP(ParamsMixin):
         self._check_fitted()
         net = self.network_
         backend = net.backend
+        check_feature_names(self, X, reset=False)
         X = as_array_input(X)
         on_host = not backend.owns(X) or backend.name == "numpy"
-        given = X
-        X = check_X(X, backend, net.dtype, self.n_features_in_, owner=type(self).__name__)
-        if not is_sparse(X):  # a copy (host data, another dtype) is new every call: no graph
-            return net.predict_output(X, reuse=X is given), on_host
-        parts = [net.predict_output(dense_rows(X[start:start + _SPARSE_CHUNK], backend,
-                                               net.dtype), reuse=False)
-                 for start in range(0, X.shape[0], _SPARSE_CHUNK)]
-        return backend.xp.concatenate(parts), on_host
+        self._check_network_matches("predict")
+        owner = type(self).__name__
+        if on_host and not is_sparse(X):
+            out = self._host_outputs(check_X(X, backend, net.dtype, self.n_features_in_,
+                                             owner=owner, convert=False))
+        else:
+            given = X
+            X = check_X(X, backend, net.dtype, self.n_features_in_, owner=owner)
+            if not is_sparse(X):  # a device array seen again replays a captured forward
+                out = net.predict_output(X, reuse=X is given)
+            else:
+                out = backend.xp.concatenate([
+                    net.predict_output(dense_rows(X[start:start + _SPARSE_CHUNK], backend,
+                                                  net.dtype), reuse=False)
+                    for start in range(0, X.shape[0], _SPARSE_CHUNK)])
+        if not all_finite(out, backend.xp):  # finite inputs and weights: an overflow
+            raise ValueError(f"X has values too large for this network: its outputs "
+                             f"overflow {net.dtype.name}. Scale X (e.g. with StandardScaler) "
+                             "to the range it was fitted on")
+        return out, on_host
+
+    def _host_outputs(self, X: np.ndarray) -> Any:
+        """Outputs for a checked host ``X`` (a memory map, say), converted and run a block
+        of rows at a time into one output array: memory is the output plus a fixed working
+        set, whatever the number of rows. Blocks are whole multiples of the forward's own
+        chunk, so results are those of one call on the whole array."""
+        net = self.network_
+        out = net.backend.empty((X.shape[0], net.sizes[-1]), net.dtype)
+        per_block = block_rows(X.shape[1] * max(X.dtype.itemsize, net.dtype.itemsize),
+                               _PREDICT_CHUNK)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by name
+            for start in range(0, X.shape[0], per_block):
+                rows = converted_rows(X, start, start + per_block, net.backend, net.dtype)
+                out[start:start + rows.shape[0]] = net.predict_output(rows, _PREDICT_CHUNK,
+                                                                      reuse=False)
+        return out
 
     def save(self, path: str) -> None:
         """Save the fitted model (arrays plus JSON metadata, no pickle; atomic write)."""
@@ -539,6 +614,8 @@ class MLPClassifier(BaseMLP):
         again later, it must name the same classes.
         """
         fitted = hasattr(self, "network_")
+        if classes is not None:
+            check_label_types(np.asarray(classes), "classes")
         if not fitted and classes is None:
             raise ValueError("classes must be given on the first call to partial_fit "
                              "(every label that will ever appear)")

@@ -8,7 +8,19 @@ otherwise. It first reads only the zip directory and the ``.npy`` headers, then 
 size, dtype, count and flag of the metadata against each other and against the arrays'
 declared shapes (which must agree with the bytes the archive really holds) and against fixed
 caps, and only then reads the arrays and builds the estimator. A 2 KB file declaring a
-network of billions of parameters is therefore rejected before anything of that size exists.
+network of billions of parameters (or 200,000 layers) is therefore rejected before anything
+of that size exists. Whatever is wrong with a file (a flipped bit in a zip header, a
+truncation, a hostile metadata value, a FIFO in its place), :func:`load` raises one error,
+:class:`gpumlp.FileFormatError` (a ``ValueError``) naming the file and what is wrong.
+
+The round trip is exact: the file holds the estimator's parameters as they are when it is
+saved (also when ``set_params`` changed them after ``fit``) and, apart from them, the network
+as fitted (sizes, activations, precision, dtype of the weights). The loaded estimator has
+the same parameters and the same network; where a parameter set after ``fit`` disagrees with
+the network, both refuse to predict in the same words. Not saved: ``callbacks`` (code), and a
+``Backend`` object (saved as ``"auto"``); a ``random_state`` other than an int or ``None``
+is refused by :func:`save`. Loading reads the parameters straight into the network and
+allocates no optimizer state, so it peaks near one copy of the parameters.
 
 This module knows the estimators only through :mod:`gpumlp.model_registry` (by name), never
 by import, so it sits below them in the import order.
@@ -35,11 +47,13 @@ from typing import Any
 
 import numpy as np
 
+from . import activations
 from .atomic import atomic_write
-from .backends import BACKEND_NAMES, Backend
+from .backends import BACKEND_NAMES, Backend, BackendUnavailable
 from .exceptions import FileFormatError
 from .files import open_regular_file
 from .model_registry import model_class, registered_models
+from .precision import PRECISIONS
 from .validation import check_choice
 
 FORMAT = "gpumlp-model"
@@ -51,16 +65,24 @@ _SKIPPED_PARAMS = ("callbacks",)
 #: Most parameter values (weights and biases of all layers) a file may declare: 2**31 is
 #: 8 GiB of float32, far above any model this library trains, far below a denial of service.
 MAX_PARAMETERS = 2**31
-#: Most bytes of JSON metadata (loss curves of 100k epochs fit in a few MB).
-MAX_METADATA_BYTES = 64 * 2**20
+#: Most layers (hidden and output) a file may declare: far above any trained network, far
+#: below the 200,000 one-unit layers that would cost seconds and hundreds of MB of objects.
+MAX_LAYERS = 1000
+#: Most bytes of JSON metadata (loss curves of 100k epochs fit in a few MB; parsed JSON
+#: takes several times its bytes as Python objects).
+MAX_METADATA_BYTES = 16 * 2**20
 #: Most bytes of the class-label array.
 MAX_LABEL_BYTES = 64 * 2**20
+#: Parameters read from the file at a time (through a buffer of this many values).
+_READ_CHUNK = 2**20
 #: Deflate cannot expand data by more than about 1032:1; a zip member claiming more lies.
 _MAX_DEFLATE_RATIO = 1032
 #: The arrays a model file may hold, by layout.
 _ARRAYS = {"mlp": {"params", "classes"}, "linear": {"coef", "intercept", "classes"}}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _LABEL_KINDS = "biufUS"  # bool, integers, floats, str, bytes; never objects
+#: How a parameter that JSON cannot hold as given was spelled (see ``save``).
+_KINDS = {"hidden_layer_sizes": ("int", "tuple", "list"), "dtype": ("str", "dtype", "type")}
 _short = reprlib.Repr()
 _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 80, 80, 8, 8
 
@@ -82,8 +104,12 @@ def save(model: Any, path: str | os.PathLike) -> None:
     Raises
     ------
     TypeError
-        If ``model`` is not a fitted gpumlp estimator, or its labels cannot be stored
-        without pickle (objects other than all-``str`` or all-``int``).
+        If ``model`` is not a fitted gpumlp estimator, its labels cannot be stored
+        without pickle (objects other than all-``str`` or all-``int``), or its
+        ``random_state`` is a generator (not an int or ``None``).
+    ValueError
+        If its parameters are not ones ``fit`` would accept (a file ``load`` would refuse
+        is never written), or ``path`` is a FIFO, device node or folder.
     """
     cls = type(model)
     if registered_models().get(cls.__name__) is not cls:
@@ -97,6 +123,12 @@ def save(model: Any, path: str | os.PathLike) -> None:
     else:
         raise TypeError(f"model must be a fitted gpumlp estimator; this {cls.__name__} is "
                         "not fitted yet")
+    check = getattr(model, "_check_hyperparameters", None)
+    if callable(check):  # a file load would refuse is never written
+        try:
+            check()
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"cannot save: {exc}") from None
     params = {k: v for k, v in model.get_params().items() if k not in _SKIPPED_PARAMS}
     # JSON has no tuples or NumPy types: keep how each such parameter was given, so that
     # get_params() of the loaded model equals the saved one's.
@@ -115,10 +147,12 @@ def save(model: Any, path: str | os.PathLike) -> None:
         params["dtype"] = np.dtype(dtype).name
     if isinstance(params.get("class_weight"), dict):  # JSON keys are strings: keep pairs
         params["class_weight"] = [[k, v] for k, v in params["class_weight"].items()]
-    if isinstance(params.get("random_state"), np.integer):
-        params["random_state"] = int(params["random_state"])
-    if not isinstance(params.get("random_state"), (int, type(None))):
-        params["random_state"] = None
+    seed = params.get("random_state")
+    if isinstance(seed, np.integer):
+        params["random_state"] = int(seed)
+    elif not isinstance(seed, (int, type(None))) or isinstance(seed, bool):
+        raise TypeError(f"random_state={seed!r} cannot be saved in a model file (no pickle): "
+                        "set_params(random_state=<an int or None>) before saving")
     if hasattr(model, "feature_names_in_"):  # the columns it was trained on, by name
         state["feature_names"] = [str(name) for name in model.feature_names_in_]
     classes = np.asarray(model.classes_) if hasattr(model, "classes_") else np.zeros(0)
@@ -157,7 +191,10 @@ def _json_scalar(value: Any) -> Any:
 def _mlp_state(model: Any) -> tuple[dict, dict]:
     net, history = model.network_, model._trainer_.history
     arrays = {"params": net.get_flat_params()}
-    state = {"sizes": net.sizes, "loss_curve": history.loss,
+    # The network as fitted, which parameters set since (set_params after fit) do not change:
+    # the loaded network is this one, and both refuse to predict with parameters it ignores.
+    state = {"sizes": net.sizes, "activations": list(net.hidden_activations),
+             "precision": net.precision, "loss_curve": history.loss,
              "validation_scores": history.validation_score, "best_loss": history.best_loss,
              "best_validation_score": history.best_validation_score,
              "n_iter": history.n_iter, "samples_seen": history.samples_seen,
@@ -190,29 +227,44 @@ def load(path: str | os.PathLike, backend: str | None = None) -> Any:
 
     Raises
     ------
-    ValueError
-        If the file is not a gpumlp model, is damaged, or declares anything inconsistent or
-        beyond the caps (:data:`MAX_PARAMETERS`, :data:`MAX_METADATA_BYTES`,
-        :data:`MAX_LABEL_BYTES`). The message names the file, the field, its value and what
-        is allowed. Nothing the file declares is allocated before it has been checked.
+    gpumlp.FileFormatError
+        A ``ValueError``: the path is not a regular file (a FIFO, a device, a folder), or the
+        file is not a gpumlp model, is damaged or truncated, or declares anything
+        inconsistent or beyond the caps (:data:`MAX_PARAMETERS`, :data:`MAX_LAYERS`,
+        :data:`MAX_METADATA_BYTES`, :data:`MAX_LABEL_BYTES`). The message names the file,
+        the field, its value and what is allowed. Nothing the file declares is allocated
+        before it has been checked.
     FileNotFoundError
         If ``path`` does not exist.
     """
     if backend is not None and not isinstance(backend, Backend):  # not the file's fault
         check_choice("backend", backend, BACKEND_NAMES)
-    handle = open_regular_file(path, "model file")
-    with handle:
+    with open_regular_file(path, "model file") as handle:
         try:
             archive = zipfile.ZipFile(handle)
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on bad bytes
             raise FileFormatError(f"{path} is not a readable gpumlp model file (not a zip "
-                                  f"archive of .npy arrays: {type(exc).__name__}: {exc})") from None
+                                  f"archive of .npy arrays: {_describe(exc)})") from None
         with archive:
-            return _ModelFile(path, archive).load(backend)
+            try:
+                return _ModelFile(path, archive).load(backend)
+            except (FileFormatError, BackendUnavailable, MemoryError):
+                raise  # ours, or the machine's (no GPU for a "cupy" model): not the file's
+            except Exception as exc:  # noqa: BLE001 - a damaged member can make zipfile,
+                # zlib, NumPy's header parser or JSON raise almost any type (a flipped flag
+                # bit gives NotImplementedError or RuntimeError): one documented error
+                raise FileFormatError(f"{path}: damaged gpumlp model file "
+                                      f"({_describe(exc)})") from None
 
 
-class _BadFile(ValueError):
+class _BadFile(FileFormatError):
     """A check failed; :meth:`_ModelFile.load` adds the path to the message."""
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line, at most 200 characters, never NumPy's pickle advice."""
+    text = " ".join(str(exc).split(";")[0].split())[:200]
+    return f"{type(exc).__name__}: {text}"
 
 
 def _bad(field: str, value: Any, allowed: str) -> _BadFile:
@@ -228,22 +280,19 @@ class _ModelFile:
         self.headers: dict[str, tuple[zipfile.ZipInfo, tuple, np.dtype, bool]] = {}
 
     def load(self, backend: Any) -> Any:
-        """Check everything, then build. Errors of the checks become one ``ValueError``
-        naming the file; building a model from a checked file is ordinary code."""
+        """Check everything, then build. Errors of the checks become one
+        ``FileFormatError`` naming the file (as does anything else a damaged file raises,
+        in :func:`load`)."""
         try:
             model, arrays, state = self._checked(backend)
+            if _layout(type(model)) == "mlp":
+                self._restore_mlp(model, arrays, state)
+            else:
+                _restore_linear(model, arrays, state)
+            if "feature_names" in state:
+                model.feature_names_in_ = np.array(state["feature_names"], dtype=object)
         except _BadFile as exc:
-            raise ValueError(f"{self.path}: {exc}") from None
-        except (zipfile.BadZipFile, OSError, EOFError, KeyError, TypeError, ValueError,
-                AttributeError, IndexError) as exc:
-            raise ValueError(f"{self.path}: damaged gpumlp model file ({type(exc).__name__}: "
-                             f"{exc})") from None
-        if _layout(type(model)) == "mlp":
-            _restore_mlp(model, arrays, state)
-        else:
-            _restore_linear(model, arrays, state)
-        if "feature_names" in state:
-            model.feature_names_in_ = np.array(state["feature_names"], dtype=object)
+            raise FileFormatError(f"{self.path}: {exc}") from None
         return model
 
     def _checked(self, backend: Any) -> tuple[Any, dict, dict]:
@@ -267,7 +316,8 @@ class _ModelFile:
         if state.get("classes_object", True) is not True:
             raise _bad("state.classes_object", state["classes_object"], "allowed: true")
         model = self._construct(cls, metadata, backend)
-        arrays = {key: self._read_array(key) for key in _ARRAYS[layout]}
+        # A network's parameters are read later, straight into the network (one copy).
+        arrays = {key: self._read_array(key) for key in _ARRAYS[layout] if key != "params"}
         self._check_values(arrays, state)
         if state.get("classes_object"):
             arrays["classes"] = arrays["classes"].astype(object)
@@ -340,7 +390,7 @@ class _ModelFile:
         if metadata.get("format") != FORMAT:
             raise _BadFile(f"is not a gpumlp model file (format {metadata.get('format')!r}; "
                            f"allowed: {FORMAT!r})")
-        if metadata.get("version") != VERSION:
+        if not _is_int(metadata.get("version")) or metadata["version"] != VERSION:
             raise _BadFile(f"was written by format version {metadata.get('version')!r}; "
                            f"this gpumlp reads version {VERSION}")
         return metadata
@@ -355,15 +405,9 @@ class _ModelFile:
         size, filled from the member, then the member's CRC is verified."""
         info, shape, dtype, fortran = self.headers[key]
         array = np.empty(math.prod(shape), dtype=dtype)
-        target = array.view(np.uint8) if array.size else memoryview(b"")
         with self.archive.open(info) as member:
             member.seek(info.file_size - array.nbytes)
-            filled = 0
-            while filled < array.nbytes:
-                got = member.readinto(target[filled:])
-                if not got:
-                    raise _BadFile(f"array {key!r} is truncated")
-                filled += got
+            _read_into(member, array.view(np.uint8), key)
             member.read(1)  # reaching the end makes zipfile check the CRC
         array = array.reshape(shape, order="F" if fortran else "C")
         return array.astype(dtype.newbyteorder("="), copy=False)
@@ -388,10 +432,11 @@ class _ModelFile:
 
     def _check_mlp(self, cls: type, metadata: dict, state: dict) -> None:
         sizes = state.get("sizes")
-        if not (isinstance(sizes, list) and 2 <= len(sizes) <= MAX_PARAMETERS
+        if not (isinstance(sizes, list) and 2 <= len(sizes) <= MAX_LAYERS + 1
                 and all(_is_int(s) and 1 <= s <= MAX_PARAMETERS for s in sizes)):
-            raise _bad("state.sizes", sizes, "allowed: a list of at least two positive "
-                       "integers [inputs, hidden..., outputs]")
+            raise _bad("state.sizes", sizes, f"allowed: a list of 2 to {MAX_LAYERS + 1} "
+                       "positive integers [inputs, hidden..., outputs] (at most "
+                       f"MAX_LAYERS={MAX_LAYERS} layers)")
         n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
         if n_params > MAX_PARAMETERS:
             raise _bad("state.sizes", sizes, f"it declares {n_params} parameters; allowed: "
@@ -402,15 +447,19 @@ class _ModelFile:
                        f"params array has shape {shape}; they must agree")
         if dtype.newbyteorder("=") not in _FLOAT_DTYPES:
             raise _bad("dtype of array 'params'", str(dtype), "allowed: float32 or float64")
-        params = _mapping(metadata, "params")
-        declared = params.get("dtype", "float32")
-        if declared not in ("float32", "float64") or np.dtype(declared) != dtype:
-            raise _bad("params.dtype", declared, f"it must name the params array's dtype "
-                       f"({dtype.newbyteorder('=').name})")
-        hidden = params.get("hidden_layer_sizes", sizes[1:-1])
-        if hidden != sizes[1:-1]:
-            raise _bad("params.hidden_layer_sizes", hidden,
-                       f"it must equal the hidden sizes of state.sizes, {sizes[1:-1]}")
+        # The network is the one state.sizes, state.activations, state.precision and the
+        # params array's dtype describe; the parameters may have been set since (they are
+        # checked as parameters in _construct), as they were when the model was saved.
+        n_hidden = len(sizes) - 2
+        names = state.get("activations")
+        if names is not None and not (isinstance(names, list) and len(names) == n_hidden
+                                      and all(_trainable(name) for name in names)):
+            raise _bad("state.activations", names, f"allowed: {n_hidden} names of trainable "
+                       f"activations, one per hidden layer, e.g. {['relu'] * n_hidden}")
+        precision = state.get("precision", "float32")
+        if precision not in PRECISIONS or (precision == "tf32" and dtype.itemsize != 4):
+            raise _bad("state.precision", precision, f"allowed: one of {PRECISIONS} "
+                       "('tf32' with float32 parameters only)")
         for key in ("n_iter", "samples_seen"):
             if not _is_int(state.get(key)) or state[key] < 0:
                 raise _bad(f"state.{key}", state.get(key), "allowed: an integer >= 0")
@@ -419,9 +468,9 @@ class _ModelFile:
             if not isinstance(values, list) or not all(map(_is_real, values)):
                 raise _bad(f"state.{key}", values, "allowed: a list of numbers")
         for key in ("best_loss", "best_validation_score"):
-            if state.get(key) is not None and not _is_real(state.get(key)):
-                raise _bad(f"state.{key}", state.get(key), "allowed: a number or null")
-        flags = _mapping(state, "flags")
+            if not _is_real(state.get(key)):
+                raise _bad(f"state.{key}", state.get(key), "allowed: a number")
+        flags = _mapping(state, "flags", "state.flags")
         outputs = sizes[-1]
         if cls._estimator_type == "classifier":
             self._check_classifier_flags(flags, outputs)
@@ -463,10 +512,11 @@ class _ModelFile:
         if names is None and "feature_names" not in state:
             return
         if not (isinstance(names, list) and len(names) == n_features
-                and all(isinstance(name, str) for name in names)
-                and len(set(names)) == len(names)):
-            raise _bad("state.feature_names", names, f"allowed: {n_features} distinct strings, "
-                       "one per input feature")
+                and all(isinstance(name, str) for name in names)):
+            # Not necessarily distinct: a data frame may repeat a column name, and a model
+            # fitted on one must load (scikit-learn keeps such names too).
+            raise _bad("state.feature_names", names, f"allowed: {n_features} strings, one "
+                       "per input feature")
 
     def _check_linear(self, state: dict) -> None:
         coef, coef_dtype = self._header("coef")
@@ -504,9 +554,14 @@ class _ModelFile:
                 raise _bad("params", key, f"{cls.__name__} has no such saved parameter")
             default = signature[key].default
             if key == "hidden_layer_sizes":
-                if not (isinstance(value, list) and all(map(_is_int, value))):
-                    raise _bad("params.hidden_layer_sizes", value,
-                               "allowed: a list of positive integers")
+                if not (isinstance(value, list) and len(value) <= MAX_LAYERS
+                        and all(map(_is_int, value))):
+                    raise _bad("params.hidden_layer_sizes", value, "allowed: a list of at "
+                               f"most MAX_LAYERS={MAX_LAYERS} positive integers")
+            elif key == "random_state":
+                if value is not None and not (_is_int(value) and value >= 0):
+                    raise _bad("params.random_state", value, "allowed: an integer >= 0 or "
+                               "null")
             elif key == "class_weight" and isinstance(value, list):
                 if not all(isinstance(pair, list) and len(pair) == 2
                            and isinstance(pair[0], (int, float, str))
@@ -525,10 +580,16 @@ class _ModelFile:
         kinds = metadata.get("param_kinds", {})
         if not isinstance(kinds, dict):
             raise _bad("param_kinds", kinds, "allowed: a JSON object")
-        if kinds.get("hidden_layer_sizes") == "int" and len(params["hidden_layer_sizes"]) == 1:
-            params["hidden_layer_sizes"] = params["hidden_layer_sizes"][0]
+        for key, value in kinds.items():
+            if key not in _KINDS or value not in _KINDS[key] or key not in params:
+                raise _bad(f"param_kinds.{key}", value, "allowed: "
+                           + "; ".join(f"{k}: one of {v}" for k, v in _KINDS.items())
+                           + ", for a parameter the file has")
+        hidden = params.get("hidden_layer_sizes")
+        if kinds.get("hidden_layer_sizes") == "int" and len(hidden) == 1:
+            params["hidden_layer_sizes"] = hidden[0]
         elif kinds.get("hidden_layer_sizes") == "tuple":
-            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+            params["hidden_layer_sizes"] = tuple(hidden)
         if isinstance(params.get("class_weight"), list):
             params["class_weight"] = {label: weight for label, weight in params["class_weight"]}
         if kinds.get("dtype") == "dtype":
@@ -545,6 +606,56 @@ class _ModelFile:
             except (TypeError, ValueError) as exc:
                 raise _BadFile(f"params: {exc}") from None
         return model
+
+    def _restore_mlp(self, model: Any, arrays: dict, state: dict) -> None:
+        """Build the fitted network the state describes and read the parameters into it:
+        no initial weights are drawn and no optimizer state is allocated (the next
+        ``partial_fit`` makes it), so loading peaks near one copy of the parameters."""
+        from .backends import get_backend
+
+        for key, value in state["flags"].items():
+            setattr(model, key, value)
+        if arrays["classes"].size:
+            model.classes_ = arrays["classes"]
+        sizes = state["sizes"]
+        names = state.get("activations")
+        if names is None:  # files written before the state recorded them
+            names = [activations.canonical(model.activation)] * (len(sizes) - 2)
+        _, dtype = self._header("params")
+        model._build(get_backend(model.backend), dtype.newbyteorder("="), sizes,
+                     activations=names, precision=state.get("precision", "float32"),
+                     initialize=False)
+        self._read_params_into(model.network_)
+        model._trainer_ = model._make_trainer(previous=None, optimizer=False)
+        history = model._trainer_.history
+        history.loss = [float(v) for v in state["loss_curve"]]
+        history.validation_score = [float(v) for v in state["validation_scores"]]
+        history.best_loss = float(state["best_loss"])
+        history.best_validation_score = float(state["best_validation_score"])
+        history.n_iter = state["n_iter"]
+        history.samples_seen = state["samples_seen"]
+
+    def _read_params_into(self, network: Any) -> None:
+        """Fill the network's weight and bias views from the ``params`` member, a bounded
+        chunk at a time, counting non-finite values; then let zipfile check the CRC."""
+        info, shape, dtype, _ = self.headers["params"]
+        chunk = np.empty(min(_READ_CHUNK, shape[0]), dtype=dtype)
+        bad = 0
+        backend = network.backend
+        with self.archive.open(info) as member:
+            member.seek(info.file_size - shape[0] * dtype.itemsize)
+            for start, size in network._spans():
+                for offset in range(0, size, chunk.size):
+                    part = chunk[:min(chunk.size, size - offset)]
+                    _read_into(member, part.view(np.uint8), "params")
+                    values = part.astype(network.dtype, copy=False)  # native byte order
+                    bad += part.size - int(np.count_nonzero(np.isfinite(values)))
+                    network.params[start + offset:start + offset + part.size] = (
+                        backend.asarray(values, network.dtype))
+            member.read(1)  # reaching the end makes zipfile check the CRC
+        if bad:
+            raise _bad("array 'params'", f"{bad} non-finite values", "allowed: finite "
+                       "numbers only (NaN or infinity means a diverged or damaged model)")
 
     def _check_values(self, arrays: dict, state: dict) -> None:
         """Checks that need the data: finite parameters, sorted distinct labels."""
@@ -563,25 +674,6 @@ class _ModelFile:
             raise _bad("classes", classes, f"a multilabel model's labels are 0..{classes.size - 1}")
 
 
-def _restore_mlp(model: Any, arrays: dict, state: dict) -> None:
-    from .backends import get_backend
-
-    for key, value in state["flags"].items():
-        setattr(model, key, value)
-    if arrays["classes"].size:
-        model.classes_ = arrays["classes"]
-    model._build(get_backend(model.backend), np.dtype(model.dtype), state["sizes"])
-    model.network_.set_flat_params(arrays["params"])
-    model._trainer_ = model._make_trainer(previous=None)
-    history = model._trainer_.history
-    history.loss = list(state["loss_curve"])
-    history.validation_score = list(state["validation_scores"])
-    history.best_loss = state["best_loss"]
-    history.best_validation_score = state["best_validation_score"]
-    history.n_iter = state["n_iter"]
-    history.samples_seen = state["samples_seen"]
-
-
 def _restore_linear(model: Any, arrays: dict, state: dict) -> None:
     model.classes_ = arrays["classes"]
     model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
@@ -591,10 +683,20 @@ def _restore_linear(model: Any, arrays: dict, state: dict) -> None:
 
 
 # ============================================================================== helpers
-def _mapping(container: dict, key: str) -> dict:
+def _read_into(member: Any, target: np.ndarray, key: str) -> None:
+    """Fill the bytes ``target`` from ``member``; a short member is a truncated array."""
+    filled = 0
+    while filled < target.size:
+        got = member.readinto(target[filled:])
+        if not got:
+            raise _BadFile(f"array {key!r} is truncated")
+        filled += got
+
+
+def _mapping(container: dict, key: str, field: str | None = None) -> dict:
     value = container.get(key)
     if not isinstance(value, dict):
-        raise _bad(key, value, "allowed: a JSON object")
+        raise _bad(field or key, value, "allowed: a JSON object")
     return value
 
 
@@ -604,6 +706,12 @@ def _is_int(value: Any) -> bool:
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _trainable(name: Any) -> bool:
+    """Whether ``name`` is the canonical name of an activation a hidden layer can train."""
+    return (isinstance(name, str) and name in activations.CODES
+            and name not in activations.INFERENCE_ONLY)
 
 
 def _has_fileno(archive: zipfile.ZipFile) -> bool:

@@ -97,7 +97,7 @@ class Network:
     def __init__(self, layer_sizes: Sequence[int], activation: str | Sequence[str] = "relu",
                  loss: str = "softmax_xent", output_activation: str | None = None,
                  dtype: Any = np.float32, backend: str | Backend | None = None,
-                 seed: int | None = 0, precision: str = "float32"):
+                 seed: int | None = 0, precision: str = "float32", initialize: bool = True):
         self.sizes = _check_sizes(layer_sizes)
         n_hidden = len(self.sizes) - 2
         names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
@@ -118,16 +118,16 @@ class Network:
         self._layout = _layout(self.sizes)
         size = self._layout[-1][1] + self.sizes[-1]
         self.params = self.backend.zeros(size, self.dtype)
-        self.grads = self.backend.zeros(size, self.dtype)
+        self._grads: Any = None  # made by the first use: a model that only predicts needs none
         self.weights, self.biases = self._views(self.params)
-        self.weight_grads, self.bias_grads = self._views(self.grads)
         self._forward_graphs = ForwardGraphs()
-        self.initialize(seed)
+        if initialize:  # False: zeros, for a caller that sets every parameter (loading)
+            self.initialize(seed)
 
     def __getstate__(self) -> dict:
         # Views would be pickled as copies and gradients are scratch: keep the parameters only.
         state = self.__dict__.copy()
-        for name in ("grads", "weights", "biases", "weight_grads", "bias_grads",
+        for name in ("_grads", "_grad_views", "weights", "biases",
                      "_forward_graphs"):
             state.pop(name, None)
         return state
@@ -138,9 +138,9 @@ class Network:
         params = self.params  # may be a read-only memory map: train on an owned copy
         self.params = self.backend.empty(params.shape, self.dtype)
         self.params[...] = params
-        self.grads = self.backend.zeros(params.shape, self.dtype)
+        self._grads = None
         self.weights, self.biases = self._views(self.params)
-        self.weight_grads, self.bias_grads = self._views(self.grads)
+        self.grads  # noqa: B018 - a twin trains (and may be captured) at once: allocate now
         self._forward_graphs = ForwardGraphs()
 
     def __repr__(self) -> str:
@@ -180,6 +180,32 @@ class Network:
         loss, output activation, dtype and precision (hashable)."""
         return (tuple(self.sizes), tuple(self.hidden_activations), self.loss.operation,
                 self.output_activation, self.dtype.str, self.precision)
+
+    # ------------------------------------------------------------------------- gradients
+    @property
+    def grads(self) -> Any:
+        """The flat gradient buffer (laid out as :attr:`params`), allocated on first use."""
+        if self._grads is None:
+            self._grads = self.backend.zeros(self.params.shape, self.dtype)
+            self._grad_views = self._views(self._grads)
+        return self._grads
+
+    @grads.setter
+    def grads(self, values: Any) -> None:  # ``net.grads *= 2`` assigns the buffer back
+        self._grads = values
+        self._grad_views = self._views(values)
+
+    @property
+    def weight_grads(self) -> list:
+        """Views of :attr:`grads` per layer, shaped as :attr:`weights`."""
+        self.grads  # noqa: B018 - allocates the buffer and its views on first use
+        return self._grad_views[0]
+
+    @property
+    def bias_grads(self) -> list:
+        """Views of :attr:`grads` per layer, shaped as :attr:`biases`."""
+        self.grads  # noqa: B018 - allocates the buffer and its views on first use
+        return self._grad_views[1]
 
     # ------------------------------------------------------------------------- parameters
     @property

@@ -36,8 +36,9 @@ from .backends import get_backend
 from .holdout import stratified_holdout
 from .model_registry import register_model
 from .params import ParamsMixin
-from .validation import (check_choice, check_classification_targets, check_float, check_int,
-                         check_sample_weight, check_targets, check_X, is_sparse, seed_from)
+from .validation import (check_choice, check_classification_targets, check_feature_names,
+                         check_float, check_int, check_sample_weight, check_targets, check_X,
+                         is_sparse, seed_from)
 
 _MAX_INT = np.iinfo(np.int32).max  # seeds are drawn below it, as scikit-learn draws them
 
@@ -173,6 +174,7 @@ class Perceptron(ParamsMixin):
         """Train for at most ``max_iter`` epochs; ``classes`` sets ``classes_`` (from ``y``
         when None and there are none yet)."""
         fitted = hasattr(self, "coef_")
+        check_feature_names(self, X, reset=not fitted)
         X = check_X(X, get_backend("numpy"), np.float64,
                     self.n_features_in_ if fitted else None, owner="Perceptron")
         y = check_targets(y, X.shape[0], owner="Perceptron")
@@ -384,6 +386,7 @@ class Perceptron(ParamsMixin):
             raise exceptions.NotFittedError(
                 "This Perceptron instance is not fitted yet. Call 'fit' with appropriate "
                 "arguments before using this estimator.")
+        check_feature_names(self, X, reset=False)
         X = check_X(X, get_backend("numpy"), np.float64, self.n_features_in_,
                     owner="Perceptron")
         scores = np.asarray(X @ self.coef_.T) + self.intercept_

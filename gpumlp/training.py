@@ -162,9 +162,9 @@ class Trainer:
         self.step_count = 0
         self._no_improvement = 0
         self._step_buffers: dict[int, StepBuffers] = {}
-        backend, dtype = network.backend, network.dtype
-        self._last_good = backend.empty(network.params.shape, dtype)
-        self._last_good[...] = network.params
+        # The parameters of the last finite epoch, copied when the first epoch starts (a
+        # loaded model that only predicts never needs the copy).
+        self._last_good: Any = None
         self.set_validation(validation)
 
     def set_validation(self, validation: Callable[[Network], float] | None) -> None:
@@ -240,7 +240,7 @@ class Trainer:
         state = self.__dict__.copy()
         state["_step_buffers"] = {}
         state["_graph_runner"] = None
-        state["_last_good"] = None  # the network's parameters, copied again on unpickling
+        state["_last_good"] = None  # the network's parameters, copied again by the next epoch
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -248,9 +248,6 @@ class Trainer:
         for name, value in (("owner", None), ("epochs", None), ("epoch_samples", 0),
                             ("_validation_data", None)):  # pickled before these existed
             self.__dict__.setdefault(name, value)
-        params = self.network.params
-        self._last_good = self.network.backend.empty(params.shape, self.network.dtype)
-        self._last_good[...] = params
 
     def run_epoch(self, X: Any, T: Any, sample_weight: Any = None) -> bool:
         """One pass over the data; returns False when training should stop.
@@ -273,6 +270,9 @@ class Trainer:
             self._call_hooks("on_train_begin")
         self.epoch_samples = n
         self._call_hooks("on_epoch_begin", history.n_iter)
+        if self._last_good is None:  # first epoch: before any step (or its capture) runs
+            self._last_good = self.network.params.copy()
+            self.network.grads  # noqa: B018 - allocated on first use: use it now
         learning_rate = self.optimizer.learning_rate
         started = time.perf_counter()
         loss = self._train_one_epoch(X, T, sample_weight, new_data)  # reads the loss: synced

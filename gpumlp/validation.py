@@ -12,6 +12,7 @@ copy — as a CuPy array when they live on a CUDA device, as a NumPy array when 
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any
@@ -20,6 +21,101 @@ import numpy as np
 
 #: DLPack device types (``__dlpack_device__()[0]``).
 _DLPACK_CPU, _DLPACK_CUDA, _DLPACK_CUDA_HOST, _DLPACK_CUDA_MANAGED = 1, 2, 3, 13
+#: Bytes of ``X`` checked (or converted) at a time: validation never makes a temporary the
+#: size of the whole input, so its memory is bounded whatever the number of rows.
+CHUNK_BYTES = 8 * 2**20
+
+
+def block_rows(row_bytes: int, multiple: int = 1) -> int:
+    """Rows per block of about :data:`CHUNK_BYTES`: a multiple of ``multiple``, at least
+    ``multiple``."""
+    return multiple * max(1, CHUNK_BYTES // max(1, multiple * row_bytes))
+
+
+def all_finite(X: Any, xp: Any = np) -> bool:
+    """Whether every value of ``X`` is finite, checked a block of rows at a time."""
+    if X.dtype.kind not in "fc":
+        return True
+    step = block_rows(X.dtype.itemsize * (math.prod(X.shape[1:]) if X.ndim > 1 else 1))
+    return all(bool(xp.isfinite(X[start:start + step]).all())
+               for start in range(0, X.shape[0], step))
+
+
+# --------------------------------------------------------------------------- feature names
+def feature_names_of(X: Any) -> np.ndarray | None:
+    """The column names of a data frame (pandas, polars, pyarrow) when all are strings, as
+    scikit-learn takes them; ``None`` for arrays and frames of non-string names.
+
+    Raises
+    ------
+    TypeError
+        Names that mix strings and other types (scikit-learn's message).
+    """
+    if type(X).__module__.startswith("pyarrow"):  # a Table's .columns are its arrays
+        columns = getattr(X, "column_names", None)
+    elif hasattr(X, "__dataframe__") or hasattr(X, "iloc"):
+        columns = getattr(X, "columns", None)
+    else:
+        columns = None
+    if columns is None or isinstance(columns, str):
+        return None
+    names = np.asarray(list(columns), dtype=object)
+    if len(names) == 0:
+        return None
+    types = sorted(t.__qualname__ for t in set(type(v) for v in names))
+    if len(types) > 1 and "str" in types:
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, "
+            f"but your input has {types} as feature name / column name types. "
+            "If you want feature names to be stored and validated, you must convert "
+            "them all to strings, by using X.columns = X.columns.astype(str) for "
+            "example. Otherwise you can remove feature / column names from your input "
+            "data, or convert them all to a non-string data type.")
+    return names if types == ["str"] else None
+
+
+def check_feature_names(estimator: Any, X: Any, reset: bool) -> None:
+    """Set (``reset``, in ``fit``) or check ``estimator.feature_names_in_`` against ``X``'s
+    column names, with scikit-learn's warnings and errors: a frame with the fitted columns
+    in another order, renamed, missing or extra ones is refused (its values would be fed to
+    the wrong inputs); names on one side only warn."""
+    if reset:
+        names = feature_names_of(X)
+        if names is not None:
+            estimator.feature_names_in_ = names
+        elif hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_  # fitted again on data without names
+        return
+    fitted = getattr(estimator, "feature_names_in_", None)
+    given = feature_names_of(X)
+    owner = type(estimator).__name__
+    if fitted is None and given is None:
+        return
+    if fitted is None:
+        warnings.warn(f"X has feature names, but {owner} was fitted without feature names",
+                      UserWarning, stacklevel=4)
+        return
+    if given is None:
+        warnings.warn(f"X does not have valid feature names, but {owner} was fitted with "
+                      "feature names", UserWarning, stacklevel=4)
+        return
+    if len(fitted) == len(given) and not np.any(fitted != given):
+        return
+    message = "The feature names should match those that were passed during fit.\n"
+    unexpected = sorted(set(given) - set(fitted))
+    missing = sorted(set(fitted) - set(given))
+    if unexpected:
+        message += "Feature names unseen at fit time:\n" + _listed(unexpected)
+    if missing:
+        message += "Feature names seen at fit time, yet now missing:\n" + _listed(missing)
+    if not unexpected and not missing:
+        message += "Feature names must be in the same order as they were in fit.\n"
+    raise ValueError(message)
+
+
+def _listed(names: list) -> str:
+    shown = "".join(f"- {name}\n" for name in names[:5])
+    return shown + ("- ...\n" if len(names) > 5 else "")
 
 
 # ------------------------------------------------------------------------------ any array in
@@ -72,25 +168,53 @@ def _cupy_module(name: str) -> Any:
 
 # ------------------------------------------------------------------------------------- X
 def check_X(X: Any, backend: Any, dtype: np.dtype, n_features: int | None = None,
-            name: str = "X", owner: str = "the model") -> Any:
+            name: str = "X", owner: str = "the model", convert: bool = True) -> Any:
     """Return ``X`` as a finite, 2-D, non-empty backend array of ``dtype``.
 
     A SciPy sparse ``X`` is returned as a host CSR matrix of ``dtype`` (densified later, a
-    batch at a time).  ``owner`` names the estimator in the feature-count message.
+    batch at a time).  ``owner`` names the estimator in the feature-count message.  With
+    ``convert=False`` a host ``X`` is checked but returned as it is (a memory map stays
+    one), for a caller that converts it a block of rows at a time
+    (:func:`converted_rows`).  No check makes a temporary the size of ``X``.
     """
     X = as_array_input(X, name)
     if is_sparse(X):
         return _check_sparse(X, dtype, n_features, name, owner)
     xp = backend.xp
-    if backend.name == "numpy" or not backend.owns(X):  # a device array passes as it is
+    on_host = backend.name == "numpy" or not backend.owns(X)  # a device array stays one
+    if on_host:
         X = _host_numeric(X, name)
     _check_shape(X.shape, n_features, name, owner)
     if X.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric; got dtype {X.dtype}")
-    X = backend.asarray(X, dtype)
-    if not bool(xp.isfinite(X).all()):
+    if not all_finite(X, np if on_host else xp):
         raise ValueError(f"{name} contains NaN or infinity; clean or impute it first")
-    return X
+    if not convert and on_host:
+        return X
+    with np.errstate(over="ignore"):  # an overflowing cast is refused below, by name
+        converted = backend.asarray(X, dtype)
+    if converted is not X and not all_finite(converted, xp):
+        raise _out_of_range(name, X, dtype)
+    return converted
+
+
+def converted_rows(X: np.ndarray, start: int, stop: int, backend: Any, dtype: np.dtype,
+                   name: str = "X") -> Any:
+    """Rows ``start:stop`` of a host ``X`` checked by ``check_X(..., convert=False)``, as a
+    backend array of ``dtype``; values beyond ``dtype``'s range are refused."""
+    rows = X[start:stop]
+    with np.errstate(over="ignore"):  # an overflowing cast is refused below, by name
+        converted = backend.asarray(rows, dtype)
+    if rows.dtype != dtype and not all_finite(converted, backend.xp):
+        raise _out_of_range(name, rows, dtype)
+    return converted
+
+
+def _out_of_range(name: str, X: Any, dtype: np.dtype) -> ValueError:
+    limit = float(np.finfo(dtype).max)
+    return ValueError(f"{name} has values beyond the range of {np.dtype(dtype).name} (largest "
+                      f"magnitude {limit:.4g}); scale {name} (e.g. with StandardScaler) or "
+                      "use dtype='float64'")
 
 
 def _check_shape(shape: tuple, n_features: int | None, name: str, owner: str) -> None:
@@ -183,8 +307,10 @@ def check_targets(y: Any, n_samples: int, name: str = "y", owner: str = "the mod
 
 
 def check_classification_targets(y: np.ndarray, name: str = "y") -> None:
-    """Reject targets a classifier cannot learn: continuous values, or a 2-D ``y`` that is
-    not a 0/1 indicator matrix (scikit-learn's "Unknown label type")."""
+    """Reject targets a classifier cannot learn: continuous values, a 2-D ``y`` that is
+    not a 0/1 indicator matrix (scikit-learn's "Unknown label type"), or labels of mixed
+    types, which cannot be sorted into classes."""
+    check_label_types(y, name)
     if y.ndim == 2:
         if not np.isin(y, (0, 1)).all():
             kind = ("continuous-multioutput" if y.dtype.kind == "f" and _non_integer(y)
@@ -195,6 +321,20 @@ def check_classification_targets(y: np.ndarray, name: str = "y") -> None:
     if y.dtype.kind == "f" and _non_integer(y):
         raise ValueError(f"Unknown label type: continuous. {name} holds non-integer values "
                          "(e.g. a regression target); a classifier needs discrete labels")
+
+
+def check_label_types(y: np.ndarray, name: str = "y") -> None:
+    """Object-dtype labels must be all strings or all numbers (bool excluded): mixed ones
+    (``[1, "a"]``, a ``None`` among strings) have no order to sort classes by."""
+    if y.dtype.kind != "O":
+        return
+    kinds = {"str" if isinstance(v, str) else
+             "number" if isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_))
+             else type(v).__name__ for v in y.ravel().tolist()}
+    if len(kinds) > 1 or kinds - {"str", "number"}:
+        types = sorted({type(v).__name__ for v in y.ravel().tolist()})
+        raise ValueError(f"{name} holds labels of types {types}; labels must be all strings "
+                         "or all numbers (convert them, e.g. y.astype(str))")
 
 
 def _non_integer(y: np.ndarray) -> bool:

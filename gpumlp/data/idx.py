@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import math
 import os
+import struct
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -38,6 +39,12 @@ _TYPE_CODES: dict[np.dtype, int] = {
 }
 
 MAX_NDIM = 4
+#: Most bytes of data an IDX file may declare (8 GiB; Fashion-MNIST's largest file holds
+#: 47 MB). Checked from the header, before any payload is read or decompressed.
+MAX_IDX_BYTES = 2**33
+#: Deflate expands data by at most about 1032:1: a gzip file of ``n`` bytes cannot hold
+#: more than this many times ``n`` bytes, whatever its header declares.
+_MAX_DEFLATE_RATIO = 1032
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -60,20 +67,24 @@ _TRAILING_COUNT_LIMIT = 1 << 16
 def _idx_stream(path: Path) -> Iterator[tuple[BinaryIO, int | None]]:
     """The file's content as a stream, decompressed as it is read when the file starts with
     the gzip magic bytes, and its size when known without decompressing (plain files).
-    Corrupt gzip data met while reading becomes a ``ValueError`` naming the file."""
+    Corrupt gzip data met while reading becomes a ``FileFormatError`` naming the file."""
     with open_regular_file(path, "IDX file") as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
-        file_size = None if compressed else os.fstat(raw.fileno()).st_size
+        raw_size = os.fstat(raw.fileno()).st_size
+        # Plain: the exact size. Gzip: the most its stream can inflate to (a bound).
+        file_size = raw_size if not compressed else None
+        bound = raw_size if not compressed else raw_size * _MAX_DEFLATE_RATIO
         try:
             with stream:
-                yield stream, file_size
-        except (OSError, EOFError, zlib.error) as exc:
+                yield stream, file_size, bound
+        except (OSError, EOFError, zlib.error, struct.error) as exc:
             if not compressed:  # a plain file: a real I/O error, not bad content
                 raise
             # A truncated download usually fails here, before any IDX check can.
-            raise ValueError(f"{path}: gzip data is corrupt or truncated ({exc})") from exc
+            raise FileFormatError(f"{path}: gzip data is corrupt or truncated "
+                                  f"({type(exc).__name__}: {exc})") from None
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytearray:
@@ -115,10 +126,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises
     ------
-    ValueError
-        If the file is not a valid IDX file: bad magic bytes, unknown type code, ``ndim``
+    gpumlp.exceptions.FileFormatError
+        A ``ValueError``: the path is not a regular file (a FIFO, a device, a folder), or
+        the file is not a valid IDX file: bad magic bytes, unknown type code, ``ndim``
         outside 1..4, a short header, a payload whose size differs from the one the
-        dimensions give (truncated or trailing bytes), or corrupt gzip data. The message
+        dimensions give (truncated or trailing bytes), a declared size above
+        :data:`MAX_IDX_BYTES` (refused from the header), or corrupt gzip data. The message
         names the file.
     FileNotFoundError
         If the file does not exist.
@@ -130,8 +143,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ((60000, 28, 28), dtype('uint8'))
     """
     path = _check_path(path)
-    with _idx_stream(path) as (stream, file_size):
-        return _read_idx_stream(path, stream, file_size)
+    with _idx_stream(path) as (stream, file_size, bound):
+        return _read_idx_stream(path, stream, file_size, bound)
 
 
 def read_idx_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
@@ -152,11 +165,11 @@ def read_idx_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]
 
     Raises
     ------
-    ValueError
+    gpumlp.exceptions.FileFormatError
         If the header is not a valid IDX header (see :func:`read_idx`).
     """
     path = _check_path(path)
-    with _idx_stream(path) as (stream, _):
+    with _idx_stream(path) as (stream, _, _):
         shape, dtype, _ = _read_header(path, stream)
     return shape, dtype.newbyteorder("=")
 
@@ -165,24 +178,24 @@ def _read_header(path: Path, stream: BinaryIO) -> tuple[tuple[int, ...], np.dtyp
     """Shape, big-endian dtype and header size in bytes, read from the start of ``stream``."""
     magic = _read_exactly(stream, 4)
     if len(magic) < 4:
-        raise ValueError(
+        raise FileFormatError(
             f"{path} is not an IDX file: {len(magic)} bytes, too short for the 4-byte magic number"
         )
     if magic[0] != 0 or magic[1] != 0:
-        raise ValueError(
+        raise FileFormatError(
             f"{path} is not an IDX file: magic bytes 0x{magic.hex()}, expected 0x0000 followed by "
             "a type code and the number of dimensions"
         )
     type_code, ndim = magic[2], magic[3]
     if type_code not in IDX_DTYPES:
         allowed = ", ".join(f"0x{code:02X} ({dt.name})" for code, dt in IDX_DTYPES.items())
-        raise ValueError(f"{path}: unknown IDX type code 0x{type_code:02X}; allowed: {allowed}")
+        raise FileFormatError(f"{path}: unknown IDX type code 0x{type_code:02X}; allowed: {allowed}")
     if not 1 <= ndim <= MAX_NDIM:
-        raise ValueError(f"{path}: IDX header gives ndim={ndim}; allowed: 1 to {MAX_NDIM}")
+        raise FileFormatError(f"{path}: IDX header gives ndim={ndim}; allowed: 1 to {MAX_NDIM}")
     header_size = 4 + 4 * ndim
     dims = _read_exactly(stream, 4 * ndim)
     if len(dims) < 4 * ndim:
-        raise ValueError(
+        raise FileFormatError(
             f"{path}: truncated header: {ndim} dimensions need {header_size} header bytes, "
             f"found {4 + len(dims)}"
         )
@@ -190,22 +203,30 @@ def _read_header(path: Path, stream: BinaryIO) -> tuple[tuple[int, ...], np.dtyp
     return shape, IDX_DTYPES[type_code], header_size
 
 
-def _read_idx_stream(path: Path, stream: BinaryIO, file_size: int | None) -> np.ndarray:
+def _read_idx_stream(path: Path, stream: BinaryIO, file_size: int | None,
+                     bound: int) -> np.ndarray:
     shape, dtype, header_size = _read_header(path, stream)
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     described = f"header says {expected} bytes of data (shape {shape}, {dtype.name})"
+    if expected > MAX_IDX_BYTES:
+        raise FileFormatError(f"{path}: {described}; allowed: at most "
+                              f"MAX_IDX_BYTES={MAX_IDX_BYTES}")
+    if file_size is None and expected + header_size > bound:  # gzip: before inflating
+        raise FileFormatError(f"{path}: truncated: {described}, but its "
+                              f"{bound // _MAX_DEFLATE_RATIO} compressed bytes inflate to at "
+                              f"most {bound}")
     if file_size is not None and file_size - header_size != expected:
         found = file_size - header_size  # a plain file: decide before reading anything
         if found < expected:
-            raise ValueError(f"{path}: truncated: {described}, found {found}")
-        raise ValueError(f"{path}: {found - expected} trailing bytes: {described}, found {found}")
+            raise FileFormatError(f"{path}: truncated: {described}, found {found}")
+        raise FileFormatError(f"{path}: {found - expected} trailing bytes: {described}, found {found}")
     payload = _read_exactly(stream, expected)
     if len(payload) < expected:
-        raise ValueError(f"{path}: truncated: {described}, found {len(payload)}")
+        raise FileFormatError(f"{path}: truncated: {described}, found {len(payload)}")
     extra, complete = _count_trailing(stream)
     if extra:
         count = f"{extra}" if complete else f"at least {extra + 1}"
-        raise ValueError(f"{path}: {count} trailing bytes: {described}, found "
+        raise FileFormatError(f"{path}: {count} trailing bytes: {described}, found "
                          f"{'' if complete else 'at least '}{expected + extra + (not complete)}")
     # A view of the bytearray, which is writable; swap to native byte order in place.
     flat = np.frombuffer(payload, dtype=dtype)
