@@ -198,6 +198,7 @@ def _mlp_state(model: Any) -> tuple[dict, dict]:
              "validation_scores": history.validation_score, "best_loss": history.best_loss,
              "best_validation_score": history.best_validation_score,
              "n_iter": history.n_iter, "samples_seen": history.samples_seen,
+             "metrics": getattr(history, "metrics", {}),
              "flags": {k: getattr(model, k) for k in ("_multiclass", "_multilabel", "_y_1d")
                        if hasattr(model, k)}}
     return arrays, state
@@ -470,6 +471,12 @@ class _ModelFile:
         for key in ("best_loss", "best_validation_score"):
             if not _is_real(state.get(key)):
                 raise _bad(f"state.{key}", state.get(key), "allowed: a number")
+        metrics = state.get("metrics", {})  # absent from files written before it existed
+        if not (isinstance(metrics, dict) and all(
+                isinstance(values, list) and all(map(_is_real, values))
+                for values in metrics.values())):
+            raise _bad("state.metrics", metrics, "allowed: an object of lists of numbers, "
+                       "one list per per-epoch measure")
         flags = _mapping(state, "flags", "state.flags")
         outputs = sizes[-1]
         if cls._estimator_type == "classifier":
@@ -634,6 +641,8 @@ class _ModelFile:
         history.best_validation_score = float(state["best_validation_score"])
         history.n_iter = state["n_iter"]
         history.samples_seen = state["samples_seen"]
+        history.metrics = {name: [float(v) for v in values]
+                           for name, values in state.get("metrics", {}).items()}
 
     def _read_params_into(self, network: Any) -> None:
         """Fill the network's weight and bias views from the ``params`` member, a bounded

@@ -82,6 +82,8 @@ def test_set_params_after_fit_round_trips_exactly(tmp_path, cls, change):
     for attr in ("n_iter_", "t_", "n_features_in_", "n_outputs_", "n_layers_",
                  "out_activation_", "loss_"):
         assert getattr(loaded, attr) == getattr(model, attr), attr
+    if model.solver != "lbfgs":
+        assert loaded.history_ == model.history_ and loaded.loss_curve_ == model.loss_curve_
     predicted = outcome(lambda: model.predict(X))
     assert same(predicted, outcome(lambda: loaded.predict(X))), predicted
     if cls is MLPClassifier:
