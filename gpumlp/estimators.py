@@ -335,20 +335,20 @@ class BaseMLP(ParamsMixin):
                           exceptions.ConvergenceWarning, stacklevel=4)
 
     def _build(self, backend: Backend, dtype: np.dtype, sizes: list[int],
-               activations: list[str] | None = None, precision: str | None = None,
+               hidden_activations: list[str] | None = None, precision: str | None = None,
                initialize: bool = True) -> None:
-        """A new network of ``sizes``; ``activations`` and ``precision`` default to the
+        """A new network of ``sizes``; ``hidden_activations`` and ``precision`` default to the
         parameters'. ``initialize=False`` (loading) leaves the weights zero, to be set."""
         seed = seed_from(self.random_state) if initialize else None
-        if activations is None:
-            activations = [canonical_activation(self.activation)] * (len(sizes) - 2)
-        self.network_ = Network(sizes, activations, self._loss_name, dtype=dtype,
+        if hidden_activations is None:
+            hidden_activations = [canonical_activation(self.activation)] * (len(sizes) - 2)
+        self.network_ = Network(sizes, hidden_activations, self._loss_name, dtype=dtype,
                                 backend=backend, seed=seed,
                                 precision=self.precision if precision is None else precision,
                                 initialize=initialize)
         if initialize and self.init != "he":  # Network draws "he"; others are set over it
             self.network_.set_flat_params(initial_parameters(
-                self.init, sizes, activations, seed, dtype))
+                self.init, sizes, hidden_activations, seed, dtype))
         self.n_features_in_ = sizes[0]
         self.n_outputs_ = sizes[-1]
         self.n_layers_ = len(sizes)

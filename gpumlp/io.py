@@ -42,6 +42,7 @@ import math
 import numbers
 import os
 import reprlib
+import struct
 import zipfile
 from typing import Any
 
@@ -71,6 +72,11 @@ MAX_LAYERS = 1000
 #: Most bytes of JSON metadata (loss curves of 100k epochs fit in a few MB; parsed JSON
 #: takes several times its bytes as Python objects).
 MAX_METADATA_BYTES = 16 * 2**20
+#: Most bytes of the zip directory (a model file's four entries take a few hundred).
+MAX_DIRECTORY_BYTES = 64 * 2**10
+#: Bytes at the end of a zip file searched for its end-of-directory record (the record, a
+#: comment of at most 64 KiB, and the Zip64 locator before it).
+_EOCD_SEARCH = 22 + 65535 + 20
 #: Most bytes of the class-label array.
 MAX_LABEL_BYTES = 64 * 2**20
 #: Parameters read from the file at a time (through a buffer of this many values).
@@ -241,6 +247,7 @@ def load(path: str | os.PathLike, backend: str | None = None) -> Any:
     if backend is not None and not isinstance(backend, Backend):  # not the file's fault
         check_choice("backend", backend, BACKEND_NAMES)
     with open_regular_file(path, "model file") as handle:
+        _check_zip_directory(handle, path)
         try:
             archive = zipfile.ZipFile(handle)
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on bad bytes
@@ -256,6 +263,33 @@ def load(path: str | os.PathLike, backend: str | None = None) -> Any:
                 # bit gives NotImplementedError or RuntimeError): one documented error
                 raise FileFormatError(f"{path}: damaged gpumlp model file "
                                       f"({_describe(exc)})") from None
+
+
+def _check_zip_directory(handle: Any, path: str | os.PathLike) -> None:
+    """Refuse a zip directory larger than a model file's before ``zipfile`` parses it: it
+    builds an object per entry, so 28 MB of empty entries cost it minutes and 158 MiB.
+
+    Reads the end-of-directory record (and its Zip64 form) as ``zipfile`` finds it: the last
+    signature within the final 64 KiB plus the record."""
+    size = os.fstat(handle.fileno()).st_size
+    handle.seek(max(0, size - _EOCD_SEARCH))
+    tail = handle.read(_EOCD_SEARCH)
+    handle.seek(0)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        raise FileFormatError(f"{path} is not a readable gpumlp model file (not a zip archive "
+                              "of .npy arrays: no end of zip directory)")
+    directory_bytes = struct.unpack("<I", tail[at + 12:at + 16])[0]
+    if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":  # Zip64: the sizes are there
+        handle.seek(struct.unpack("<Q", tail[at - 12:at - 4])[0])
+        record = handle.read(56)
+        handle.seek(0)
+        if len(record) == 56 and record[:4] == b"PK\x06\x06":
+            directory_bytes = struct.unpack("<Q", record[40:48])[0]
+    if directory_bytes > MAX_DIRECTORY_BYTES:
+        raise FileFormatError(f"{path}: zip directory of {directory_bytes} bytes; a gpumlp "
+                              f"model file's has at most MAX_DIRECTORY_BYTES="
+                              f"{MAX_DIRECTORY_BYTES} (its four arrays)")
 
 
 class _BadFile(FileFormatError):
@@ -630,7 +664,7 @@ class _ModelFile:
             names = [activations.canonical(model.activation)] * (len(sizes) - 2)
         _, dtype = self._header("params")
         model._build(get_backend(model.backend), dtype.newbyteorder("="), sizes,
-                     activations=names, precision=state.get("precision", "float32"),
+                     hidden_activations=names, precision=state.get("precision", "float32"),
                      initialize=False)
         self._read_params_into(model.network_)
         model._trainer_ = model._make_trainer(previous=None, optimizer=False)

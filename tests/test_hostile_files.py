@@ -523,3 +523,40 @@ def test_loading_a_valid_model_peaks_below_twice_its_parameter_bytes(tmp_path):
     assert measured["error"] is None, measured
     assert measured["peak"] < 2 * param_bytes, (measured, param_bytes)
     assert measured["rss_growth"] < 2 * param_bytes, (measured, param_bytes)
+
+
+# ------------------------------------------------------------------------ the zip directory
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
+def test_zip_directory_larger_than_a_models_is_refused_before_parsing(tmp_path, monkeypatch,
+                                                                      zip64):
+    """zipfile makes an object per directory entry: 20,000 empty entries (a 1.7 MB file)
+    would cost it seconds and megabytes before the member count could be checked."""
+    if zip64:  # make zipfile write the Zip64 end record, as files past 4 GiB have
+        monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 16)
+    path = tmp_path / "many.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(20_000):
+            archive.writestr(f"{i}.npy", b"")
+    monkeypatch.undo()
+    with open(path, "rb") as handle:
+        assert (b"PK\x06\x06" in handle.read()) == zip64
+    tracemalloc.start()
+    try:
+        with pytest.raises(gpumlp.FileFormatError, match=r"zip directory of \d+ bytes.*"
+                                                         r"MAX_DIRECTORY_BYTES=65536"):
+            gpumlp.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MiB
+
+
+def test_a_model_with_a_zip64_end_record_loads(tmp_path, monkeypatch):
+    X, y = data()
+    model = fitted().fit(X, y)
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 16)
+    model.save(tmp_path / "m.npz")
+    monkeypatch.undo()
+    with open(tmp_path / "m.npz", "rb") as handle:
+        assert b"PK\x06\x06" in handle.read()
+    np.testing.assert_array_equal(gpumlp.load(tmp_path / "m.npz").predict(X), model.predict(X))
