@@ -205,6 +205,8 @@ def _mlp_state(model: Any) -> tuple[dict, dict]:
              "best_validation_score": history.best_validation_score,
              "n_iter": history.n_iter, "samples_seen": history.samples_seen,
              "metrics": getattr(history, "metrics", {}),
+             # n_iter_ counts the last call's epochs: the epochs before that call
+             "epochs_before_call": getattr(model, "_epochs_before_call", 0),
              "flags": {k: getattr(model, k) for k in ("_multiclass", "_multilabel", "_y_1d")
                        if hasattr(model, k)}}
     return arrays, state
@@ -498,6 +500,10 @@ class _ModelFile:
         for key in ("n_iter", "samples_seen"):
             if not _is_int(state.get(key)) or state[key] < 0:
                 raise _bad(f"state.{key}", state.get(key), "allowed: an integer >= 0")
+        before = state.get("epochs_before_call", 0)  # absent from older files
+        if not _is_int(before) or not 0 <= before <= state["n_iter"]:
+            raise _bad("state.epochs_before_call", before,
+                       f"allowed: an integer from 0 to state.n_iter={state['n_iter']}")
         for key in ("loss_curve", "validation_scores"):
             values = state.get(key)
             if not isinstance(values, list) or not all(map(_is_real, values)):
@@ -677,6 +683,7 @@ class _ModelFile:
         history.samples_seen = state["samples_seen"]
         history.metrics = {name: [float(v) for v in values]
                            for name, values in state.get("metrics", {}).items()}
+        model._epochs_before_call = state.get("epochs_before_call", 0)
 
     def _read_params_into(self, network: Any) -> None:
         """Fill the network's weight and bias views from the ``params`` member, a bounded

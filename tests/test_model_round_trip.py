@@ -127,9 +127,19 @@ def test_training_parameters_set_after_fit_survive_a_round_trip_and_apply(tmp_pa
     model.set_params(max_iter=2, alpha=0.25)
     model.save(tmp_path / "m.npz")
     loaded = gpumlp.load(tmp_path / "m.npz")
-    n_iter = loaded.n_iter_
-    loaded.fit(X, Y)
-    assert loaded.n_iter_ == n_iter + 2 and loaded.alpha == 0.25
+    assert loaded.n_iter_ == model.n_iter_ == 3
+    epochs = len(loaded.loss_curve_)
+    loaded.fit(X, Y)  # warm start: two more epochs
+    assert loaded.n_iter_ == 2 and len(loaded.loss_curve_) == epochs + 2
+    assert loaded.alpha == 0.25
+
+
+def test_epochs_of_the_last_call_survive_a_round_trip(tmp_path):
+    model = fit(warm_start=True)
+    model.set_params(max_iter=2).fit(X, Y)
+    model.save(tmp_path / "m.npz")
+    loaded = gpumlp.load(tmp_path / "m.npz")
+    assert loaded.n_iter_ == model.n_iter_ == 2 and loaded.t_ == model.t_
 
 
 def test_unsavable_random_state_is_refused_at_save(tmp_path):
@@ -146,7 +156,7 @@ def test_loaded_model_continues_with_partial_fit(tmp_path):
     loaded = gpumlp.load(tmp_path / "m.npz")
     assert loaded._trainer_.optimizer is None  # nothing for training until it trains
     loaded.partial_fit(X, Y)
-    assert loaded.n_iter_ == model.n_iter_ + 1
+    assert loaded.n_iter_ == 1 and len(loaded.loss_curve_) == len(model.loss_curve_) + 1
     assert not np.array_equal(loaded.network_.get_flat_params(),
                               model.network_.get_flat_params())
 
