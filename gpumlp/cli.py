@@ -219,8 +219,9 @@ def _run_train(args: argparse.Namespace) -> int:
                     random_state=args.seed, backend=args.backend, dtype=args.dtype,
                     dropout=args.dropout, n_iter_no_change=args.epochs + 1,
                     cuda_graph=args.cuda_graph, init=args.init, precision=args.precision)
-    if own_data:  # saved with the model: `gpumlp predict` picks these columns by name
-        clf.feature_names_in_ = np.array(data.feature_names, dtype=object)
+    # Saved with the model (`gpumlp predict` picks these columns by name); set after fit,
+    # which (as scikit-learn's) forgets names when it is given an array without them.
+    names = np.array(data.feature_names, dtype=object) if own_data else None
     tested = f"{len(data.X_test)} test" if has_test else "no test (--test or --test-fraction)"
     print(f"gpumlp {__version__}: {described}: {len(X_train)} training / {tested} samples; "
           f"{X_train.shape[1]}-{'-'.join(map(str, hidden))}-{outputs}, {args.activation}, "
@@ -239,22 +240,27 @@ def _run_train(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed epoch budget is meant
             clf.fit(X_train, y_train)
         seconds = time.perf_counter() - start
+        _name_columns(clf, names)
         if output is not None:
             output = _save_model(clf, output, replace=args.force)
     except KeyboardInterrupt:
+        _name_columns(clf, names)
         print(f"gpumlp train: interrupted; {_rescue(clf, keeper, output, args)}",
               file=sys.stderr)
         return INTERRUPTED
     except Exception as exc:
+        _name_columns(clf, names)
         raise TrainingStopped(f"{describe(exc)}; {_rescue(clf, keeper, output, args)}") \
             from exc
     print(f"backend {clf.network_.backend.name}: {clf.n_iter_} epoch(s) in {seconds:.1f} s "
           f"({clf.n_iter_ * len(X_train) / seconds:,.0f} samples/s, including the per-epoch "
           f"evaluation)")
-    if has_test:
-        print(f"test {metric}: {clf.score(data.X_test, data.y_test):.4f}")
-    else:
-        print(f"training {metric}: {clf.score(X_train, y_train):.4f} (no test set)")
+    with warnings.catch_warnings():  # the arrays are the named columns, in their order
+        warnings.filterwarnings("ignore", "X does not have valid feature names")
+        if has_test:
+            print(f"test {metric}: {clf.score(data.X_test, data.y_test):.4f}")
+        else:
+            print(f"training {metric}: {clf.score(X_train, y_train):.4f} (no test set)")
     if output is not None:
         again = f"predict {output} DATA` predicts with it" if own_data else \
             f"evaluate {output}` checks it again"
@@ -300,6 +306,12 @@ def _outputs(task: str, y: Any) -> str:
         return "1"
     classes = len(np.unique(y))
     return f"{1 if classes == 2 else classes} ({classes} classes)"
+
+
+def _name_columns(model: Any, names: Any) -> None:
+    """Give a fitted ``model`` the column names of the table it was trained on."""
+    if names is not None and getattr(model, "network_", None) is not None:
+        model.feature_names_in_ = names
 
 
 class TrainingStopped(RuntimeError):

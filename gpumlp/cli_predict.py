@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
 
 from .cli_args import HelpFormatter, OptionError, check_table_path, check_writable_file
@@ -63,9 +64,11 @@ def run_predict(args: argparse.Namespace) -> int:
         raise TableError(f"{args.data}: {table.X.shape[1]} feature columns, but the model in "
                          f"{args.model} was trained on {expected}")
     X = table.X.astype(_input_dtype(model), copy=False)
-    header, columns = ["prediction"], [_host(model.predict(X))]
+    with warnings.catch_warnings():  # X holds the model's columns, picked by name above
+        warnings.filterwarnings("ignore", "X does not have valid feature names")
+        header, columns = ["prediction"], [_host(model.predict(X))]
+        proba = _host(model.predict_proba(X)) if args.proba else None
     if args.proba:
-        proba = _host(model.predict_proba(X))
         header += [f"proba_{label}" for label in _host(model.classes_).tolist()]
         columns += [proba[:, j] for j in range(proba.shape[1])]
     write_csv(sys.stdout if output is None else output, header, columns)
