@@ -285,6 +285,12 @@ class BaseMLP(ParamsMixin):
                    if isinstance(validation_data, (tuple, list)) else _short(validation_data))
             raise ValueError(f"validation_data must be a pair (X_val, y_val); got {got}")
         owner = type(self).__name__
+        try:  # a frame's columns in another order would feed its values to the wrong inputs
+            with warnings.catch_warnings():  # names on one side only: nothing is misread
+                warnings.simplefilter("ignore", UserWarning)
+                check_feature_names(self, validation_data[0], reset=False)
+        except ValueError as exc:
+            raise ValueError(f"validation_data[0] (X_val): {exc}") from None
         X_val = check_X(as_array_input(validation_data[0], "validation_data[0] (X_val)"),
                         backend, dtype, self.n_features_in_,
                         name="validation_data[0] (X_val)", owner=owner)

@@ -155,3 +155,16 @@ def test_trainer_fit_with_validation_data(split):
     with pytest.raises(ValueError, match=r"validation_data holds X_val of shape \(60, 6\) and "
                                          r"T_val of shape \(60, 2\)"):
         run((X_val, np.eye(2)[y_val % 2]))
+
+
+def test_validation_frame_columns_must_match_the_training_frame(split):
+    pd = pytest.importorskip("pandas")
+    X, y, X_val, y_val = split
+    columns = list("abcdef")
+    frame, val = pd.DataFrame(X, columns=columns), pd.DataFrame(X_val, columns=columns)
+    clf = MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy")
+    clf.fit(frame, y, validation_data=(val, y_val))
+    assert clf.history_["val_score"][-1] == pytest.approx(clf.score(val, y_val), abs=1e-12)
+    with pytest.raises(ValueError, match=r"(?s)validation_data\[0\] \(X_val\): The feature names "
+                                         r"should match.*same order"):
+        clf.fit(frame, y, validation_data=(val[columns[::-1]], y_val))
