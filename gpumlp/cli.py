@@ -536,7 +536,7 @@ def _own_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _runtime_arguments(parser: argparse.ArgumentParser) -> None:
     from .backends import BACKEND_NAMES
-    from .graph import GRAPH_MODES
+    from .backends.cuda.graphs import GRAPH_MODES
 
     parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
                         help="auto uses the GPU when CuPy and a device are present")

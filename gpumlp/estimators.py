@@ -29,8 +29,8 @@ import numpy as np
 from . import activations, exceptions
 from .activations import canonical as canonical_activation
 from .backends import BACKEND_NAMES, Backend, backend_for
+from .backends.cuda.graphs import GRAPH_MODES
 from .evaluation import r2
-from .graph import GRAPH_MODES
 from .model_registry import register_model
 from .init import INIT_SCHEMES, initial_parameters
 from .network import Network, check_dtype

@@ -28,7 +28,7 @@ import numpy as np
 from . import activations
 from .backends import Backend, get_backend
 from .dropout import Dropout
-from .forward_graph import ForwardGraphs
+from .backends.cuda.forward import ForwardGraphs
 from .init import init_layer
 from .losses import get_loss
 from .precision import check_precision

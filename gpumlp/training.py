@@ -37,8 +37,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import graph_pool
-from .graph import GRAPH_MODES, GraphStepRunner, graph_unavailable_reason
+from .backends.cuda import graph_pool
+from .backends.cuda.graphs import GRAPH_MODES, GraphStepRunner, graph_unavailable_reason
 from .evaluation import evaluate
 from .network import Network, Workspace
 from .validation import is_sparse

@@ -110,7 +110,7 @@ def host():
 def emulated_gpu(host, monkeypatch):
     """``(cupy, emulated)``: CuPy replaced by ``tests/kernels/emulated_cupy.py`` (kernels run
     on the CPU harness, streams, captures and the memory pool checked), and its module."""
-    from gpumlp import graph_pool, kernels
+    from gpumlp.backends.cuda import graph_pool, kernels
 
     emulated = load_support("emulated_cupy")
     module, get_kernel = emulated.make_cupy(host)

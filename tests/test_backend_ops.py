@@ -152,7 +152,7 @@ def test_importing_gpumlp_does_not_import_cupy():
 
 def test_cupy_backend_module_imports_without_a_device():
     """The GPU backend's module must import (and its helpers work) on any machine."""
-    from gpumlp.backends import cupy_backend
+    from gpumlp.backends.cuda import backend as cupy_backend
 
     props = {"multiProcessorCount": 132, "clockRate": 1_980_000}  # H100 SXM: 132 SMs, 1.98 GHz
     assert cupy_backend.fp32_peak_tflops(props, "90") == pytest.approx(66.9, rel=1e-3)

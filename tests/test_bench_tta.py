@@ -188,14 +188,14 @@ def test_cupy_subjects_train_like_numpy_on_the_emulated_gpu(cuda_graph, host, mo
     import sys
 
     from conftest import load_support
-    from gpumlp import kernels
+    from gpumlp.backends.cuda import kernels
 
     emulated = load_support("emulated_cupy")
     module, get_kernel = emulated.make_cupy(host)
     monkeypatch.setitem(sys.modules, "cupy", module)
     monkeypatch.setattr(kernels, "get_kernel", get_kernel)
     monkeypatch.setattr(kernels, "load_module", lambda source: None)
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     X, y, X_test, y_test = tiny_data
     recipe = {**TINY, "epochs": 3}

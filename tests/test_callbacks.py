@@ -306,7 +306,7 @@ def test_partial_fit_runs_the_callbacks_every_epoch(split, tmp_path):
 # ---------------------------------------------------------- no host sync per step on CUDA
 def host_waits_per_epoch(cp, emulated, monkeypatch, n_rows, cuda_graph, callbacks):
     """Host synchronisations of each epoch (training, validation and callbacks) of a fit."""
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     waits = []
     wait = emulated._host_wait
@@ -336,7 +336,7 @@ def host_waits_per_epoch(cp, emulated, monkeypatch, n_rows, cuda_graph, callback
 @pytest.mark.kernels
 @pytest.mark.parametrize("cuda_graph", ["on", "off"])
 def test_callbacks_add_no_host_sync_per_step(cp, monkeypatch, tmp_path, cuda_graph):
-    from gpumlp import graph_auto
+    from gpumlp.backends.cuda import graph_auto
 
     monkeypatch.setattr(graph_auto, "VERDICTS", graph_auto.GraphVerdicts())
     emulated = load_support("emulated_cupy")
@@ -367,8 +367,8 @@ def test_callbacks_add_no_host_sync_per_step(cp, monkeypatch, tmp_path, cuda_gra
 def test_scheduler_and_validation_on_the_graph_path_match_eager(cp, monkeypatch):
     """The rate a scheduler sets reaches the captured steps (written once per epoch), and the
     validation values and the weights EarlyStopping restores are those of eager training."""
-    from gpumlp import graph_auto
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda import graph_auto
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     monkeypatch.setattr(graph_auto, "VERDICTS", graph_auto.GraphVerdicts())
     rng = np.random.default_rng(5)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpumlp.backends import capture_paths, get_backend
+from gpumlp.backends import get_backend
+from gpumlp.backends.cuda import routes as capture_paths
 from gpumlp.network import Network
 from gpumlp.optim import Adam
 from gpumlp.training import Trainer
@@ -31,7 +32,7 @@ def blas_api(cp, monkeypatch):
 
 
 def gpu(path):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     return CupyBackend(gemm_path=path)
 
@@ -75,7 +76,7 @@ def test_steps_captured_with_cublas_train_like_eager_and_numpy(cp, blas_api):
 
 
 def test_auto_captures_the_route_measured_faster(cp, blas_api, monkeypatch):
-    from gpumlp.backends import capture_paths as paths_module
+    from gpumlp.backends.cuda import routes as paths_module
 
     measured = []
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpumlp.backends import cublas_direct
-from gpumlp.backends.cublas_direct import (BlasError, BlasUnsupported, DirectBlas, aux_bytes,
+from gpumlp.backends.cuda import cublas as cublas_direct
+from gpumlp.backends.cuda.cublas import (BlasError, BlasUnsupported, DirectBlas, aux_bytes,
                                            rowmajor_gemm)
 
 from conftest import load_support

@@ -29,7 +29,7 @@ CPU = get_backend("numpy")
 
 
 def gpu_backend(path: str):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     return CupyBackend(gemm_path=path)
 
@@ -136,7 +136,7 @@ def summed_loss_tolerance(dtype, batches, batch, classes):
     time): each batch's share is off by at most :func:`~gpumlp.selftest.atomic_sum_tolerance`
     (the data-loss kernel's blocks dominate; the one L2 kernel's single block over these
     344 small weights adds no more), and the epoch mean sums ``batches`` such shares."""
-    from gpumlp.selftest import atomic_sum_tolerance
+    from gpumlp.backends.cuda.selftest import atomic_sum_tolerance
 
     return batches * atomic_sum_tolerance(dtype, "softmax_xent", (batch, classes))
 
@@ -232,7 +232,7 @@ def test_capture_refuses_what_a_graph_cannot_hold(cp):
 @pytest.mark.filterwarnings("ignore::gpumlp.ConvergenceWarning")  # fixed epoch budget
 def test_estimator_on_the_emulated_gpu_uses_graphs(cp, monkeypatch):
     from gpumlp import MLPClassifier
-    from gpumlp.graph import GraphStepRunner
+    from gpumlp.backends.cuda.graphs import GraphStepRunner
 
     replayed = []
     run_epoch = GraphStepRunner.run_epoch
@@ -252,7 +252,7 @@ def test_estimator_on_the_emulated_gpu_uses_graphs(cp, monkeypatch):
 
 
 def test_kernel_benchmark_times_every_variant(cp):
-    from gpumlp.bench.kernel_bench import markdown, run_kernel_bench, speedups
+    from gpumlp.backends.cuda.kernel_bench import markdown, run_kernel_bench, speedups
 
     results = run_kernel_bench(shapes=((5, 3),), batches=(4,), repeats=2, min_ms=0.0)
     assert {(r["operation"], r["variant"]) for r in results} == {

@@ -18,7 +18,7 @@ def cupy_backend():
     # The cuBLAS path: these tests are about the training loop and the generic operations
     # (weighted loss, sparse batches, lbfgs's buffer traffic), not the fused GEMMs, which
     # tests/test_cupy_emulated.py checks against NumPy.
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     return CupyBackend(gemm_path="cublas")
 

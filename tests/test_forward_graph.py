@@ -9,15 +9,15 @@ import threading
 import numpy as np
 import pytest
 
-from gpumlp import forward_graph
-from gpumlp.forward_graph import CapturedForward
+from gpumlp.backends.cuda import forward as forward_graph
+from gpumlp.backends.cuda.forward import CapturedForward
 from gpumlp.network import Network
 
 pytestmark = pytest.mark.kernels
 
 
 def gpu():
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     return CupyBackend(gemm_path="fused")
 

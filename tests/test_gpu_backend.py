@@ -10,7 +10,7 @@ import pytest
 from gpumlp import config
 from gpumlp.backends import get_backend
 from gpumlp.dropout import Dropout, keep_mask
-from gpumlp.selftest import atomic_sum_tolerance
+from gpumlp.backends.cuda.selftest import atomic_sum_tolerance
 
 pytestmark = pytest.mark.gpu
 
@@ -30,7 +30,7 @@ def cp():
 
 @pytest.fixture(params=["fused", "cublas"])
 def gpu(request):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     return CupyBackend(gemm_path=request.param)
 
@@ -151,7 +151,7 @@ def test_output_layer_with_softmax_xent(cp, gpu, dtype, n, k, m):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weights_l2_loss(cp, dtype):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
     from gpumlp.network import Network
 
     net = Network([784, 256, 256, 10], backend="numpy", dtype=dtype, seed=0)
@@ -204,7 +204,7 @@ def test_kernels_compiled_and_described(cp):
 
 
 def test_generic_fallback_matches(cp, monkeypatch):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     monkeypatch.setenv("GPUMLP_KERNELS", "off")
     config.reset()

@@ -17,7 +17,7 @@ def cupy():
 
 @pytest.fixture
 def blas_and_stream(cupy):
-    from gpumlp.backends.cublas_direct import DirectBlas
+    from gpumlp.backends.cuda.cublas import DirectBlas
 
     stream = cupy.cuda.Stream(non_blocking=True)
     blas = DirectBlas(cupy)
@@ -42,7 +42,7 @@ def test_matmul_transposes_match_cupy(cupy, blas_and_stream, dtype):
 
 def test_relu_layer_epilogues_and_capture(cupy, blas_and_stream):
     """RELU_AUX_BIAS, DRELU_BGRAD and BGRADA against CuPy, then captured and replayed."""
-    from gpumlp.backends.cublas_direct import BlasUnsupported, aux_bytes
+    from gpumlp.backends.cuda.cublas import BlasUnsupported, aux_bytes
 
     blas, stream = blas_and_stream
     n, k, m, m_next = 256, 784, 256, 10

@@ -99,7 +99,7 @@ def test_a_refit_replays_the_idle_graphs_and_equals_eager():
     import cupy as cp
 
     from gpumlp import MLPClassifier, graph_pool
-    from gpumlp.graph import GraphStepRunner
+    from gpumlp.backends.cuda.graphs import GraphStepRunner
 
     graph_pool.clear()
     X, T = data(cp)

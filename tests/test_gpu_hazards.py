@@ -29,7 +29,7 @@ CPU = get_backend("numpy")
 
 
 def gpu_backend(path: str = "fused"):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     return CupyBackend(gemm_path=path)
 
@@ -311,7 +311,7 @@ def test_every_operation_checks_its_arrays_before_launch(emulated_gpu, op, dtype
 
 
 def _kernels(em):
-    import gpumlp.kernels as kernels
+    from gpumlp.backends.cuda import kernels
 
     return list(kernels.get_kernel.cache.values())
 
@@ -340,7 +340,7 @@ PLANTED = [  # (kernel, dtype, argument index, wrong value, what the message nam
 def test_a_wrong_scalar_type_is_rejected_by_the_harness(emulated_gpu, kernel, dtype, index,
                                                           value, declared):
     cp, em = emulated_gpu
-    from gpumlp import kernels
+    from gpumlp.backends.cuda import kernels
 
     args = list(_valid_launch(cp, kernel, dtype))
     fn = kernels.get_kernel(kernel, dtype, **_flags(kernel, dtype))
@@ -352,7 +352,7 @@ def test_a_wrong_scalar_type_is_rejected_by_the_harness(emulated_gpu, kernel, dt
 
 def test_a_pointer_to_the_wrong_dtype_is_rejected(emulated_gpu):
     cp, _ = emulated_gpu
-    from gpumlp import kernels
+    from gpumlp.backends.cuda import kernels
 
     args = list(_valid_launch(cp, "gather_rows", np.float32))
     args[2] = cp.asarray(np.arange(4, dtype=np.int32))  # perm declared const long long*
@@ -364,7 +364,7 @@ def test_a_planted_wrong_type_in_the_backend_fails(emulated_gpu, monkeypatch):
     """The backend passing ``keep`` as a Python float (a double on the GPU, read as a float
     by ``T keep``: 0.0 instead of 0.75) must not pass unnoticed."""
     cp, _ = emulated_gpu
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     gpu = gpu_backend("fused")
     original = CupyBackend._dropout_args
@@ -381,7 +381,7 @@ def test_a_planted_wrong_type_in_the_backend_fails(emulated_gpu, monkeypatch):
 
 
 def _geometry(kernel):
-    from gpumlp import kernels
+    from gpumlp.backends.cuda import kernels
 
     launch = kernels.KERNELS[kernel].launch
     return kernels.launch_config(kernel, *((4, 4) if launch in ("gemm", "rows") else (16,)))
@@ -389,7 +389,7 @@ def _geometry(kernel):
 
 def _flags(kernel, dtype):
     """Template parameters of the first instantiation of ``kernel`` for ``dtype``."""
-    from gpumlp import kernels
+    from gpumlp.backends.cuda import kernels
 
     name = np.dtype(dtype).name
     first = next(c for c in kernels.KERNELS[kernel].grid() if c.get("dtype", name) == name)
@@ -398,7 +398,7 @@ def _flags(kernel, dtype):
 
 def _valid_launch(cp, kernel, dtype):
     """Well-typed arguments for a 4x4 launch of ``kernel``, from its declared signature."""
-    from gpumlp import kernels
+    from gpumlp.backends.cuda import kernels
 
     args = []
     for decl in kernels.KERNELS[kernel].signature:
@@ -496,7 +496,7 @@ def test_a_replay_into_memory_freed_after_capture_is_flagged(emulated_gpu):
 def test_a_planted_temporary_in_a_captured_step_is_flagged(emulated_gpu, monkeypatch):
     """A step that makes a temporary (``decay * w`` computed eagerly) cannot be captured."""
     cp, em = emulated_gpu
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     original = CupyBackend.weight_grads
 
@@ -542,7 +542,7 @@ def test_split_k_scratch_is_never_shared_between_models_or_threads(emulated_gpu)
     two runners (or threads, or streams) they would race.  Each recording runner's state and
     each thread's eager state owns its own; the same owner gets the same buffers (captured
     graphs keep their addresses)."""
-    from gpumlp import gemm_plan
+    from gpumlp.backends.cuda import plan as gemm_plan
 
     gpu = gpu_backend()
     plan = gemm_plan.choose("gemm_bias_act", "float32", 256, 256, 784, splits=4)

@@ -8,8 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from gpumlp import config, graph_pool
-from gpumlp.graph import GraphStepRunner
+from gpumlp import config
+from gpumlp.backends.cuda import graph_pool
+from gpumlp.backends.cuda.graphs import GraphStepRunner
 from gpumlp.network import Network
 from gpumlp.optim import Adam
 from gpumlp.training import Trainer
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.kernels,
 
 
 def gpu():
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     return CupyBackend(gemm_path="fused")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpumlp import graph_auto
-from gpumlp.graph import GraphStepRunner
+from gpumlp.backends.cuda import graph_auto
+from gpumlp.backends.cuda.graphs import GraphStepRunner
 from gpumlp.network import Network
 from gpumlp.optim import Adam
 from gpumlp.training import Trainer
@@ -30,7 +30,7 @@ def make_trainer(backend, cuda_graph):
 
 
 def gpu():
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     return CupyBackend(gemm_path="fused")
 

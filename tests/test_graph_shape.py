@@ -9,9 +9,9 @@ import contextlib
 import numpy as np
 import pytest
 
-from gpumlp import gemm_plan, kernels
-from gpumlp.backends import capture_paths
-from gpumlp.backends.cublas_direct import DirectBlas
+from gpumlp.backends.cuda import kernels, plan as gemm_plan
+from gpumlp.backends.cuda import routes as capture_paths
+from gpumlp.backends.cuda.cublas import DirectBlas
 from gpumlp.network import Network
 from gpumlp.optim import Adam
 from gpumlp.training import Trainer
@@ -23,7 +23,7 @@ emulated_cublas = load_support("emulated_cublas")
 
 
 def captured_step(cp, rows=64):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     backend = CupyBackend(gemm_path="fused")
     net = Network([12, 16, 8, 3], activation="relu", backend=backend, seed=0,
@@ -76,7 +76,7 @@ def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
 
 @pytest.mark.kernels
 def test_parallel_step_trains_like_the_eager_step(cp):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     rng = np.random.default_rng(7)
     X, T = rng.normal(size=(70, 12)), np.eye(3)[rng.integers(0, 3, 70)]
@@ -200,8 +200,8 @@ def l2_buffers(cp, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weights_l2_loss_adds_every_layers_squared_norm_once(cp, dtype):
     from gpumlp.backends import get_backend
-    from gpumlp.backends.cupy_backend import CupyBackend
-    from gpumlp.selftest import atomic_sum_tolerance
+    from gpumlp.backends.cuda.backend import CupyBackend
+    from gpumlp.backends.cuda.selftest import atomic_sum_tolerance
 
     params, host, spans = l2_buffers(cp, dtype)
     assert len(spans) == 3 and sum(size for _, size in spans) == 12 * 16 + 16 * 8 + 8 * 3
@@ -219,7 +219,7 @@ def test_weights_l2_loss_adds_every_layers_squared_norm_once(cp, dtype):
 
 def test_weights_l2_loss_refuses_spans_outside_the_parameters(cp):
     from gpumlp.backends import get_backend
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     params, host, spans = l2_buffers(cp, np.float64)
     for backend, p in ((CupyBackend(gemm_path="fused"), params),
@@ -236,8 +236,8 @@ def test_weights_l2_loss_refuses_spans_outside_the_parameters(cp):
 def test_weights_l2_loss_table_is_made_before_a_capture(cp):
     """The device span table is made outside capture (the warm-up); a capture that would
     have to make it says so instead of allocating inside the graph."""
-    from gpumlp.backends import step_state
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda import step_state
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     backend = CupyBackend(gemm_path="fused")
     params, _, spans = l2_buffers(cp, np.float64)
@@ -323,7 +323,7 @@ def test_atomic_parameters_are_only_ever_atomically_added_to():
     parameter named there appears only as the address of an atomicAdd."""
     import re
 
-    from gpumlp.kernels import KERNELS, kernel_dir
+    from gpumlp.backends.cuda.kernels import KERNELS, kernel_dir
 
     marked = {name: spec for name, spec in KERNELS.items() if spec.atomic}
     assert {"softmax_xent", "sigmoid_bce", "squared_error", "add_weights_l2_loss",
@@ -350,8 +350,8 @@ def test_output_layer_fuses_softmax_xent_where_a_block_holds_its_rows(cp, path, 
     which the plan finds no slower here), the GEMM and the loss kernel for 130 (no tile holds
     a row).  Timing the two variants (``auto``) must not add the loss more than once."""
     from gpumlp.backends import get_backend
-    from gpumlp.backends.cupy_backend import CupyBackend
-    from gpumlp.selftest import atomic_sum_tolerance
+    from gpumlp.backends.cuda.backend import CupyBackend
+    from gpumlp.backends.cuda.selftest import atomic_sum_tolerance
 
     rng = np.random.default_rng(13)
     x, w = rng.normal(size=(n, k)).astype(np.float32), rng.normal(size=(k, m)).astype(

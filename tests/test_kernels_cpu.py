@@ -14,7 +14,8 @@ import zlib
 import numpy as np
 import pytest
 
-from gpumlp import activations, gemm_plan, kernels
+from gpumlp import activations
+from gpumlp.backends.cuda import kernels, plan as gemm_plan
 from gpumlp.backends.base import Backend
 from gpumlp.dropout import Dropout, keep_mask
 
@@ -548,7 +549,7 @@ def test_kernel_benchmark_reports_tflops_plans_and_the_square_sgemm(emulated_gpu
     """`gpumlp bench --kernels` on the emulated GPU: every operation with TFLOP/s of
     2 M N K, the fused kernel's tile / split, and the square SGEMM against cuBLAS alone.
     (The times are the CPU harness's: only the bookkeeping is checked here.)"""
-    from gpumlp.bench.kernel_bench import gemm_flops, markdown, run_kernel_bench, speedups
+    from gpumlp.backends.cuda.kernel_bench import gemm_flops, markdown, run_kernel_bench, speedups
 
     cp, _ = emulated_gpu
     sm_count = gemm_plan.device_sm_count(cp)

@@ -10,7 +10,8 @@ import warnings
 import numpy as np
 import pytest
 
-from gpumlp import MLPClassifier, cli, kernels
+from gpumlp import MLPClassifier, cli
+from gpumlp.backends.cuda import kernels
 from gpumlp.backends import get_backend
 from gpumlp.backends.base import Backend
 from gpumlp.dropout import Dropout
@@ -118,7 +119,7 @@ def gemm_tiles_launched() -> set:
 @pytest.mark.kernels
 @pytest.mark.parametrize("path", ["fused", "cublas", "auto"])
 def test_cupy_backend_runs_tf32_kernels_on_every_gemm_path(cp, path):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     gpu = CupyBackend(gemm_path=path)
     rng = np.random.default_rng(4)
@@ -159,7 +160,7 @@ def test_tf32_training_on_the_emulated_gpu_matches_numpy_tf32(cp):
     """Eager and graph-captured TF32 epochs on the CuPy backend follow the NumPy backend's
     emulated TF32 (to float32 rounding noise, which TF32 rounding can enlarge to one TF32
     step in an element), and TF32 really changes the result against float32."""
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     rng = np.random.default_rng(5)
     X = rng.normal(size=(70, 12)).astype(np.float32)
@@ -185,7 +186,7 @@ def test_tf32_training_on_the_emulated_gpu_matches_numpy_tf32(cp):
 
 @pytest.mark.kernels
 def test_tf32_on_a_gpu_without_tensor_cores_computes_in_float32(cp, monkeypatch):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     class Turing(cp.cuda.Device):
         def __init__(self, device=None):
@@ -215,7 +216,7 @@ def tie_case(xp):
 
 @pytest.mark.kernels
 def test_emulated_tensor_cores_round_ties_away_from_zero(cp):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     x, w, b, out = tie_case(np)
     got = CupyBackend(gemm_path="fused").affine_act(cp.asarray(x), cp.asarray(w), cp.asarray(b),
@@ -232,7 +233,7 @@ def test_tf32_kernels_on_the_gpu_match_the_emulation(path):
     differing from float32 products."""
     import cupy
 
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     if int(cupy.cuda.Device().compute_capability) < kernels.TF32_MIN_CAPABILITY:
         pytest.skip("this GPU has no TF32 tensor cores (compute capability < 8.0)")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from gpumlp import selftest
+from gpumlp.backends.cuda import selftest
 from gpumlp.cli import main as cli_main
 
 SMALL = {"tiny": [12, 16, 8, 3]}
@@ -55,7 +55,7 @@ def test_selftest_passes_on_the_emulated_gpu(emulated_gpu, tmp_path, capsys):
 
 @pytest.mark.kernels
 def test_a_wrong_result_is_a_mismatch(emulated_gpu, monkeypatch, capsys):
-    from gpumlp.backends.cupy_backend import CupyBackend
+    from gpumlp.backends.cuda.backend import CupyBackend
 
     original = CupyBackend.softmax
 

@@ -48,7 +48,7 @@ def _make(name: str) -> Backend:
     reason = cupy_unavailable_reason()
     if reason is not None:
         raise BackendUnavailable(f"backend='cupy' is unavailable: {reason}")
-    from .cupy_backend import CupyBackend
+    from .cuda.backend import CupyBackend
 
     return CupyBackend()
 

@@ -62,7 +62,7 @@ def _run_kernel_bench(args: argparse.Namespace) -> int:
     from ..backends import cupy_unavailable_reason
     from ..cli_args import OptionError, check_writable_dir
     from .environment import environment
-    from .kernel_bench import BATCHES, SGEMM_SIZE, markdown, run_kernel_bench, speedups
+    from ..backends.cuda.kernel_bench import BATCHES, SGEMM_SIZE, markdown, run_kernel_bench, speedups
     from .report import reserve_stem, write_text
 
     reason = cupy_unavailable_reason()

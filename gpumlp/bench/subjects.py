@@ -90,7 +90,7 @@ class GpumlpGraphSubject(GpumlpSubject):
         self.steps_per_graph = steps_per_graph
 
     def prepare(self, sizes, batch, X, y):
-        from ..graph import GraphStepRunner
+        from ..backends.cuda.graphs import GraphStepRunner
         from ..training import Trainer
 
         super().prepare(sizes, batch, X, y)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from gpumlp.backends.cublas_direct import (AUX_LD_MULTIPLE, OP_N, BlasApi, BlasUnsupported,
+from gpumlp.backends.cuda.cublas import (AUX_LD_MULTIPLE, OP_N, BlasApi, BlasUnsupported,
                                            ColumnMajorGemm)
 
 NEEDS_BIAS = {"bias", "relu_bias", "relu_aux_bias", "drelu_bgrad", "bgrada", "bgradb"}

@@ -39,7 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gpumlp import activations, kernels
+from gpumlp import activations
+from gpumlp.backends.cuda import kernels
 
 
 class CaptureViolation(RuntimeError):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumlp import kernels
+from gpumlp.backends.cuda import kernels
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -19,7 +19,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpumlp import kernels
+from gpumlp.backends.cuda import kernels
 
 ARCH = "sm_90"
 #: H100 SM: 64K registers, 228 KB shared (227 KB usable per block), 64 warps, 32 blocks.

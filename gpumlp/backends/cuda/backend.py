@@ -28,11 +28,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import config, kernels
-from .. import gemm_plan
-from ..dropout import Dropout
-from . import capture_paths, contracts, step_state
-from .base import Backend, check_spans
+from . import kernels
+from . import plan as gemm_plan
+from ... import config
+from ...dropout import Dropout
+from . import routes as capture_paths, step_state
+from .. import contracts
+from ..base import Backend, check_spans
 
 GEMM_PATHS = config.GEMM_PATHS
 #: Launches per variant when timing the two GEMM paths for a shape.

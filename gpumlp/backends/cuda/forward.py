@@ -31,8 +31,8 @@ import warnings
 from collections import OrderedDict
 from typing import Any, Callable
 
-from .backends import cublas_direct
-from .graph import graph_unavailable_reason, joined
+from . import cublas as cublas_direct
+from .graphs import graph_unavailable_reason, joined
 
 #: Captured forwards kept per network (each holds an output buffer and chunk buffers).
 KEPT_GRAPHS = 2

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import cublas_direct
+from . import cublas as cublas_direct
 
 #: Launches per variant when timing the two captured-GEMM routes for a shape.
 TIMING_REPEATS = 5
@@ -187,7 +187,7 @@ def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], 
 
 
 def _faster(cupy: Any, fused: Callable[[], None], direct: Callable[[], None]) -> str:
-    from .cupy_backend import elapsed_ms
+    from .backend import elapsed_ms
 
     timings = {}
     for name, launch in (("fused", fused), ("direct", direct)):

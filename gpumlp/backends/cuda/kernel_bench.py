@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import gemm_plan
-from ..backends.cupy_backend import elapsed_ms
+from . import plan as gemm_plan
+from .backend import elapsed_ms
 
 #: The layer shapes (inputs, outputs) of mlp-256 and mlp-512.
 LAYER_SHAPES = ((784, 256), (256, 256), (256, 10), (784, 512), (512, 512), (512, 10))
@@ -125,7 +125,7 @@ def run_kernel_bench(shapes=LAYER_SHAPES, batches=BATCHES, repeats: int = 5,
     ``sgemm_size`` when given); one record per measurement."""
     import cupy
 
-    from ..backends.cupy_backend import CupyBackend
+    from .backend import CupyBackend
 
     backends = {path: CupyBackend(gemm_path=path) for path in ("fused", "cublas")}
     sm_count = gemm_plan.device_sm_count(cupy)

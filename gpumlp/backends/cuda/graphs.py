@@ -58,7 +58,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .backends import capture_paths
+from . import routes as capture_paths
 
 GRAPH_MODES = ("auto", "on", "off")
 

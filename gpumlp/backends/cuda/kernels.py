@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from . import activations, config
-from .precision import PRECISIONS, check_precision
+from ... import activations, config
+from ...precision import PRECISIONS, check_precision
 
 __all__ = ["KERNELS", "KernelSpec", "KernelsUnavailable", "NvrtcCompileError", "PRECISIONS",
            "check_precision", "gemm_tiles",
@@ -316,7 +316,7 @@ def kernel_dir() -> Any:
         candidates.append(files("gpumlp.kernel_sources"))
     except Exception:  # not installed from a wheel: ModuleNotFoundError and friends
         pass
-    candidates.append(Path(__file__).resolve().parent.parent / "kernels")
+    candidates.append(Path(__file__).resolve().parents[3] / "kernels")
     for candidate in candidates:
         if candidate.joinpath(sources()[0]).is_file():
             return candidate
