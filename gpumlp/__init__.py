@@ -7,6 +7,7 @@ Examples
 >>> clf.fit(X_train, y_train).score(X_test, y_test)  # doctest: +SKIP
 """
 
+from . import exceptions
 from .backends import (Backend, BackendUnavailable, available_backends, get_backend,
                        use_backend)
 from .estimators import MLPClassifier, MLPRegressor
@@ -16,15 +17,12 @@ from .network import Network
 from .optim import SGD, Adam
 from .perceptron import Perceptron
 from .training import DivergenceError, DivergenceWarning, History, Trainer
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def __getattr__(name: str):
     # scikit-learn's NotFittedError, ConvergenceWarning and DataConversionWarning when it is
     # installed (gpumlp's own otherwise), resolved on first use: see gpumlp.exceptions.
-    from . import exceptions
-
     if name in exceptions.NAMES:
         return getattr(exceptions, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,6 +52,8 @@ import time
 from typing import Any, Callable, TextIO
 
 from .atomic import atomic_write
+from .io import save
+from .progress import _is_terminal
 from .validation import check_choice, check_float, check_int
 
 MODES = ("auto", "min", "max")
@@ -178,8 +180,6 @@ class ModelCheckpoint(Callback):
         self.best, self.best_epoch, self.saved = self._monitor.worst(), 0, []
 
     def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> bool:
-        from .io import save
-
         if self.save_best_only:
             value = self._monitor.value(logs)
             if not self._monitor.improved(value, self.best):
@@ -439,8 +439,6 @@ class ProgressBar(Callback):
                                  "bar=None prints plain lines without it") from None
             return None
         if self.bar is None:
-            from .progress import _is_terminal
-
             return tqdm if _is_terminal(self._out()) else None
         return tqdm
 

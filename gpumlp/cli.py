@@ -23,16 +23,29 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import __version__, config
+import numpy as np
+
+from . import config
+from . import data as datasets  # called through the module: tests substitute a loader
+from . import progress as curves  # (and a plotter)
+from .activations import HIDDEN_ACTIVATIONS, INFERENCE_ONLY
+from .backends import BACKEND_NAMES, cupy_unavailable_reason
+from .bench.cli import add_bench_command
 from .cli_args import (CommandParser, HelpFormatter, OptionError, check_table_path,
                        check_writable_file, integer, real, sibling, sizes, unused_path)
-
-#: The default recipe of ``gpumlp train``: 784-512-512-10, ReLU, Adam with a cosine-annealed
-#: step size (it settles the last epochs, where a constant step keeps the test accuracy
-#: wandering), dropout 0.2, 30 epochs, He-uniform initialisation with zero biases.
-RECIPE = {"hidden": "512,512", "activation": "relu", "solver": "adam", "epochs": 30,
-          "batch_size": 128, "lr": 1e-3, "schedule": "cosine", "alpha": 1e-4, "dropout": 0.2,
-          "init": "he"}
+from .cli_predict import add_predict_command
+from .data.user_data import TASKS, load_user_data
+from .estimators import SOLVERS, ConvergenceWarning, MLPClassifier, MLPRegressor
+from .info import collect_info, format_info, format_model
+from .init import INIT_SCHEMES
+from .io import load
+from .onnx_export import export_onnx, summarize
+from .optim import SCHEDULES
+from .precision import PRECISIONS
+from .recipe import RECIPE
+from .selftest import add_selftest_command
+from .training import GRAPH_MODES
+from .version import __version__
 
 #: Where ``gpumlp train`` saves its model when ``--output`` is not given (current folder).
 DEFAULT_OUTPUT = "{dataset}-mlp.npz"
@@ -112,12 +125,6 @@ def _command(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser
 
 # ------------------------------------------------------------------------------------ train
 def _add_train(commands: Any) -> None:
-    from .activations import HIDDEN_ACTIVATIONS, INFERENCE_ONLY
-    from .estimators import SOLVERS
-    from .init import INIT_SCHEMES
-    from .optim import SCHEDULES
-    from .precision import PRECISIONS
-
     train = _command(
         commands, "train",
         help="train an MLP on an MNIST-family dataset or your own table, report, save it",
@@ -176,12 +183,6 @@ def _add_train(commands: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .data import load_dataset
-    from .estimators import ConvergenceWarning, MLPClassifier, MLPRegressor
-    from .progress import EpochProgress, matplotlib_missing, plot_curves
-
     # Everything that can be checked without the data is checked before loading it.
     own_data = _check_own_data(args)
     _check_backend("--backend", args.backend, args.cuda_graph)
@@ -189,21 +190,19 @@ def _run_train(args: argparse.Namespace) -> int:
         raise OptionError(f"--precision tf32 needs --dtype float32, got --dtype {args.dtype}")
     output = None if args.no_save else _model_path(args)
     if args.plot:
-        missing = matplotlib_missing()
+        missing = curves.matplotlib_missing()
         if missing:
             raise OptionError(f"--plot needs matplotlib: {missing}")
         check_writable_file("--plot", args.plot, overwrite=True)
 
     if own_data:
-        from .data.user_data import load_user_data
-
         data = load_user_data(args.data, args.target, args.test, args.test_fraction,
                               args.task, args.seed)
         task, outputs = data.task, _outputs(data.task, data.y_train)
         described = (f"{data.name}: task {task} ({data.task_reason}); "
                      f"{len(data.feature_names)} features")
     else:
-        data = load_dataset(args.dataset, path=args.data_dir)
+        data = datasets.load_dataset(args.dataset, path=args.data_dir)
         task, outputs, described = "classify", "10", f"{data.name} from {data.source}"
     X_train, y_train = data.X_train, data.y_train
     if args.limit is not None:
@@ -229,7 +228,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if output is not None:
         print(f"the model will be saved to {output}")
     track_accuracy = has_test and (not args.quiet or args.plot)
-    progress = EpochProgress(
+    progress = curves.EpochProgress(
         args.epochs, (lambda: clf.score(data.X_test, data.y_test)) if track_accuracy else None,
         enabled=not args.quiet, metric=metric)
     keeper = LastFinishedEpoch(clf)
@@ -266,9 +265,10 @@ def _run_train(args: argparse.Namespace) -> int:
             f"evaluate {output}` checks it again"
         print(f"model saved to {output} (`gpumlp {again})")
     if args.plot:
-        plot_curves(args.plot, progress.loss, progress.accuracy, accuracy_label=f"test {metric}",
-                    title=f"{data.name}: {X_train.shape[1]}-{'-'.join(map(str, hidden))}-"
-                          f"{outputs}")
+        curves.plot_curves(args.plot, progress.loss, progress.accuracy,
+                           accuracy_label=f"test {metric}",
+                           title=f"{data.name}: {X_train.shape[1]}-{'-'.join(map(str, hidden))}-"
+                                 f"{outputs}")
         print(f"curves plotted to {args.plot}")
     return 0
 
@@ -413,8 +413,6 @@ def _warnings_as_lines(prog: str) -> Iterator[None]:
 
 # --------------------------------------------------------------------------------- evaluate
 def _add_evaluate(commands: Any) -> None:
-    from .backends import BACKEND_NAMES
-
     evaluate = _command(commands, "evaluate",
                         help="report a saved model's accuracy on a dataset's test set",
                         description="Load a model saved by `gpumlp train` and report its "
@@ -427,15 +425,12 @@ def _add_evaluate(commands: Any) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .io import load
-
     if args.backend is not None:
         _check_backend("--backend", args.backend)
     if not os.path.exists(args.model):
         raise OptionError(f"model {args.model!r}: no such file")
     model = load(args.model, backend=args.backend)
-    data = load_dataset(args.dataset, path=args.data_dir)
+    data = datasets.load_dataset(args.dataset, path=args.data_dir)
     start = time.perf_counter()
     accuracy = model.score(data.X_test, data.y_test)
     seconds = time.perf_counter() - start
@@ -456,9 +451,6 @@ def _add_export(commands: Any) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .io import load
-    from .onnx_export import export_onnx, summarize
-
     model = load(args.model)
     try:
         proto = export_onnx(model, args.output)
@@ -482,13 +474,9 @@ def _add_info(commands: Any) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .info import collect_info, format_info, format_model
-
     if args.model is None:
         print(format_info(collect_info()))
         return 0
-    from .io import load
-
     if not os.path.isfile(args.model):
         raise OptionError(f"model {args.model!r}: "
                           + ("is a directory" if os.path.isdir(args.model) else "no such file"))
@@ -498,10 +486,8 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- shared arguments
 def _data_arguments(parser: argparse.ArgumentParser, own_data: bool = False) -> None:
-    from .data import DATASETS
-
     parser.add_argument("--dataset", default=None if own_data else "fashion-mnist",
-                        choices=list(DATASETS),
+                        choices=list(datasets.DATASETS),
                         help="dataset of the MNIST family"
                              + (" (default: fashion-mnist, unless --data)" if own_data else ""))
     parser.add_argument("--data-dir", default=None, metavar="DIR",
@@ -512,8 +498,6 @@ def _data_arguments(parser: argparse.ArgumentParser, own_data: bool = False) -> 
 
 
 def _own_data_arguments(parser: argparse.ArgumentParser) -> None:
-    from .data.user_data import TASKS
-
     group = parser.add_argument_group(
         "your own data", "train on a table instead of a --dataset: every column but the "
                          "target is a feature and must hold numbers")
@@ -535,9 +519,6 @@ def _own_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    from .backends import BACKEND_NAMES
-    from .backends.cuda.graphs import GRAPH_MODES
-
     parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
                         help="auto uses the GPU when CuPy and a device are present")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
@@ -551,8 +532,6 @@ def _runtime_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_backend(option: str, backend: str, cuda_graph: str | None = None) -> None:
     """Refuse a backend (or CUDA-graph mode) that cannot run here, saying why."""
     if backend == "cupy" or cuda_graph == "on":
-        from .backends import cupy_unavailable_reason
-
         reason = cupy_unavailable_reason()
         if backend == "cupy" and reason is not None:
             raise OptionError(f"{option} cupy is unavailable: {reason}")
@@ -561,27 +540,9 @@ def _check_backend(option: str, backend: str, cuda_graph: str | None = None) -> 
                               + (f" ({reason})" if reason else f", not {option} {backend}"))
 
 
-def _add_predict(commands: Any) -> None:
-    from .cli_predict import add_predict_command
-
-    add_predict_command(commands)
-
-
-def _add_bench(commands: Any) -> None:
-    from .bench.cli import add_bench_command
-
-    add_bench_command(commands)
-
-
-def _add_selftest(commands: Any) -> None:
-    from .selftest import add_selftest_command
-
-    add_selftest_command(commands)
-
-
 #: Every command's registration, in the order ``gpumlp --help`` lists them.
-COMMANDS = [_add_train, _add_evaluate, _add_predict, _add_export, _add_info, _add_bench,
-            _add_selftest]
+COMMANDS = [_add_train, _add_evaluate, add_predict_command, _add_export, _add_info,
+            add_bench_command, add_selftest_command]
 
 
 if __name__ == "__main__":  # pragma: no cover

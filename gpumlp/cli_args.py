@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from .data.tables import TableError, table_format
 from .files import check_replaceable, open_regular_file
 
 
@@ -186,8 +187,6 @@ def check_writable_dir(option: str, path: str | os.PathLike, shown: str | None =
 def check_table_path(option: str, path: str) -> None:
     """``path`` names a table file of a known type, it is a regular file, and Parquet can be
     read here; else an :class:`OptionError` naming ``option``."""
-    from .data.tables import TableError, table_format
-
     try:
         kind = table_format(path)
         open_regular_file(path, option).close()

@@ -14,13 +14,14 @@ import sys
 import warnings
 from typing import Any
 
+from .backends import BACKEND_NAMES
 from .cli_args import HelpFormatter, OptionError, check_table_path, check_writable_file
+from .data.tables import TableError, read_table, write_csv
+from .io import load
 
 
 def add_predict_command(commands: Any) -> None:
     """Register ``predict`` with the ``gpumlp`` subcommand parsers."""
-    from .backends import BACKEND_NAMES
-
     predict = commands.add_parser(
         "predict", formatter_class=HelpFormatter,
         help="predict the rows of a CSV, .npz or Parquet file with a saved model",
@@ -44,9 +45,6 @@ def add_predict_command(commands: Any) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .data.tables import TableError, read_table, write_csv
-    from .io import load
-
     check_table_path("data", args.data)
     if not os.path.isfile(args.model):
         raise OptionError(f"model {args.model!r}: "

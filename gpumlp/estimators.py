@@ -29,15 +29,17 @@ import numpy as np
 from . import activations, exceptions
 from .activations import canonical as canonical_activation
 from .backends import BACKEND_NAMES, Backend, backend_for
-from .backends.cuda.graphs import GRAPH_MODES
 from .evaluation import r2
-from .model_registry import register_model
 from .init import INIT_SCHEMES, initial_parameters
+from .io import save
+from .lbfgs import minimize_lbfgs
+from .model_registry import register_model
 from .network import Network, check_dtype
+from .onnx_export import export_onnx
 from .optim import SCHEDULES, make_optimizer
 from .params import ParamsMixin
 from .precision import PRECISIONS, check_precision
-from .training import DivergenceError, Trainer, check_callbacks
+from .training import GRAPH_MODES, DivergenceError, Trainer, check_callbacks
 from .validation import (all_finite, as_array_input, block_rows, check_choice,
                          check_classification_targets, check_feature_names, check_label_types,
                          check_finite_numeric, check_float, check_int, check_sample_weight,
@@ -321,8 +323,6 @@ class BaseMLP(ParamsMixin):
 
     def _fit_lbfgs(self, X: Any, T: Any, weights: np.ndarray | None) -> None:
         """Full-batch L-BFGS over the flat parameter buffer (see :mod:`gpumlp.lbfgs`)."""
-        from .lbfgs import minimize_lbfgs
-
         net = self.network_
         X = dense_rows(X, net.backend, net.dtype)
         result = minimize_lbfgs(net, X, T, alpha=float(self.alpha), sample_weight=weights,
@@ -564,8 +564,6 @@ class BaseMLP(ParamsMixin):
 
     def save(self, path: str) -> None:
         """Save the fitted model (arrays plus JSON metadata, no pickle; atomic write)."""
-        from .io import save
-
         save(self, path)
 
     def to_onnx(self, path: str) -> None:
@@ -574,8 +572,6 @@ class BaseMLP(ParamsMixin):
         The graph takes ``X`` in the model's dtype and returns ``predict_proba`` and
         ``predict`` (classifier) or ``predict`` (regressor); see :mod:`gpumlp.onnx_export`.
         """
-        from .onnx_export import export_onnx
-
         export_onnx(self, path)
 
 

@@ -10,15 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .backends import available_backends
+from .backends import available_backends, get_backend
+from .backends.numpy_backend import _blas_name
+from .data import find_datasets
+from .version import __version__
 
 
 def collect_info() -> dict[str, Any]:
     """Everything ``gpumlp info`` shows, as a JSON-friendly dictionary."""
-    from .backends.numpy_backend import _blas_name
-    from .data import find_datasets
-
     info: dict[str, Any] = {
         "gpumlp": __version__,
         "python": platform.python_version(),
@@ -33,8 +32,6 @@ def collect_info() -> dict[str, Any]:
         "datasets": find_datasets(),
     }
     if info["backends"]["cupy"] is None:
-        from .backends import get_backend
-
         info["gpu"] = get_backend("cupy").describe()
     return info
 
@@ -42,8 +39,6 @@ def collect_info() -> dict[str, Any]:
 def cpu_path() -> dict[str, Any]:
     """How the NumPy backend's elementwise work runs, with the kernels compiled (or loaded
     from Numba's cache) now: a warm-up no later timing pays for."""
-    from .backends import get_backend
-
     path = get_backend("numpy").cpu_path
     warm_up = path.compile()
     return {"path": path.describe(), "warm_up": warm_up}

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import activations
 from .atomic import atomic_write
-from .backends import BACKEND_NAMES, Backend, BackendUnavailable
+from .backends import BACKEND_NAMES, Backend, BackendUnavailable, get_backend
 from .exceptions import FileFormatError
 from .files import open_regular_file
 from .model_registry import model_class, registered_models
@@ -658,8 +658,6 @@ class _ModelFile:
         """Build the fitted network the state describes and read the parameters into it:
         no initial weights are drawn and no optimizer state is allocated (the next
         ``partial_fit`` makes it), so loading peaks near one copy of the parameters."""
-        from .backends import get_backend
-
         for key, value in state["flags"].items():
             setattr(model, key, value)
         if arrays["classes"].size:

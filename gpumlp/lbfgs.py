@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .network import Network
+from .training import DivergenceError
 
 
 @dataclass
@@ -68,7 +69,6 @@ def minimize_lbfgs(network: Network, X: Any, T: Any, alpha: float = 0.0,
     except ImportError:
         raise ImportError("solver='lbfgs' uses SciPy's L-BFGS-B; install it with "
                           "pip install 'gpumlp[lbfgs]', or use solver='adam' or 'sgd'") from None
-    from .training import DivergenceError
 
     backend = network.backend
     n = X.shape[0]

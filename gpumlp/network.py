@@ -28,7 +28,6 @@ import numpy as np
 from . import activations
 from .backends import Backend, get_backend
 from .dropout import Dropout
-from .backends.cuda.forward import ForwardGraphs
 from .init import init_layer
 from .losses import get_loss
 from .precision import check_precision
@@ -120,7 +119,8 @@ class Network:
         self.params = self.backend.zeros(size, self.dtype)
         self._grads: Any = None  # made by the first use: a model that only predicts needs none
         self.weights, self.biases = self._views(self.params)
-        self._forward_graphs = ForwardGraphs()
+        # Captured forwards of repeated predictions (the backend's; None: it captures none).
+        self._forward_replays = self.backend.forward_replays()
         if initialize:  # False: zeros, for a caller that sets every parameter (loading)
             self.initialize(seed)
 
@@ -128,7 +128,7 @@ class Network:
         # Views would be pickled as copies and gradients are scratch: keep the parameters only.
         state = self.__dict__.copy()
         for name in ("_grads", "_grad_views", "weights", "biases",
-                     "_forward_graphs"):
+                     "_forward_replays"):
             state.pop(name, None)
         return state
 
@@ -141,7 +141,7 @@ class Network:
         self._grads = None
         self.weights, self.biases = self._views(self.params)
         self.grads  # noqa: B018 - a twin trains (and may be captured) at once: allocate now
-        self._forward_graphs = ForwardGraphs()
+        self._forward_replays = self.backend.forward_replays()
 
     def __repr__(self) -> str:
         hidden = sorted(set(self.hidden_activations))
@@ -322,12 +322,13 @@ class Network:
         """Network output (probabilities for classifiers) for ``x``, on this backend.
 
         On the CuPy backend a call repeated on the same device array replays a captured
-        forward (:mod:`gpumlp.forward_graph`); ``reuse=False`` says ``x`` is a temporary
-        (a copy of host data) that will not be seen again."""
+        forward (:meth:`gpumlp.backends.base.Backend.forward_replays`); ``reuse=False`` says
+        ``x`` is a temporary (a copy of host data) that will not be seen again."""
         given = x
         x = self.backend.asarray(x, self.dtype)
-        if reuse and x is given:  # a copy made here is new every call: never worth capturing
-            replayed = self._forward_graphs.output(self, x, chunk, self._output_activation)
+        # A copy made here is new every call: never worth capturing.
+        if reuse and x is given and self._forward_replays is not None:
+            replayed = self._forward_replays.output(self, x, chunk, self._output_activation)
             if replayed is not None:
                 return replayed
         n = x.shape[0]

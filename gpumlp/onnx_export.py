@@ -41,6 +41,7 @@ import numpy as np
 from . import activations
 from .atomic import atomic_write
 from .network import Network
+from .version import __version__
 
 #: ONNX operator set and IR version of the exported files: old enough for every maintained
 #: ONNX Runtime (1.10 and later), new enough for ``Softmax`` over one axis (opset 13).
@@ -148,7 +149,6 @@ def to_onnx_model(model: Any) -> Any:
     else:
         raise TypeError("model must be a fitted gpumlp MLPClassifier, MLPRegressor, Perceptron "
                         f"or a gpumlp Network; got {type(model).__name__}")
-    from . import __version__
 
     proto = onnx.helper.make_model(graph, producer_name="gpumlp", producer_version=__version__,
                                    opset_imports=[onnx.helper.make_opsetid("", OPSET)],

@@ -98,6 +98,14 @@ class Optimizer:
         """The update's constants besides the step size and step count (hashable)."""
         return ()
 
+    @property
+    def steps_taken(self) -> int:
+        """The step count the update reads (bias correction); 0 where it reads none."""
+        return 0
+
+    def advance(self, steps: int) -> None:
+        """Count ``steps`` updates made elsewhere (replayed from a captured graph)."""
+
     def copy(self) -> "Optimizer":
         """The same optimizer (settings, schedule, step count) with state buffers of its
         own, holding copies of this one's."""
@@ -155,6 +163,13 @@ class Adam(Optimizer):
 
     def constants(self) -> tuple:
         return (float(self.beta_1), float(self.beta_2), float(self.epsilon))
+
+    @property
+    def steps_taken(self) -> int:
+        return self.t
+
+    def advance(self, steps: int) -> None:
+        self.t += steps
 
     def step(self, params: Any, grads: Any) -> None:
         self.t += 1

@@ -34,7 +34,9 @@ import numpy as np
 from . import exceptions, linear_sgd
 from .backends import get_backend
 from .holdout import stratified_holdout
+from .io import save
 from .model_registry import register_model
+from .onnx_export import export_onnx
 from .params import ParamsMixin
 from .validation import (check_choice, check_classification_targets, check_feature_names,
                          check_float, check_int, check_sample_weight, check_targets, check_X,
@@ -412,15 +414,11 @@ class Perceptron(ParamsMixin):
 
     def save(self, path: str) -> None:
         """Save the fitted perceptron (arrays plus JSON metadata, no pickle; atomic write)."""
-        from .io import save
-
         save(self, path)
 
     def to_onnx(self, path: str) -> None:
         """Export as an ONNX file (needs ``gpumlp[onnx]``): float64 ``X`` in, ``predict``'s
         labels and the hard-limit unit outputs out; see :mod:`gpumlp.onnx_export`."""
-        from .onnx_export import export_onnx
-
         export_onnx(self, path)
 
 

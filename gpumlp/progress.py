@@ -13,6 +13,7 @@ import time
 from typing import Callable, TextIO
 
 from . import config
+from .atomic import atomic_write
 from .training import History
 
 
@@ -112,8 +113,6 @@ def plot_curves(path: str | os.PathLike, loss: list[float], accuracy: list[float
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-
-    from .atomic import atomic_write
 
     panels = 2 if accuracy else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)

@@ -37,11 +37,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .backends.cuda import graph_pool
-from .backends.cuda.graphs import GRAPH_MODES, GraphStepRunner, graph_unavailable_reason
+from .backends.base import StepGraphs
 from .evaluation import evaluate
 from .network import Network, Workspace
 from .validation import is_sparse
+
+#: ``cuda_graph`` values: replay captured steps where measured faster, always, or never.
+GRAPH_MODES = ("auto", "on", "off")
 
 #: ``callback(epoch, history)`` runs after every epoch; returning True stops training.  An
 #: object with ``on_epoch_end`` instead follows the hooks of :class:`gpumlp.callbacks.Callback`.
@@ -124,8 +126,9 @@ class Trainer:
         receive this trainer (its ``network``, ``optimizer``, ``history`` and ``owner``,
         the estimator that drives it, if any).
     cuda_graph : {"auto", "on", "off"}
-        Capture whole steps as CUDA graphs and replay them (CuPy backend, see
-        :mod:`gpumlp.graph`): ``auto`` where it applies, ``on`` insists, ``off`` runs eagerly.
+        Capture whole steps as CUDA graphs and replay them (the CuPy backend; see the
+        backend's capture protocol, :meth:`gpumlp.backends.base.Backend.capture_steps`):
+        ``auto`` where it applies and is measured faster, ``on`` insists, ``off`` runs eagerly.
     """
 
     def __init__(self, network: Network, optimizer: Any, batch_size: int = 200,
@@ -157,7 +160,7 @@ class Trainer:
             raise ValueError(f"cuda_graph={cuda_graph!r} is not valid; choose one of "
                              f"{GRAPH_MODES}")
         self.cuda_graph = cuda_graph
-        self._graph_runner: tuple[tuple, GraphStepRunner] | None = None
+        self._graph_runner: StepGraphs | None = None
         self.history = History()
         self.step_count = 0
         self._no_improvement = 0
@@ -224,15 +227,15 @@ class Trainer:
         return X_val, T_val
 
     def release(self) -> None:
-        """Free the batch and work buffers; the captured graphs go to
-        :data:`gpumlp.graph_pool.IDLE` for the next fit of the same step."""
+        """Free the batch and work buffers; the captured graphs wait idle for the next fit
+        of the same step (``gpumlp.graph_pool.clear()`` frees them)."""
         self._step_buffers.clear()
         self._drop_runner(keep=True)
 
     def _drop_runner(self, keep: bool) -> None:
         """Stop using the current runner; ``keep`` it idle for a later fit, or free it."""
-        if self._graph_runner is not None and keep:
-            graph_pool.IDLE.keep(self._graph_runner[1])
+        if self._graph_runner is not None:
+            self.network.backend.release_step_graphs(self._graph_runner, keep)
         self._graph_runner = None
 
     def __getstate__(self) -> dict:
@@ -346,43 +349,38 @@ class Trainer:
             return runner.run_epoch(self.rng.permutation(n) if self.shuffle else np.arange(n))
         return self._train_one_epoch_eagerly(X, T, sample_weight)
 
-    def _graph_runner_for(self, X: Any, T: Any, new_data: bool) -> GraphStepRunner | None:
+    def _graph_runner_for(self, X: Any, T: Any, new_data: bool) -> StepGraphs | None:
         """The captured-step runner for this data and these settings, if graphs apply: the
         current one, an idle one of the same step (a refit), or a new capture."""
         if self.cuda_graph == "off":
             return None
-        reason = graph_unavailable_reason(self.network)
+        backend = self.network.backend
+        reason = backend.graphs_unavailable_reason()
         if reason is not None:
             if self.cuda_graph == "on":
                 raise ValueError(f"cuda_graph='on' cannot be honoured: {reason}")
             return None
-        if self.cuda_graph == "auto" and GraphStepRunner.known_slower_than_eager(self, len(X)):
+        if self.cuda_graph == "auto" and backend.step_graphs_known_slower(self, len(X)):
             self._drop_runner(keep=True)
             return None  # measured before for this step shape: eager launches are faster
         # Shapes and settings, not arrays: new data of the same shape (partial_fit's next
         # chunk, a refit) is copied into the captured buffers instead of being captured again.
-        key = GraphStepRunner.key_for(self, X, T)
-        if self._graph_runner is not None and self._graph_runner[0] != key:
+        key = backend.step_graphs_key(self, X, T)
+        if self._graph_runner is not None and self._graph_runner.key != key:
             self._drop_runner(keep=True)  # another step shape: it may come back
         if self._graph_runner is None:
-            runner = graph_pool.IDLE.take(key)
-            if runner is not None:
-                runner.bind(self)
-                runner.load(X, T)
-            else:
-                try:
-                    runner = GraphStepRunner(self, X, T)
-                except Exception as exc:  # a capture the driver refuses: run eagerly instead
-                    if self.cuda_graph == "on":
-                        raise
-                    warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); "
-                                  "training eagerly", RuntimeWarning, stacklevel=5)
-                    self.cuda_graph = "off"
-                    return None
-            self._graph_runner = (key, runner)
+            try:
+                self._graph_runner = backend.capture_steps(self, X, T)
+            except Exception as exc:  # a capture the driver refuses: run eagerly instead
+                if self.cuda_graph == "on":
+                    raise
+                warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); "
+                              "training eagerly", RuntimeWarning, stacklevel=5)
+                self.cuda_graph = "off"
+                return None
         elif new_data:
-            self._graph_runner[1].load(X, T)
-        runner = self._graph_runner[1]
+            self._graph_runner.load(X, T)
+        runner = self._graph_runner
         if self.cuda_graph == "auto" and not runner.faster_than_eager():
             self._drop_runner(keep=False)  # unused: free its buffers and graphs
             return None  # measured for this step shape: eager launches are faster

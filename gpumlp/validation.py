@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from . import exceptions
+from .backends import cuda
+
 #: DLPack device types (``__dlpack_device__()[0]``).
 _DLPACK_CPU, _DLPACK_CUDA, _DLPACK_CUDA_HOST, _DLPACK_CUDA_MANAGED = 1, 2, 3, 13
 #: Bytes of ``X`` checked (or converted) at a time: validation never makes a temporary the
@@ -157,13 +160,7 @@ def _dlpack_device(X: Any) -> int | None:
 
 
 def _cupy_module(name: str) -> Any:
-    try:
-        import cupy
-    except Exception as exc:
-        raise TypeError(f"{name} is a CUDA device array; CuPy is needed to use it "
-                        f"({type(exc).__name__}: {exc}). Install gpumlp[cuda12] or "
-                        "gpumlp[cuda13], or pass a host array") from None
-    return cupy
+    return cuda.cupy_module(name)
 
 
 # ------------------------------------------------------------------------------------- X
@@ -293,8 +290,6 @@ def check_targets(y: Any, n_samples: int, name: str = "y", owner: str = "the mod
         raise ValueError(f"Complex data not supported: {name} has dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] == 1:
         if warn_column:
-            from . import exceptions
-
             warnings.warn("A column-vector y was passed when a 1d array was expected. Please "
                           "change the shape of y to (n_samples, ), for example using ravel().",
                           exceptions.DataConversionWarning, stacklevel=4)

@@ -1,4 +1,4 @@
-"""cuBLAS inside captured steps (gpumlp/backends/capture_paths.py) on the emulated CuPy and
+"""cuBLAS inside captured steps (gpumlp/backends/cuda/routes.py) on the emulated CuPy and
 emulated cuBLAS: each GEMM of a graph runner's step is measured in the warm-up and the faster
 route is captured; a step captured with cuBLAS(Lt) trains exactly as the eager and NumPy
 steps do."""
@@ -49,7 +49,7 @@ def data(rows=70):
 
 
 def captured_names(trainer):
-    graph = trainer._graph_runner[1].graph_one
+    graph = trainer._graph_runner.graph_one
     return [call.name for call, *_ in graph.launches]
 
 
@@ -93,7 +93,7 @@ def test_auto_captures_the_route_measured_faster(cp, blas_api, monkeypatch):
     # Each (operation, shape) of the two step shapes (16 rows and the 6-row remainder) once.
     assert len(measured) == len(choices) == 16
     names = captured_names(trainer)
-    runner = trainer._graph_runner[1]
+    runner = trainer._graph_runner
     directs = sum(1 for (op, shape, _), route in choices.items()
                   if route == "direct" and shape[0] == runner.batch)
     library_calls = sum(name.startswith("cublas") for name in names)
@@ -113,7 +113,7 @@ def test_unsupported_epilogue_keeps_that_gemm_fused(cp, monkeypatch):
 
 def test_missing_library_falls_back_to_fused_with_one_warning(cp, monkeypatch):
     def missing():
-        raise capture_paths.cublas_direct.BlasError("cannot load cuBLAS / cuBLASLt: none")
+        raise capture_paths.cublas.BlasError("cannot load cuBLAS / cuBLASLt: none")
 
     monkeypatch.setattr(capture_paths, "new_api", missing)
     trainer = make_trainer(gpu("cublas"), "on")

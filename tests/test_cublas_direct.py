@@ -1,4 +1,4 @@
-"""cuBLAS / cuBLASLt called directly (gpumlp/backends/cublas_direct.py), run without a GPU.
+"""cuBLAS / cuBLASLt called directly (gpumlp/backends/cuda/cublas.py), run without a GPU.
 
 The library calls go to ``tests/kernels/emulated_cublas.py`` on the emulated CuPy: operands
 are read at their addresses with the leading dimensions and transposes gpumlp passes, so the

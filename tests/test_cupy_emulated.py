@@ -186,7 +186,7 @@ def test_graph_epochs_equal_eager_epochs(cp, solver, dropout):
     rel = summed_loss_tolerance(np.float64, batches=5, batch=16, classes=3)
     assert graph.history.loss == pytest.approx(eager.history.loss, rel=rel)
     assert reference.history.loss == pytest.approx(eager.history.loss, rel=rel)
-    runner = graph._graph_runner[1]
+    runner = graph._graph_runner
     assert (runner.full_steps, runner.rest, runner.steps_per_graph) == (4, 6, 4)
     for other in (eager, reference):
         np.testing.assert_allclose(graph.network.get_flat_params(),
@@ -201,7 +201,7 @@ def test_graph_replays_launch_only_recorded_kernels(cp):
     rng = np.random.default_rng(6)
     X, T = cp.asarray(rng.normal(size=(64, 12))), cp.asarray(np.eye(3)[rng.integers(0, 3, 64)])
     trainer.run_epoch(X, T)
-    runner = trainer._graph_runner[1]
+    runner = trainer._graph_runner
     # One step: the batch gather (which also moves the step state on), one L2 term over the
     # 3 layers' weights (alpha > 0, from the weights before the update), 3 forward GEMMs (the
     # output layer's with the loss in its epilogue), 3 weight-gradient and 2 backward GEMMs

@@ -1,4 +1,4 @@
-"""Inference replayed from a captured forward (gpumlp/forward_graph.py), on the emulated
+"""Inference replayed from a captured forward (gpumlp/backends/cuda/forward.py), on the emulated
 CuPy: the second prediction on a device array replays one graph, equal to the eager pass."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_a_repeated_prediction_replays_one_graph_equal_to_eager(cp, captures):
     again = net.predict_output(x, chunk=16)
     assert captures == [(50, 6)] and again is not replayed  # a fresh result every call
     np.testing.assert_array_equal(again.get(), eager)
-    graph = net._forward_graphs._graphs[forward_graph.input_key(x, 16)]
+    graph = net._forward_replays._graphs[forward_graph.input_key(x, 16)]
     # 4 chunks x (3 layers + softmax), all in one graph.
     assert len(graph.graph.launches) == 16
 
@@ -64,7 +64,7 @@ def test_replays_follow_the_weights_and_the_input_contents(cp):
     reference = Network([6, 16, 8, 3], backend="numpy", seed=0, dtype=np.float64)
     reference.params[...] = net.params.get()
     np.testing.assert_allclose(replayed, reference.predict_output(x.get()), rtol=1e-12)
-    assert len(net._forward_graphs) == 1
+    assert len(net._forward_replays) == 1
 
 
 @pytest.mark.parametrize("loss", ["sigmoid_bce", "squared_error"])
@@ -91,7 +91,7 @@ def test_each_network_keeps_a_bounded_number_of_graphs(cp):
     for x in inputs:
         for _ in range(2):
             net.predict_output(x)
-    assert len(net._forward_graphs) == forward_graph.KEPT_GRAPHS
+    assert len(net._forward_replays) == forward_graph.KEPT_GRAPHS
 
 
 def test_graphs_are_not_pickled_or_copied(cp):
@@ -99,11 +99,11 @@ def test_graphs_are_not_pickled_or_copied(cp):
     x = cp.asarray(np.ones((8, 6)))
     for _ in range(2):
         net.predict_output(x)
-    assert len(net._forward_graphs) == 1
-    assert "_forward_graphs" not in net.__getstate__()
-    assert len(net.copy()._forward_graphs) == 0
+    assert len(net._forward_replays) == 1
+    assert "_forward_replays" not in net.__getstate__()
+    assert len(net.copy()._forward_replays) == 0
     numpy_net = Network([6, 4, 2], backend="numpy", seed=0)
-    assert len(pickle.loads(pickle.dumps(numpy_net))._forward_graphs) == 0
+    assert pickle.loads(pickle.dumps(numpy_net))._forward_replays is None  # captures none
 
 
 def test_a_concurrent_call_runs_eagerly_instead_of_sharing_the_buffers(cp, monkeypatch):

@@ -54,7 +54,7 @@ def test_capture_and_replays_allocate_nothing():
     X, T = data(cp)
     trainer = make_trainer("on", 0.2, "adam")
     trainer.run_epoch(X, T)
-    runner = trainer._graph_runner[1]
+    runner = trainer._graph_runner
     pool = cp.get_default_memory_pool()
     runner.synchronize()
     before = pool.used_bytes(), pool.total_bytes()
@@ -133,7 +133,7 @@ def test_a_repeated_prediction_replays_and_equals_eager():
     net = Network([40, 64, 32, 5], activation="relu", backend="cupy", seed=0)
     eager = net.predict_output(X).get()
     replayed = net.predict_output(X)  # second sight: captured and replayed
-    assert len(net._forward_graphs) == 1
+    assert len(net._forward_replays) == 1
     # The captured GEMMs may take another route than the eager ones (fused or cuBLAS).
     np.testing.assert_allclose(replayed.get(), eager, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(net.predict_output(X).get(), replayed.get())

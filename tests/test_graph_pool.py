@@ -1,5 +1,5 @@
-"""Captured steps kept between fits (gpumlp/graph_pool.py) and runners that own every buffer
-their graphs use (gpumlp/graph.py), on the emulated CuPy."""
+"""Captured steps kept between fits (gpumlp/backends/cuda/graph_pool.py) and runners that own every buffer
+their graphs use (gpumlp/backends/cuda/graphs.py), on the emulated CuPy."""
 
 from __future__ import annotations
 
@@ -136,8 +136,8 @@ def test_a_runner_serves_one_trainer_at_a_time(cp):
     trainers[0].fit(X, T, 1)  # its runner goes idle...
     for trainer in trainers:  # ...the first takes it back, the second captures its own
         trainer.run_epoch(X, T)
-    assert trainers[0]._graph_runner[1] is not trainers[1]._graph_runner[1]
-    assert trainers[1]._graph_runner[1].trainer is trainers[1]
+    assert trainers[0]._graph_runner is not trainers[1]._graph_runner
+    assert trainers[1]._graph_runner.trainer is trainers[1]
 
 
 def test_idle_runners_are_taken_once_under_threads():

@@ -1,5 +1,5 @@
 """The shape of a captured training step: node count, critical path and parallel branches
-(gpumlp/graph.py with gpumlp/backends/capture_paths.py), on the emulated CuPy, which records
+(gpumlp/backends/cuda/graphs.py with gpumlp/backends/cuda/routes.py), on the emulated CuPy, which records
 multi-stream captures as CUDA does and refuses data races between parallel branches."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def captured_step(cp, rows=64):
     rng = np.random.default_rng(6)
     X, T = rng.normal(size=(rows, 12)), np.eye(3)[rng.integers(0, 3, rows)]
     trainer.run_epoch(cp.asarray(X), cp.asarray(T))
-    return trainer._graph_runner[1]
+    return trainer._graph_runner
 
 
 @pytest.mark.kernels

@@ -1,4 +1,4 @@
-"""gpumlp.kernels: the instantiation table, its agreement with the sources, NVRTC compilation
+"""gpumlp.backends.cuda.kernels: the instantiation table, its agreement with the sources, NVRTC compilation
 of every instantiation (no GPU needed) and the lazy GPU loader's fallback behaviour."""
 
 from __future__ import annotations

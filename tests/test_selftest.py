@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from gpumlp.backends.cuda import selftest
+from gpumlp import selftest
 from gpumlp.cli import main as cli_main
 
 SMALL = {"tiny": [12, 16, 8, 3]}

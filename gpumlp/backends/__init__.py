@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copyreg
 import threading
 from typing import Any, Iterator
 
 from .base import Backend
+from .cuda import unavailable_reason as cupy_unavailable_reason
+from .cuda.backend import CupyBackend
 from .numpy_backend import NumpyBackend
 
 BACKEND_NAMES = ("auto", "numpy", "cupy")
@@ -26,31 +29,23 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why."""
 
 
-def cupy_unavailable_reason() -> str | None:
-    """``None`` when CuPy imports and sees a CUDA device, else a sentence saying why not."""
-    try:
-        import cupy
-    except Exception as exc:  # ImportError, or a broken CUDA installation
-        return (f"CuPy is not importable ({type(exc).__name__}: {exc}); install "
-                "gpumlp[cuda12] or gpumlp[cuda13] on a machine with an NVIDIA GPU")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return f"CuPy found no usable CUDA driver or device ({type(exc).__name__}: {exc})"
-    if count < 1:
-        return "CuPy is installed but no CUDA device is visible"
-    return None
-
-
 def _make(name: str) -> Backend:
     if name == "numpy":
         return NumpyBackend()
     reason = cupy_unavailable_reason()
     if reason is not None:
         raise BackendUnavailable(f"backend='cupy' is unavailable: {reason}")
-    from .cuda.backend import CupyBackend
-
     return CupyBackend()
+
+
+def _by_name(backend: Backend) -> tuple:
+    # A backend holds a module (xp); pickled by name, a fitted model unpickles onto the
+    # shared backend of that name.
+    return (get_backend, (backend.name,))
+
+
+for _kind in (NumpyBackend, CupyBackend):
+    copyreg.pickle(_kind, _by_name)
 
 
 def get_backend(name: str | Backend | None = None) -> Backend:

@@ -12,12 +12,16 @@ Conventions shared by all operations:
   training step allocates nothing;
 * losses return a 0-d array on the backend's device (no host synchronisation) holding the mean
   loss over the batch, and write ``H_L = dJ/dZ_L`` (already divided by the batch size).
+
+A backend may also capture whole steps as graphs and replay them; :class:`Backend` documents
+that **capture protocol** (:meth:`Backend.graphs_unavailable_reason` and what follows it) and
+implements it as "nothing is captured", which is what the NumPy backend keeps.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, Protocol
 
 from .. import activations
 from ..dropout import Dropout, keep_mask
@@ -32,12 +36,6 @@ class Backend:
 
     def __init__(self, xp: Any):
         self.xp = xp
-
-    def __reduce__(self) -> tuple:
-        # Backends hold a module (xp); pickling by name lets fitted models be copied.
-        from . import get_backend
-
-        return (get_backend, (self.name,))
 
     def __repr__(self) -> str:
         return f"<gpumlp backend {self.name!r}>"
@@ -70,6 +68,39 @@ class Backend:
         """Versions and devices, for ``gpumlp info`` and benchmark results."""
         return {"name": self.name, "array_module": self.xp.__name__,
                 "version": getattr(self.xp, "__version__", "unknown")}
+
+    # ------------------------------------------------------------------ capture protocol
+    # The trainer and the network reach captured graphs only through these methods: a
+    # backend that cannot capture keeps the defaults below, and everything runs eagerly.
+    def graphs_unavailable_reason(self) -> str | None:
+        """``None`` where this backend captures training steps and forward passes as graphs
+        and replays them, else a sentence saying why not."""
+        return f"the {self.name!r} backend has no CUDA graphs (use backend='cupy')"
+
+    def step_graphs_key(self, trainer: Any, X: Any, T: Any) -> tuple:
+        """Everything the captured steps of ``trainer`` over ``X``, ``T`` fix (shapes,
+        hyper-parameters, structure, device): runners of equal keys are interchangeable."""
+        raise NotImplementedError(self.graphs_unavailable_reason())
+
+    def step_graphs_known_slower(self, trainer: Any, rows: int) -> bool:
+        """Whether replaying ``trainer``'s step on ``rows`` rows was measured slower than
+        launching it eagerly (then no runner need be built)."""
+        return False
+
+    def capture_steps(self, trainer: Any, X: Any, T: Any) -> "StepGraphs":
+        """A runner of ``trainer``'s steps over device arrays ``X``, ``T``: an idle runner
+        of the same key (a refit; ``X``, ``T`` copied into it) or a new capture."""
+        raise NotImplementedError(self.graphs_unavailable_reason())
+
+    def release_step_graphs(self, runner: "StepGraphs", keep: bool) -> None:
+        """The trainer is done with ``runner``: ``keep`` it idle for a later fit of its key,
+        or free it."""
+
+    def forward_replays(self) -> Any | None:
+        """A new cache of captured forward passes for one network, with
+        ``output(network, x, chunk, output_activation) -> array | None`` (``None``: run the
+        forward eagerly); ``None`` where this backend captures nothing."""
+        return None
 
     # ----------------------------------------------------------------------- data movement
     def gather_rows(self, src: Any, index: Any, out: Any) -> Any:
@@ -271,3 +302,27 @@ def check_spans(op: str, spans: Any, size: int) -> tuple[tuple[int, int], ...]:
                              f"inside the {size} parameters; allowed: 0 <= offset and "
                              f"offset + size <= {size}")
     return pairs
+
+
+class StepGraphs(Protocol):
+    """What :meth:`Backend.capture_steps` returns: one trainer's steps, captured once and
+    replayed (the trainer's model and optimizer state are copied in and out each epoch)."""
+
+    #: :meth:`Backend.step_graphs_key` of the step captured.
+    key: tuple
+
+    def load(self, X: Any, T: Any) -> None:
+        """Train on new ``X``, ``T`` of the shapes captured."""
+
+    def faster_than_eager(self) -> bool:
+        """Whether a replayed step beats the same step launched eagerly (measured once per
+        step shape; the trainer's model is left as it was)."""
+
+    def run_epoch(self, order: Any) -> float:
+        """Train one epoch over the rows in ``order`` (host integers); the mean loss."""
+
+    def run_steps(self, steps: int) -> None:
+        """Replay ``steps`` full-batch steps from the first row (no sync; benchmarks)."""
+
+    def synchronize(self) -> None:
+        """Wait for the replays queued so far."""

@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..backends import available_backends, cupy_unavailable_reason
+from ..backends.cuda.kernel_bench import (BATCHES, SGEMM_SIZE, markdown, run_kernel_bench,
+                                          speedups)
+from ..cli_args import (HelpFormatter, OptionError, check_writable_dir, integer, integers, names,
+                        real)
+from ..data import DATASETS
+from .environment import environment
 from .protocol import CONFIGS, FULL_BATCHES, QUICK_BATCHES
-from .runner import PEERS
+from .report import (markdown_table, percent_of_peak, ratios, reserve_stem, write_outputs,
+                     write_text)
+from . import runner  # run_plan through the module: tests substitute it
+from .runner import PEERS, Plan
+from .tta import add_tta_arguments
 
 
 def add_bench_command(commands) -> None:
-    from ..cli_args import HelpFormatter, integer, real
-
     bench = commands.add_parser(
         "bench", help="measure training and inference throughput (CPU, GPU and peers)",
         description="Measure training and inference samples/s of MNIST-sized MLPs on every "
@@ -49,7 +58,6 @@ def add_bench_command(commands) -> None:
                             "(needs a GPU)")
     bench.add_argument("--out", default=".", metavar="DIR",
                        help="folder for the JSON, markdown and PNG (created if missing)")
-    from .tta import add_tta_arguments
 
     add_tta_arguments(bench, otherwise=_run_bench)  # --tta: time to accuracy instead
 
@@ -58,12 +66,6 @@ def _run_kernel_bench(args: argparse.Namespace) -> int:
     import json
     import re
     import sys
-
-    from ..backends import cupy_unavailable_reason
-    from ..cli_args import OptionError, check_writable_dir
-    from .environment import environment
-    from ..backends.cuda.kernel_bench import BATCHES, SGEMM_SIZE, markdown, run_kernel_bench, speedups
-    from .report import reserve_stem, write_text
 
     reason = cupy_unavailable_reason()
     if reason is not None:
@@ -88,10 +90,6 @@ def _run_kernel_bench(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> int:
     if args.kernels:
         return _run_kernel_bench(args)
-    from ..cli_args import check_writable_dir, names
-    from .environment import environment
-    from .report import markdown_table, percent_of_peak, ratios, write_outputs
-    from .runner import PEERS, Plan, run_plan
 
     # Everything is checked before the first measurement: a run takes minutes.
     configs = (_parse(names("--configs", list(CONFIGS)), args.configs) if args.configs
@@ -109,7 +107,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     env = environment(peer_modules)  # before the run: the commit and tree it measures
-    results = run_plan(plan)
+    results = runner.run_plan(plan)
     ratios(results)
     percent_of_peak(results, env)
     print()
@@ -132,9 +130,6 @@ def selected_backends(text: str) -> list[str]:
     """The gpumlp backends ``--backends TEXT`` asks for: ``available`` means those that run
     here; a named backend that cannot run here is an error that says why (before any work).
     """
-    from ..backends import available_backends
-    from ..cli_args import OptionError, names
-
     reasons = available_backends()
     if text == "available":
         return [name for name, reason in reasons.items() if reason is None]
@@ -150,21 +145,15 @@ BACKENDS = ("numpy", "cupy")
 
 
 def _dataset_names() -> list[str]:
-    from ..data import DATASETS
-
     return list(DATASETS)
 
 
 def _batches(text: str | None) -> list[int]:
-    from ..cli_args import integers
-
     return _parse(integers("--batches", 1), text) if text else []
 
 
 def _parse(parse, text: str):
     """Apply an argparse ``type`` here, turning its error into an :class:`OptionError`."""
-    from ..cli_args import OptionError
-
     try:
         return parse(text)
     except argparse.ArgumentTypeError as exc:

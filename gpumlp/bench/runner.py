@@ -21,6 +21,7 @@ from .protocol import (CONFIGS, EPOCH_SAMPLES, POOL_SIZE, inference_flops_per_sa
                        train_flops_per_sample)
 from .subjects import (GpumlpGraphSubject, GpumlpSubject, SklearnSubject, Subject,
                        TorchSubject)
+from ..data import load_dataset, synthetic_mnist
 
 PEERS = ("torch", "sklearn")
 
@@ -224,11 +225,8 @@ def outside_matmul_fraction(subject: GpumlpSubject, train_rate: float, plan: Pla
 def load_pool(dataset: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The data every subject trains on: a real dataset's training set, or synthetic data."""
     if dataset:
-        from ..data import load_dataset
-
         data = load_dataset(dataset)
         return data.X_train, data.y_train
-    from ..data import synthetic_mnist
 
     return synthetic_mnist(POOL_SIZE, seed=0)
 

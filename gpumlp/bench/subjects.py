@@ -13,6 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import get_backend
+from ..network import Network
+from ..optim import Adam
+from ..training import Trainer
+
 LEARNING_RATE = 1e-3
 
 
@@ -43,16 +48,11 @@ class GpumlpSubject(Subject):
     """gpumlp's network and Adam through the public lower-level API."""
 
     def __init__(self, backend: str):
-        from ..backends import get_backend
-
         self.backend = get_backend(backend)
         self.name = f"gpumlp-{self.backend.name}"
         self.device = "cpu" if self.backend.name == "numpy" else "gpu"
 
     def prepare(self, sizes, batch, X, y):
-        from ..network import Network
-        from ..optim import Adam
-
         if self.backend.name == "numpy":  # compiled (or loaded from cache) before any timing
             self.backend.cpu_path.compile()
         self.net = Network(sizes, "relu", "softmax_xent", dtype=np.float32,
@@ -82,24 +82,21 @@ class GpumlpSubject(Subject):
 
 
 class GpumlpGraphSubject(GpumlpSubject):
-    """gpumlp on the GPU with each step a replayed CUDA graph (see :mod:`gpumlp.graph`)."""
+    """gpumlp on the GPU with each step a replayed CUDA graph (the backend's
+    :meth:`~gpumlp.backends.base.Backend.capture_steps`)."""
 
-    def __init__(self, steps_per_graph: int = 8):
+    def __init__(self):
         super().__init__("cupy")
         self.name = "gpumlp-cupy-graph"
-        self.steps_per_graph = steps_per_graph
 
     def prepare(self, sizes, batch, X, y):
-        from ..backends.cuda.graphs import GraphStepRunner
-        from ..training import Trainer
-
         super().prepare(sizes, batch, X, y)
         rows = len(self.batches) * batch
         X_d = self.backend.xp.concatenate([x for x, _ in self.batches])[:rows]
         T_d = self.backend.xp.concatenate([t for _, t in self.batches])[:rows]
         trainer = Trainer(self.net, self.optimizer, batch_size=batch, shuffle=False,
                           cuda_graph="on")
-        self.runner = GraphStepRunner(trainer, X_d, T_d, self.steps_per_graph)
+        self.runner = self.backend.capture_steps(trainer, X_d, T_d)
 
     def train(self, steps):
         self.runner.run_steps(steps)

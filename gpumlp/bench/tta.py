@@ -31,6 +31,13 @@ from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
+from ..atomic import atomic_write
+from ..backends import available_backends, get_backend
+from .. import data as datasets  # called through the module: tests substitute a loader
+from ..estimators import ConvergenceWarning, MLPClassifier
+from ..network import Network
+from ..recipe import RECIPE
+from .environment import environment
 from .subjects import TorchRuntime
 
 DEFAULT_TARGET = 0.895
@@ -39,8 +46,6 @@ DEFAULT_DATASET = "fashion-mnist"
 
 def default_recipe() -> dict[str, Any]:
     """The recipe of ``gpumlp train`` (its ``RECIPE``), with the hidden sizes as a tuple."""
-    from ..cli import RECIPE  # at call time: gpumlp.cli builds the bench parser
-
     recipe = dict(RECIPE)
     recipe["hidden"] = tuple(int(s) for s in str(recipe["hidden"]).split(","))
     recipe.setdefault("init", "he")
@@ -222,8 +227,6 @@ class GpumlpTta(TtaSubject):
         self.device = "cpu" if name == "numpy" else "gpu"
 
     def prepare(self, X_test, y_test):
-        from ..backends import get_backend
-
         self.backend = get_backend(self.backend_spec)
         if self.backend.name == "numpy":  # compiled (or loaded from cache) before any timing
             self.backend.cpu_path.compile()
@@ -231,8 +234,6 @@ class GpumlpTta(TtaSubject):
         self.y_test = np.asarray(y_test)
 
     def train(self, X, y, recipe, seed, timer):
-        from ..estimators import MLPClassifier
-
         self.model = MLPClassifier(
             recipe["hidden"], activation=recipe["activation"], solver=recipe["solver"],
             alpha=recipe["alpha"], batch_size=recipe["batch_size"],
@@ -257,8 +258,6 @@ class GpumlpTta(TtaSubject):
 def _init_option(recipe: dict[str, Any]) -> dict[str, Any]:
     """``init=`` for ``MLPClassifier`` where it has the option (it draws "he" where not)."""
     import inspect
-
-    from ..estimators import MLPClassifier
 
     if "init" in inspect.signature(MLPClassifier).parameters:
         return {"init": recipe.get("init", "he")}
@@ -287,7 +286,6 @@ class TorchTta(TorchRuntime, TtaSubject):
 
     def train(self, X, y, recipe, seed, timer):
         torch = self.torch
-        from ..network import Network
 
         timer.start()
         torch.manual_seed(seed)
@@ -434,8 +432,6 @@ def _train_seed(factories: Sequence[Callable[[], TtaSubject]], X: np.ndarray, y:
             if turns is not None:
                 turns.finish(position)
 
-    from ..estimators import ConvergenceWarning
-
     # Warning filters are process-wide: set here, around every subject's thread, not in them.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed budget is intended
@@ -524,8 +520,6 @@ def write_tta_outputs(results: list[dict[str, Any]], environment: dict[str, Any]
     """``tta-<date>-<device>.json`` and ``.md`` (atomic; never over an existing file)."""
     import json
 
-    from ..atomic import atomic_write
-
     device = environment.get("gpu", {}).get("device_name") or environment["cpu"]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()[:40]
     stem = unused_stem(Path(out_dir), f"tta-{environment['date'][:10]}-{slug}")
@@ -564,10 +558,6 @@ def _load_average() -> list[float] | None:
 
 def run_tta_command(args: Any, out: TextIO | None = None) -> int:
     """``gpumlp bench --tta``: measure, print the table, write the JSON and markdown."""
-    from ..backends import available_backends
-    from ..data import load_dataset
-    from .environment import environment
-
     out = out or sys.stdout
     seeds = []
     for part in (p.strip() for p in args.seeds.split(",")):
@@ -589,7 +579,7 @@ def run_tta_command(args: Any, out: TextIO | None = None) -> int:
         except ImportError:
             pass
     dataset = args.dataset or DEFAULT_DATASET
-    data = load_dataset(dataset)
+    data = datasets.load_dataset(dataset)
     env = environment(peer_modules)  # before the run: the commit and tree it measures
     recipe = default_recipe()
     load_before = _load_average()

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Iterator, Sequence, TextIO
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..exceptions import FileFormatError
 from ..files import open_regular_file
 
@@ -327,8 +328,6 @@ def write_csv(destination: str | os.PathLike | TextIO, header: Sequence[str],
     file is complete or not there), or to an open text stream such as ``sys.stdout``.
     Floats are written in their shortest round-trip form."""
     if isinstance(destination, (str, os.PathLike)):
-        from ..atomic import atomic_write
-
         with atomic_write(destination) as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
             _write_rows(text, header, columns)

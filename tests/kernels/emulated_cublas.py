@@ -1,4 +1,4 @@
-"""cuBLAS and cuBLASLt as :mod:`gpumlp.backends.cublas_direct` calls them, on the emulated
+"""cuBLAS and cuBLASLt as :mod:`gpumlp.backends.cuda.cublas` calls them, on the emulated
 CuPy (``emulated_cupy.py``), strict about what a GPU would do differently:
 
 * **Memory is read as the library reads it**: each operand is the column-major matrix at the
@@ -87,7 +87,7 @@ def column_major(array: np.ndarray, rows: int, cols: int, ld: int, what: str) ->
 
 
 class EmulatedBlas(BlasApi):
-    """The :class:`~gpumlp.backends.cublas_direct.BlasApi` on the emulated CuPy module ``em``
+    """The :class:`~gpumlp.backends.cuda.cublas.BlasApi` on the emulated CuPy module ``em``
     (the module object of ``emulated_cupy.py`` whose device the test runs on)."""
 
     def __init__(self, em: Any, unsupported: set[str] = frozenset()):

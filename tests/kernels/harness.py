@@ -4,7 +4,7 @@ Arguments are marshalled exactly as CuPy marshals ``RawKernel`` arguments (a Pyt
 double, a Python int as int64, NumPy scalars keep their dtype, arrays as data pointers) and
 the C++ side checks each against the kernel's declared parameter type, so a launch that would
 read garbage on a GPU fails here.  Argument names and order come from the signatures in
-``gpumlp.kernels.KERNELS``, the same table the CuPy backend launches from.
+``gpumlp.backends.cuda.kernels.KERNELS``, the same table the CuPy backend launches from.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Every public operation checks its array arguments once, before launching anythin
 (:mod:`gpumlp.backends.contracts`: device arrays of the call's dtype, C-contiguous, on the
 current device, of consistent shapes), and passes each scalar as the exact type the kernel
 declares.  The device scalars a captured step reads belong to the graph runner that recorded
-it (:mod:`gpumlp.backends.step_state`), never to this shared backend object.
+it (:mod:`gpumlp.backends.cuda.step_state`), never to this shared backend object.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import kernels
-from . import plan as gemm_plan
 from ... import config
 from ...dropout import Dropout
-from . import routes as capture_paths, step_state
 from .. import contracts
 from ..base import Backend, check_spans
+from . import forward, graph_pool, graphs, kernels, routes, step_state
+from . import plan as gemm_plan  # `plan` names each call's chosen tile
+from .routes import elapsed_ms
 
 GEMM_PATHS = config.GEMM_PATHS
 #: Launches per variant when timing the two GEMM paths for a shape.
@@ -87,6 +87,33 @@ class CupyBackend(Backend):
         """The array contracts of one call (see :mod:`gpumlp.backends.contracts`)."""
         return contracts.check(self.xp, op, dtype, self.xp.cuda.runtime.getDevice(), **arrays)
 
+    # ------------------------------------------------------------------ capture protocol
+    def graphs_unavailable_reason(self) -> str | None:
+        if not self.use_kernels:
+            return "the fused kernels are unavailable, and cuBLAS cannot be captured"
+        return None
+
+    def step_graphs_key(self, trainer: Any, X: Any, T: Any) -> tuple:
+        return graphs.GraphStepRunner.key_for(trainer, X, T)
+
+    def step_graphs_known_slower(self, trainer: Any, rows: int) -> bool:
+        return graphs.GraphStepRunner.known_slower_than_eager(trainer, rows)
+
+    def capture_steps(self, trainer: Any, X: Any, T: Any) -> graphs.GraphStepRunner:
+        runner = graph_pool.IDLE.take(self.step_graphs_key(trainer, X, T))
+        if runner is None:
+            return graphs.GraphStepRunner(trainer, X, T)
+        runner.bind(trainer)
+        runner.load(X, T)
+        return runner
+
+    def release_step_graphs(self, runner: Any, keep: bool) -> None:
+        if keep:
+            graph_pool.IDLE.keep(runner)
+
+    def forward_replays(self) -> forward.ForwardGraphs:
+        return forward.ForwardGraphs()
+
     # ----------------------------------------------------------------- arrays and devices
     def to_numpy(self, x: Any) -> np.ndarray:
         return self.xp.asnumpy(x) if isinstance(x, self.xp.ndarray) else np.asarray(x)
@@ -134,12 +161,12 @@ class CupyBackend(Backend):
         except kernels.KernelsUnavailable:
             if self.capturing:  # a captured step cannot fall back to cuBLAS
                 raise
-            self.use_kernels = False  # warned once by gpumlp.kernels
+            self.use_kernels = False  # warned once by gpumlp.backends.cuda.kernels
             return None
 
     def _gemm_plan(self, kernel: str, dtype: Any, M: int, N: int, K: int,
                    precision: str = "float32") -> Any:
-        """Tile and split-K of a fused GEMM with an M x N output (gpumlp.gemm_plan)."""
+        """Tile and split-K of a fused GEMM with an M x N output (gpumlp.backends.cuda.plan)."""
         return gemm_plan.choose(kernel, dtype, M, N, K, gemm_plan.device_sm_count(self.xp),
                                 precision=precision)
 
@@ -184,13 +211,13 @@ class CupyBackend(Backend):
         """Run ``op`` by the path chosen for its shape (timing both once under ``auto``).
 
         A graph runner's step chooses between ``fused`` and ``direct`` (cuBLAS called so
-        that it can be captured; :mod:`gpumlp.backends.capture_paths`) instead.  TF32 runs
+        that it can be captured; :mod:`gpumlp.backends.cuda.routes`) instead.  TF32 runs
         ``fused`` (our tensor-core kernels) on every path: cuBLAS as CuPy calls it computes
         in float32 (unless CuPy's CUPY_TF32=1 environment variable is set)."""
         if precision != "float32":
             shape, cublas, direct = (*shape, precision), None, None
         if self.capturing:
-            capture_paths.run(self, op, shape, dtype, fused, direct)
+            routes.run(self, op, shape, dtype, fused, direct)
             return
         if self.gemm_path == "fused" or cublas is None:
             fused()
@@ -242,7 +269,7 @@ class CupyBackend(Backend):
             grid, block = kernels.launch_config("bias_act", n, m)
             epilogue(grid, block, (out, b, np.int64(n), np.int64(m), *drop))
 
-        self._choose("forward", (n, k, m), x.dtype, fused, cublas, capture_paths.forward(
+        self._choose("forward", (n, k, m), x.dtype, fused, cublas, routes.forward(
             x, w, out, lambda: epilogue(*kernels.launch_config("bias_act", n, m),
                                         (out, b, np.int64(n), np.int64(m), *drop)),
             b=b, relu_mask=act == "relu" and not dropped), precision)
@@ -302,7 +329,7 @@ class CupyBackend(Backend):
             self.xp.matmul(h_next, w_next.T, out=out)
             self.act_grad(out, a, act, out, dropout)
 
-        self._choose("backward", (n, k, m), a.dtype, fused, cublas, capture_paths.backward(
+        self._choose("backward", (n, k, m), a.dtype, fused, cublas, routes.backward(
             h_next, w_next, out, lambda: self.act_grad(out, a, act, out, dropout),
             a=a, relu=act == "relu" and dropout is None), precision)
         return out
@@ -336,7 +363,7 @@ class CupyBackend(Backend):
             h.sum(axis=0, out=db)
 
         self._choose("weight_grads", (n, k, m), h.dtype, fused, cublas,
-                     capture_paths.weight_grads(a_prev, h, dw, db, w, decay), precision)
+                     routes.weight_grads(a_prev, h, dw, db, w, decay), precision)
 
     # ------------------------------------------------------------------------------ losses
     def _loss(self, name: str, x, t, h_out):
@@ -367,7 +394,7 @@ class CupyBackend(Backend):
         ``z_out`` unwritten; elsewhere the forward GEMM and the loss kernel, as before.
 
         The fused kernel and the GEMM + epilogue + loss kernel are chosen between like every
-        GEMM of a step (eager: :meth:`_choose`; captured: :mod:`capture_paths`)."""
+        GEMM of a step (eager: :meth:`_choose`; captured: :mod:`routes`)."""
         dtype = contracts.float_dtype("affine_softmax_xent", "x", x)
         size = self._check("affine_softmax_xent", dtype, x=(x, "n k"), w=(w, "k m"),
                            b=(b, "m"), t=(t, "n m"), z_out=(z_out, "n m"),
@@ -411,7 +438,7 @@ class CupyBackend(Backend):
             bias_and_loss()
 
         self._choose("forward_softmax_xent", (n, k, m), x.dtype, fused, cublas,
-                     capture_paths.forward(x, w, z_out, direct_epilogue), precision)
+                     routes.forward(x, w, z_out, direct_epilogue), precision)
         return loss
 
     def _loss_accumulator(self, op: str, state: Any, dtype: Any) -> Any:
@@ -458,7 +485,7 @@ class CupyBackend(Backend):
             tables = _SPAN_TABLES.setdefault(owner, {})
         table = tables.get(spans)
         if table is None:
-            if capture_paths.is_capturing(self.xp):
+            if routes.is_capturing(self.xp):
                 raise RuntimeError("add_weights_l2_loss: the span table of these weights was "
                                    "not made before the capture; run the step once outside "
                                    "the capture first (the runner's warm-up)")
@@ -570,17 +597,6 @@ class CupyBackend(Backend):
 
     def permutation(self, n: int, rng: Any) -> Any:
         return self.xp.asarray(rng.permutation(n).astype(np.int64))
-
-
-def elapsed_ms(cupy: Any, run: Callable[[], Any], calls: int) -> float:
-    """Device milliseconds of ``calls`` back-to-back calls of ``run``, by CUDA events."""
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    for _ in range(calls):
-        run()
-    stop.record()
-    stop.synchronize()
-    return cupy.cuda.get_elapsed_time(start, stop)
 
 
 def fp32_peak_tflops(props: dict, capability: str) -> float | None:

@@ -14,7 +14,7 @@ input is captured the second time it is predicted on, and each network keeps at 
 :data:`KEPT_GRAPHS` graphs (and so at most that many inputs alive).  Device copies made from
 host inputs are new arrays every call and are never captured (``reuse=False``).
 Replays run the eager pass's kernels in its order; each GEMM takes the route measured faster
-for captured steps (:mod:`gpumlp.backends.capture_paths`: our fused GEMM, or cuBLAS called
+for captured steps (:mod:`gpumlp.backends.cuda.routes`: our fused GEMM, or cuBLAS called
 directly), which may differ from the eager choice, so outputs agree to float rounding (and
 are identical where both take the fused kernels).
 
@@ -31,8 +31,8 @@ import warnings
 from collections import OrderedDict
 from typing import Any, Callable
 
-from . import cublas as cublas_direct
-from .graphs import graph_unavailable_reason, joined
+from . import cublas
+from .graphs import joined
 
 #: Captured forwards kept per network (each holds an output buffer and chunk buffers).
 KEPT_GRAPHS = 2
@@ -82,7 +82,7 @@ class CapturedForward:
 def input_key(x: Any, chunk: int) -> tuple:
     """What a captured forward fixes about its input (a network's arrays are all on one
     device, so the address names the memory)."""
-    return (cublas_direct.pointer(x), tuple(x.shape), tuple(x.strides), x.dtype.str, int(chunk))
+    return (cublas.pointer(x), tuple(x.shape), tuple(x.strides), x.dtype.str, int(chunk))
 
 
 class ForwardGraphs:
@@ -125,7 +125,7 @@ class ForwardGraphs:
 def capturable(network: Any, x: Any) -> bool:
     """Whether ``network``'s forward over ``x`` can be captured: a CuPy network with the
     fused kernels and a device array of its dtype."""
-    return (graph_unavailable_reason(network) is None and network.backend.owns(x)
+    return (network.backend.graphs_unavailable_reason() is None and network.backend.owns(x)
             and x.dtype == network.dtype and x.ndim == 2 and x.shape[0] > 0)
 
 

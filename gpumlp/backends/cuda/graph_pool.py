@@ -5,7 +5,7 @@ captures and their instantiation, all done before the first replay.  A refit of 
 cross-validation, a clone in a grid search — needs exactly the same graphs, so when a
 trainer is done with its runner (:meth:`gpumlp.training.Trainer.release`) the runner waits
 here, and the next trainer whose step has the same key takes it instead of capturing anew
-(:meth:`gpumlp.graph.GraphStepRunner.key_for`: data shapes, batch, hyper-parameters,
+(:meth:`gpumlp.backends.cuda.graphs.GraphStepRunner.key_for`: data shapes, batch, hyper-parameters,
 network structure, optimizer constants, backend and device).
 
 A runner holds device memory (its copy of the data, twins of the parameters and optimizer

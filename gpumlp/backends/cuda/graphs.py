@@ -4,7 +4,7 @@ At MNIST-sized batches a step is launch-bound: its arithmetic takes microseconds
 eager launch costs several.  Every operation of a gpumlp step is one of our own kernels or a
 direct cuBLAS(Lt) call bound to the runner's stream before capture (CuPy's wrappers refuse
 to run during capture; each GEMM takes the route measured faster in the warm-up,
-:mod:`gpumlp.backends.capture_paths`), so the whole step — gather the batch, forward, loss,
+:mod:`gpumlp.backends.cuda.routes`), so the whole step — gather the batch, forward, loss,
 backward, optimizer update — is captured once per batch size and replayed.  Each layer's
 weight-gradient GEMM is captured on a second stream forked from the runner's, so in the graph
 it is a branch parallel to the backward chain (joined before the update), and only the first
@@ -31,7 +31,7 @@ the runner waits in :data:`gpumlp.graph_pool.IDLE` for the next fit of the same 
 the next fold of a cross-validation, a clone in a grid search), which then trains without a
 new warm-up or capture.  With ``cuda_graph="auto"`` the trainer replays only where
 :meth:`GraphStepRunner.faster_than_eager` measured the graph to be faster for this step shape
-(:mod:`gpumlp.graph_auto`).
+(:mod:`gpumlp.backends.cuda.graph_auto`).
 
 Two rules keep the replays correct on a real device:
 
@@ -44,7 +44,7 @@ Two rules keep the replays correct on a real device:
   replays' results, whatever streams the two are.
 * **State of its own.**  The device scalars baked into the captured graphs (dropout counter
   base, optimizer step, learning rate, loss accumulators) belong to the runner
-  (:class:`~gpumlp.backends.step_state.StepState`), never to the process-wide backend, so two
+  (:class:`~gpumlp.backends.cuda.step_state.StepState`), never to the process-wide backend, so two
   models trained in one process cannot overwrite each other's step count or learning rate;
   and every buffer a graph reads or writes is held by the runner for as long as the graphs
   live, so no buffer a graph still uses can be freed and handed to another array (a trainer
@@ -58,20 +58,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import routes as capture_paths
-
-GRAPH_MODES = ("auto", "on", "off")
-
-
-def graph_unavailable_reason(network: Any) -> str | None:
-    """``None`` when ``network``'s steps can be captured, else why not."""
-    backend = network.backend
-    if backend.name != "cupy":
-        return f"the {backend.name!r} backend has no CUDA graphs (use backend='cupy')"
-    if not getattr(backend, "use_kernels", False):
-        return "the fused kernels are unavailable, and cuBLAS cannot be captured"
-    return None
-
+from . import graph_auto, routes
 
 class GraphStepRunner:
     """Replays captured training steps of ``trainer``'s model over device-resident ``X``, ``T``.
@@ -113,7 +100,7 @@ class GraphStepRunner:
         self.state = self.backend.new_step_state(dtype)
         self.stream = cupy.cuda.Stream(non_blocking=True)
         # The weight gradients' branch of each captured step
-        # (capture_paths.weight_grads_beside).
+        # (routes.weight_grads_beside).
         self.side = cupy.cuda.Stream(non_blocking=True)
         self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
         with self.on_stream():
@@ -205,9 +192,9 @@ class GraphStepRunner:
         # The weight gradients run beside the backward chain, joined before the update; so
         # does the batch's L2 term (one launch over every layer's weights, from the weights
         # the batch starts with, as eager), forked just after the gather.
-        with capture_paths.weight_grads_beside(self.stream, self.side):
+        with routes.weight_grads_beside(self.stream, self.side):
             if self.alpha:
-                capture_paths.beside(backend, lambda: backend.add_weights_l2_loss(
+                routes.beside(backend, lambda: backend.add_weights_l2_loss(
                     net.params, net.weight_spans(), 0.5 * self.alpha / rows, self.state.loss))
             net.loss_and_gradients(xb, tb, workspace, decay=self.alpha / rows,
                                    dropout=self.dropout, seed=self.dropout_seed, step=-1)
@@ -239,13 +226,12 @@ class GraphStepRunner:
         trainer, optimizer = self.trainer, self.trainer.optimizer
         self.start.fill(start)
         self.state.write(counter_base=trainer.step_count * self.net.n_layers,
-                         step=getattr(optimizer, "t", 0),
+                         step=optimizer.steps_taken,
                          learning_rate=optimizer.learning_rate)
 
     def _advance_host(self, steps: int) -> None:
         self.trainer.step_count += steps
-        if hasattr(self.trainer.optimizer, "t"):
-            self.trainer.optimizer.t += steps
+        self.trainer.optimizer.advance(steps)
 
     def run_epoch(self, order: Any) -> float:
         """Train the bound trainer's model one epoch over the rows in ``order``; returns the
@@ -291,8 +277,6 @@ class GraphStepRunner:
     def known_slower_than_eager(trainer: Any, rows: int) -> bool:
         """Whether a replayed step was measured slower than an eager one for the step shape
         ``trainer`` would capture on ``rows`` rows (then no runner need be built)."""
-        from . import graph_auto
-
         net = trainer.network
         key = graph_auto.step_shape(net, min(trainer.batch_size, rows), trainer.dropout,
                                     trainer.alpha, net.backend.xp.cuda.runtime.getDevice())
@@ -301,12 +285,10 @@ class GraphStepRunner:
     def faster_than_eager(self) -> bool:
         """Whether a replayed full-batch step beats the same step launched eagerly.
 
-        Measured once per step shape and process (:data:`gpumlp.graph_auto.VERDICTS`) over
+        Measured once per step shape and process (:data:`gpumlp.backends.cuda.graph_auto.VERDICTS`) over
         a few steps of each way, on the twins: the trainer's model and step counts are not
         touched, so training is as if nothing had been measured.
         """
-        from . import graph_auto
-
         key = graph_auto.step_shape(self.net, self.batch, self.dropout, self.alpha,
                                     self.cupy.cuda.runtime.getDevice())
         verdict = graph_auto.VERDICTS.get(key)

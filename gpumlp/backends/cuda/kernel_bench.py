@@ -11,7 +11,7 @@ gradient) are timed as
 Each is timed with CUDA events over a calibrated number of back-to-back calls; the median of
 the repeats is reported in microseconds per call, and as TFLOP/s of the matrix product
 (``2 M N K`` floating-point operations; the epilogue is not counted).  The table gives the
-fused kernel's tile and split-K factor (:mod:`gpumlp.gemm_plan`) and its ratio to cuBLAS plus
+fused kernel's tile and split-K factor (:mod:`gpumlp.backends.cuda.plan`) and its ratio to cuBLAS plus
 the separate epilogue.  With ``sgemm_size`` a square SGEMM (``M = N = K``, 4096 by default on
 the command line) is also timed: our forward GEMM (identity activation, so only a bias add
 in the epilogue) against ``cupy.matmul`` alone, the plain cuBLAS SGEMM.
@@ -24,8 +24,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import plan as gemm_plan
-from .backend import elapsed_ms
+from . import plan as gemm_plan  # `plan` names a layer's chosen tile
+from .backend import CupyBackend
+from .routes import elapsed_ms
 
 #: The layer shapes (inputs, outputs) of mlp-256 and mlp-512.
 LAYER_SHAPES = ((784, 256), (256, 256), (256, 10), (784, 512), (512, 512), (512, 10))
@@ -110,7 +111,7 @@ def sgemm_operations(cupy: Any, backends: dict[str, Any], size: int,
 
 
 def _record(op: str, variant: str, batch: int, d_in: int, d_out: int, median: float,
-            runs: list[float], plan: gemm_plan.GemmPlan) -> dict[str, Any]:
+            runs: list[float], plan: plan.GemmPlan) -> dict[str, Any]:
     flops = gemm_flops(op, batch, d_in, d_out)
     return {"operation": op, "variant": variant, "batch": batch, "d_in": d_in,
             "d_out": d_out, "us_per_call": median, "repeats_us": runs, "flops": flops,
@@ -124,8 +125,6 @@ def run_kernel_bench(shapes=LAYER_SHAPES, batches=BATCHES, repeats: int = 5,
     """Time every operation x variant x shape x batch (and the square SGEMM of side
     ``sgemm_size`` when given); one record per measurement."""
     import cupy
-
-    from .backend import CupyBackend
 
     backends = {path: CupyBackend(gemm_path=path) for path in ("fused", "cublas")}
     sm_count = gemm_plan.device_sm_count(cupy)

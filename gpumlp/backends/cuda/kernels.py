@@ -20,7 +20,7 @@ Importing this module never imports CuPy.
 
 Examples
 --------
->>> from gpumlp import kernels
+>>> from gpumlp.backends.cuda import kernels
 >>> kernels.name_expression("gemm_bias_act", "float32", act="relu", dropout=True, tile=1)
 'gemm_bias_act<float, 1, true, 1>'
 >>> kernels.launch_config("gemm_bias_act", 256, 300)
@@ -73,7 +73,7 @@ def nvrtc_options(arch: str) -> list[str]:
 
 _DROPOUT_ARGS = ("T keep", "unsigned long long seed", "const long long* counter_base",
                  "long long counter_offset")
-#: Split-K scratch of the GEMMs (both may be null with one split); see gpumlp/gemm_plan.py.
+#: Split-K scratch of the GEMMs (both may be null with one split); see gpumlp/backends/cuda/plan.py.
 _SPLIT_ARGS = ("T* workspace", "int* tile_counters")
 #: GEMM tiles (GPUMLP_GEMM_TILE_* in kernels/gemm_tile.cuh): code -> (BM, BN, BK, threads).
 #: Tile 3 is the TF32 tensor-core tile (sm_80+, float32 inputs rounded to TF32).
@@ -266,7 +266,7 @@ def launch_config(kernel: str, *shape: int, tile: int = 0, splits: int = 1
     """``(grid, block)`` for a launch; ``shape`` is the output's shape.
 
     GEMMs: the ``(M, N)`` output, with the ``tile`` (a key of :data:`GEMM_TILES`) and the
-    number of k ``splits`` (grid z; see :mod:`gpumlp.gemm_plan`); row kernels (softmax):
+    number of k ``splits`` (grid z; see :mod:`gpumlp.backends.cuda.plan`); row kernels (softmax):
     ``(n, k)``; elementwise kernels: any shape (only its size matters).  Every kernel
     strides, so a smaller grid in x and y stays correct.
     """

@@ -2,7 +2,7 @@
 
 At MNIST sizes the output of a layer is small (a 256 x 256 output is 4 tiles of 128 x 128),
 so a grid of output tiles alone leaves most of an H100's 132 SMs idle.  :func:`choose`
-estimates, for every tile of :data:`gpumlp.kernels.GEMM_TILES` and split-K factor, the time
+estimates, for every tile of :data:`gpumlp.backends.cuda.kernels.GEMM_TILES` and split-K factor, the time
 from the number of waves the blocks make over the device's SMs, and picks the fastest:
 
 * compute: the FMAs of the busiest SM's blocks at the tile's efficiency (the FFMA share of

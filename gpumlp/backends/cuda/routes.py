@@ -2,7 +2,7 @@
 
 The eager path measures our fused GEMM against ``cupy.matmul`` + epilogue per shape
 (:meth:`CupyBackend._choose`).  ``cupy.matmul`` cannot run inside a stream capture, but
-cuBLAS and cuBLASLt can when called directly (:mod:`gpumlp.backends.cublas_direct`), so a
+cuBLAS and cuBLASLt can when called directly (:mod:`gpumlp.backends.cuda.cublas`), so a
 graph runner's step gets the same choice:
 
 * during the runner's **warm-up** (recording its step state, not capturing), each GEMM of the
@@ -29,15 +29,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import cublas as cublas_direct
+from . import cublas
 
 #: Launches per variant when timing the two captured-GEMM routes for a shape.
 TIMING_REPEATS = 5
 
 
-def new_api() -> cublas_direct.BlasApi:
+def new_api() -> cublas.BlasApi:
     """The library entry points (the tests substitute an emulation here)."""
-    return cublas_direct.CtypesBlas()
+    return cublas.CtypesBlas()
 
 
 class CapturePaths:
@@ -46,7 +46,7 @@ class CapturePaths:
     def __init__(self, cupy: Any):
         self.cupy = cupy
         self.choice: dict[tuple, str] = {}
-        self._blas: cublas_direct.DirectBlas | None = None
+        self._blas: cublas.DirectBlas | None = None
         self.unavailable: str | None = None
         self._lock = threading.Lock()
         #: ReLU bit-masks kept by cuBLASLt forwards, by (address, shape) of the activations.
@@ -54,7 +54,7 @@ class CapturePaths:
         #: The activations whose latest recorded forward wrote its mask (see ForwardRelu).
         self.live_masks: set[tuple] = set()
 
-    def blas(self, stream: Any) -> cublas_direct.DirectBlas | None:
+    def blas(self, stream: Any) -> cublas.DirectBlas | None:
         """The direct route bound to ``stream`` (binding it now: call outside capture), or
         ``None`` with :attr:`unavailable` saying why."""
         if self.unavailable is not None:
@@ -62,19 +62,19 @@ class CapturePaths:
         try:
             with self._lock:
                 if self._blas is None:
-                    self._blas = cublas_direct.DirectBlas(self.cupy, new_api())
+                    self._blas = cublas.DirectBlas(self.cupy, new_api())
                 self._blas.prepare(stream)
-        except cublas_direct.BlasError as exc:
+        except cublas.BlasError as exc:
             self.unavailable = str(exc)
             warnings.warn(f"captured steps use the fused GEMMs only: {exc}", RuntimeWarning,
                           stacklevel=2)
             return None
         return self._blas
 
-    def prepared(self, stream: Any) -> cublas_direct.DirectBlas | None:
+    def prepared(self, stream: Any) -> cublas.DirectBlas | None:
         """The direct route if ``stream`` was bound before (never binds: safe in capture)."""
         blas = self._blas
-        if blas is None or cublas_direct.stream_pointer(stream) not in blas._streams:
+        if blas is None or cublas.stream_pointer(stream) not in blas._streams:
             return None
         return blas
 
@@ -170,7 +170,7 @@ def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], 
         if blas is not None:
             try:
                 variant = direct(blas, paths)
-            except cublas_direct.BlasUnsupported:
+            except cublas.BlasUnsupported:
                 variant = None
     if key not in paths.choice:
         if variant is None:
@@ -187,8 +187,6 @@ def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], 
 
 
 def _faster(cupy: Any, fused: Callable[[], None], direct: Callable[[], None]) -> str:
-    from .backend import elapsed_ms
-
     timings = {}
     for name, launch in (("fused", fused), ("direct", direct)):
         launch()  # warm-up: module load, cuBLAS kernels' first launch
@@ -206,7 +204,7 @@ def choices(backend: Any) -> dict[tuple, str]:
 # masks) and returns the launch, or ``None`` where the variant cannot run.
 
 def _key(array: Any) -> tuple:
-    return cublas_direct.pointer(array), tuple(array.shape)
+    return cublas.pointer(array), tuple(array.shape)
 
 
 class _Variant:
@@ -239,7 +237,7 @@ def forward(x: Any, w: Any, out: Any, epilogue: Callable[[], None],
                 if is_capturing(blas.cupy):
                     return None  # never made in the warm-up: not this route
                 n, m = out.shape
-                mask = paths.masks[key] = blas.cupy.zeros(cublas_direct.aux_bytes(m, n),
+                mask = paths.masks[key] = blas.cupy.zeros(cublas.aux_bytes(m, n),
                                                           dtype=np.uint8)
             if not is_capturing(blas.cupy):
                 blas.fused_gemms("forward_relu", x.shape, w.shape, out.dtype, stream)
@@ -291,3 +289,14 @@ def weight_grads(a_prev: Any, h: Any, dw: Any, db: Any, w: Any, decay: float) ->
                               decay=decay)
         return launch
     return _Variant(make)
+
+
+def elapsed_ms(cupy: Any, run: Callable[[], Any], calls: int) -> float:
+    """Device milliseconds of ``calls`` back-to-back calls of ``run``, by CUDA events."""
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(calls):
+        run()
+    stop.record()
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop)

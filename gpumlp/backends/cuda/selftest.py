@@ -1,43 +1,33 @@
-"""``gpumlp selftest``: check a GPU install end to end, against the NumPy backend.
+"""The device half of ``gpumlp selftest``: every kernel compiled, every fused operation
+against the NumPy backend.
 
-What a user runs after installing gpumlp on a CUDA machine.  It reports CuPy, CUDA, driver
-and device; compiles every kernel instantiation; runs every fused operation on the device at
-the benchmark protocol's shapes (784-256-256-10 and 784-512-512-10 at batch 256), on both GEMM
-paths (our fused GEMM, cuBLAS + fused epilogue), in float32 and float64, with and without
-dropout, and compares each with the NumPy backend; then trains a few steps replayed from CUDA
-graphs against the same steps launched eagerly, and checks that the replays allocate nothing.
-It prints one table and exits 0 when everything matches, 1 on any mismatch, and 2 (one line
-saying why) where there is no CuPy or no device.
-
-Run it under NVIDIA's compute-sanitizer to check memory accesses, shared-memory races and
-barrier use of every kernel on the way (see the README, "Checking a GPU install")::
-
-    compute-sanitizer --tool memcheck gpumlp selftest
+At the benchmark protocol's shapes (784-256-256-10 and 784-512-512-10 at batch 256), on both
+GEMM paths (our fused GEMM, cuBLAS + fused epilogue), in float32 and float64, with and without
+dropout, each operation of the CuPy backend is compared with the NumPy backend's; the rows go
+into one :class:`Report`.  The command itself, and its check of captured training steps
+against eager ones, is :mod:`gpumlp.selftest`.
 
 Examples
 --------
->>> from gpumlp import selftest
+>>> from gpumlp.backends.cuda import selftest
 >>> selftest.tolerance("float64")
 1e-12
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ...dropout import Dropout, keep_mask
+from .. import cupy_unavailable_reason, get_backend
+from . import kernels
+from .backend import CupyBackend
 
-#: Exit statuses: all matched, a mismatch, cannot run here.
-PASSED, MISMATCH, UNAVAILABLE = 0, 1, 2
-#: The benchmark protocol's networks and batch (DESIGN.md §8).
+#: The benchmark protocol's networks and batch (benchmarks/README.md).
 SHAPES: dict[str, list[int]] = {"mlp-256": [784, 256, 256, 10], "mlp-512": [784, 512, 512, 10]}
 BATCH = 256
 
@@ -50,8 +40,6 @@ def atomic_sum_tolerance(dtype: Any, kernel: str, shape: tuple[int, int]) -> flo
     rounding per block plus the two trees' roundings (the terms are non-negative, so no
     cancellation): ``(blocks + 2 log2(terms)) * eps``, never below :func:`tolerance`.
     """
-    from . import kernels
-
     blocks = kernels.launch_config(kernel, *shape)[0][0]
     terms = max(2, int(np.prod(shape)))
     bound = (blocks + 2 * np.log2(terms)) * float(np.finfo(np.dtype(dtype)).eps)
@@ -123,16 +111,12 @@ class Report:
 
 def unavailable_reason() -> str | None:
     """Why the self-test cannot run here (no CuPy, no device), or ``None``."""
-    from .. import cupy_unavailable_reason
-
     return cupy_unavailable_reason()
 
 
 # ------------------------------------------------------------------------------ checks
 def check_compile(report: Report) -> None:
     """Compile (or load from CuPy's cache) every source with all its instantiations."""
-    from . import kernels
-
     for source in kernels.sources():
         start = time.perf_counter()
         try:
@@ -147,9 +131,6 @@ def check_compile(report: Report) -> None:
 
 def check_operations(report: Report, shapes: dict[str, list[int]], batch: int) -> None:
     """Every fused operation against the NumPy backend on both GEMM paths."""
-    from .. import get_backend
-    from .backend import CupyBackend
-
     cpu = get_backend("numpy")
     for path in ("fused", "cublas"):
         gpu = CupyBackend(gemm_path=path)
@@ -237,137 +218,8 @@ def _loss_and_optimizer_checks(report, cpu, gpu, cp, rng, batch, dtype, path, si
         report.compare(f"{solver}_step", cp.asnumpy(p_d), p, dtype, path)
 
 
-def check_graph_training(report: Report, sizes: list[int], batch: int) -> None:
-    """A few steps replayed from CUDA graphs against the same steps launched eagerly, and
-    the memory pool's bytes over the replays."""
-    from .backend import CupyBackend
-    from ...network import Network
-    from ...optim import Adam
-    from ...training import Trainer
-
-    backend = CupyBackend(gemm_path="fused")
-    cp = backend.xp
-    rng = np.random.default_rng(1)
-    n = 4 * batch + batch // 3  # full batches and a partial one
-    X = cp.asarray(rng.normal(size=(n, sizes[0])).astype(np.float32))
-    T = cp.asarray(np.eye(sizes[-1], dtype=np.float32)[rng.integers(0, sizes[-1], n)])
-    trainers = {}
-    for mode in ("off", "on"):
-        net = Network(sizes, activation="relu", backend=backend, seed=0)
-        trainers[mode] = Trainer(net, Adam(backend, net.params, 1e-3), batch_size=batch,
-                                 alpha=1e-4, dropout=0.1, seed=0, cuda_graph=mode)
-    for epoch in range(2):
-        for trainer in trainers.values():
-            trainer.run_epoch(X, T)
-        report.compare("graph vs eager (epoch loss)", trainers["on"].history.loss[-1],
-                       trainers["off"].history.loss[-1], "float32", "fused", "keep=0.9",
-                       limit=1e-4)
-    report.compare("graph vs eager (weights)", trainers["on"].network.get_flat_params(),
-                   trainers["off"].network.get_flat_params(), "float32", "fused", "keep=0.9",
-                   limit=1e-4)
-    runner = trainers["on"]._graph_runner
-    runner = runner[1] if isinstance(runner, tuple) else runner
-    if runner is None:
-        report.add(Check("graph replays", "float32", "fused", passed=False,
-                         note="no graph runner was built"))
-        return
-    pool = cp.get_default_memory_pool()
-    runner.synchronize()
-    before = pool.used_bytes(), pool.total_bytes()
-    runner.run_steps(runner.full_steps)
-    runner.synchronize()
-    after = pool.used_bytes(), pool.total_bytes()
-    report.add(Check("graph replays allocate nothing", "float32", "fused", "keep=0.9",
-                     passed=after == before,
-                     note="" if after == before else f"pool bytes {before} -> {after}"))
-
-
-# ------------------------------------------------------------------------------- driver
 def describe_device() -> dict[str, Any]:
-    from .backend import CupyBackend
-
+    """CuPy, CUDA, driver and device, as the self-test reports them."""
     info = CupyBackend().describe()
     info["cupy"] = info.pop("version", "unknown")
     return info
-
-
-def run(shapes: dict[str, list[int]] | None = None, batch: int = BATCH,
-        json_path: str | None = None, out: Callable[[str], Any] = print) -> int:
-    """Run every check, print the environment and one table; returns the exit status."""
-    reason = unavailable_reason()
-    if reason is not None:
-        line = " ".join(str(reason).split())
-        print(f"gpumlp selftest: cannot run here: {line}", file=sys.stderr)
-        return UNAVAILABLE
-    shapes = shapes or SHAPES
-    env = describe_device()
-    for key in ("device_name", "compute_capability", "cupy", "cuda_runtime", "cuda_driver",
-                "kernels", "gemm_path"):
-        out(f"{key:>20}: {env.get(key)}")
-    report = Report()
-    check_compile(report)
-    check_operations(report, shapes, batch)
-    check_graph_training(report, next(iter(shapes.values())), batch)
-    out(report.table())
-    failed = sum(not c.passed for c in report.rows.values())
-    out(f"{len(report.rows) - failed} of {len(report.rows)} checks passed"
-        + ("" if not failed else f"; {failed} MISMATCH"))
-    if json_path:
-        _write_json(json_path, {"environment": _jsonable(env), "shapes": shapes, "batch": batch,
-                                "passed": report.passed,
-                                "checks": [asdict(c) for c in report.rows.values()]})
-    return PASSED if report.passed else MISMATCH
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def _write_json(path: str, payload: dict) -> None:
-    """Write ``payload`` atomically (a reader never sees half a file)."""
-    from ...bench.environment import git_commit
-
-    payload = {"commit": git_commit(), **payload}
-    partial = f"{path}.{os.getpid()}.partial"
-    with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(partial, path)
-
-
-def add_selftest_command(commands: Any) -> None:
-    """Register ``gpumlp selftest`` on the CLI's sub-command parsers."""
-    parser = commands.add_parser(
-        "selftest", help="check the GPU install: compile every kernel, compare every fused "
-                         "operation and graph training with NumPy",
-        description="Check a GPU install: report CuPy, CUDA, driver and device, compile every "
-                    "kernel, run every fused operation at the benchmark shapes (both GEMM "
-                    "paths, float32 and float64, with and without dropout) against NumPy, and "
-                    "train a few CUDA-graph steps against eager ones. Exit status 0: all "
-                    "matched; 1: a mismatch; 2: no CuPy or no CUDA device here. Run it under "
-                    "`compute-sanitizer --tool memcheck|racecheck|synccheck` for a deeper check.")
-    _options(parser)
-    parser.set_defaults(run=_run_args)
-
-
-def _options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, metavar="PATH",
-                        help="also write the environment and every check as JSON to PATH")
-    parser.add_argument("--quick", action="store_true",
-                        help="mlp-256 only (for slow runs, e.g. under compute-sanitizer)")
-
-
-def _run_args(args: argparse.Namespace) -> int:
-    shapes = {"mlp-256": SHAPES["mlp-256"]} if args.quick else SHAPES
-    return run(shapes=shapes, json_path=args.json)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gpumlp.selftest [--json PATH] [--quick]``."""
-    parser = argparse.ArgumentParser(prog="gpumlp selftest")
-    _options(parser)
-    return _run_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -3,7 +3,7 @@
 A captured CUDA graph replays its kernels with the pointers fixed at capture, so what changes
 from step to step (the dropout counter, Adam's step count, the learning rate, the loss being
 summed) lives in device scalars that the graph reads and moves on.  Each
-:class:`~gpumlp.graph.GraphStepRunner` owns its own :class:`StepState`: two models trained in
+:class:`~gpumlp.backends.cuda.graphs.GraphStepRunner` owns its own :class:`StepState`: two models trained in
 the same process (threads, interleaved epochs, a grid search) never share one.  While a runner
 records its steps, :func:`recording` makes its state the current one for the calling thread
 (a context variable), and the backend's operations read it from there; outside a recording
