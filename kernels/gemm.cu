@@ -1,5 +1,6 @@
 // Fused GEMM kernels (row-major, C-contiguous operands), templated on the tile of
-// gemm_tile.cuh.  Launch (gpumlp/gemm_plan.py computes it): block (Shape<TILE>::THREADS, 1, 1),
+// gemm_tile.cuh.  Launch (gpumlp/backends/cuda/plan.py computes it):
+// block (Shape<TILE>::THREADS, 1, 1),
 // grid (ceil(N / BN), min(ceil(M / BM), 65535), splits) for an M x N output; the kernels stride
 // over tiles, so any smaller grid in x and y is also correct.  With splits > 1, `workspace`
 // holds splits * tiles * BM * BN (+ splits * ceil(N / BN) * BN) elements of T and
@@ -241,8 +242,8 @@ __device__ __forceinline__ double lowest(double) { return -1.7976931348623157e30
 // The output layer and softmax + cross-entropy in one launch: with z = x (n x k) @ w (k x m)
 // + b, h (n x m) = (softmax(z) - t) / n and *loss_acc += sum(t * (logsumexp(z) - z)) / n, as
 // gemm_bias_act (identity) followed by softmax_xent compute them; the logits never reach
-// memory.  Each block must hold whole output rows: m <= BN (grid x = 1; gpumlp/gemm_plan.py
-// plans it so), else the kernel writes nothing.  The row max and sum of exp are reduced
+// memory.  Each block must hold whole output rows: m <= BN (grid x = 1;
+// gpumlp/backends/cuda/plan.py plans it so), else the kernel writes nothing.  The row max and sum of exp are reduced
 // across the TX threads of a row through shared memory; each exp is taken once, and the
 // divisions by the row sum and by n are multiplications by reciprocals (the epilogue then
 // costs fewer FMA-pipe instructions than one k-step of the main loop); one atomicAdd of the

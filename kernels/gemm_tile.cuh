@@ -1,7 +1,8 @@
 // Tiled GEMM core shared by the three fused GEMM kernels of gemm.cu.
 //
 // Why own a GEMM at all: CuPy refuses cuBLAS calls during CUDA-graph capture, and a training
-// step made only of our kernels can be captured once and replayed (DESIGN.md section 5).  It
+// step made only of our kernels can be captured once and replayed
+// (gpumlp/backends/cuda/graphs.py).  It
 // earns that place only by being fast, so the structure is the one of fast SGEMMs:
 //
 // * Register blocking: each thread owns TM x TN outputs as (TM/4) x (TN/4) quads of 4x4; the
@@ -38,8 +39,8 @@
 // loaded into fragments.  Its accumulators are stored to a shared tile and read back into the
 // 8x8 register block of the FP32 layout, so split-K and the epilogues are the same code for
 // every tile.  The SASS counts are in
-// benchmarks/README.md.  gpumlp/kernels.py (GEMM_TILES) and gpumlp/gemm_plan.py mirror the
-// table; the plan chooses tile and split per shape.
+// benchmarks/README.md.  gpumlp/backends/cuda/kernels.py (GEMM_TILES) and
+// gpumlp/backends/cuda/plan.py mirror the table; the plan chooses tile and split per shape.
 #ifndef GPUMLP_GEMM_TILE_CUH
 #define GPUMLP_GEMM_TILE_CUH
 

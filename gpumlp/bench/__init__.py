@@ -1,1 +1,1 @@
-"""The benchmark runner behind ``gpumlp bench`` (see DESIGN.md §8 for the protocol)."""
+"""The benchmark runner behind ``gpumlp bench`` (the protocol: :mod:`gpumlp.bench.protocol`)."""

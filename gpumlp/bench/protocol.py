@@ -1,4 +1,4 @@
-"""The benchmark protocol (DESIGN.md §8): configurations, batch sizes and operation counts."""
+"""The benchmark protocol: configurations, batch sizes and operation counts."""
 
 from __future__ import annotations
 
