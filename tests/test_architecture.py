@@ -1,0 +1,178 @@
+"""The package's shape: layers point down, no import cycles (imports inside functions
+counted), nothing outside gpumlp/backends/cuda/ imports CuPy or loads a CUDA library, and no
+file cites a document outside the repository."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "gpumlp"
+CUDA = PACKAGE / "backends" / "cuda"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(path: Path) -> list[tuple[str, int, bool]]:
+    """``(imported gpumlp module, line, at module level)`` for every import in ``path``; a
+    ``from package import name`` counts as an import of the submodule where ``name`` is one."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            targets = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in MODULES
+                       else module for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.append((target, node.lineno, id(node) in top_level))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    """Every gpumlp module and the gpumlp modules it imports anywhere (a package's import
+    also runs its ``__init__``, which is an edge of its own)."""
+    edges: dict[str, set[str]] = {name: set() for name in MODULES}
+    for name, path in MODULES.items():
+        for target, _, _ in imports_of(path):
+            edges[name].add(target)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in edges[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def without_package_inits(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph without the edges into a package's ``__init__`` that only a submodule's own
+    import implies: ``gpumlp.backends.base`` importing ``gpumlp.backends`` (its parent) is how
+    Python loads a submodule, not a dependency."""
+    return {name: {t for t in targets if not name.startswith(t + ".")}
+            for name, targets in edges.items()}
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    assert cycles(without_package_inits(graph())) == []
+
+
+def test_imports_of_own_modules_inside_functions_say_why():
+    """An import of a gpumlp module inside a function has a comment on its line or the line
+    above saying why it is not at module level."""
+    unexplained = []
+    for name, path in MODULES.items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for target, line, top in imports_of(path):
+            if top:
+                continue
+            here, above = lines[line - 1], lines[line - 2] if line > 1 else ""
+            if "#" not in here and not above.strip().startswith("#"):
+                unexplained.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert unexplained == []
+
+
+def test_nothing_outside_the_cuda_folder_imports_cupy_or_loads_a_cuda_library():
+    offenders = []
+    for name, path in MODULES.items():
+        if path.is_relative_to(CUDA):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                       else [])
+            if any(m.split(".")[0] in ("cupy", "cupy_backends", "cupyx", "ctypes", "nvmath",
+                                       "cuda") for m in modules):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_importing_gpumlp_imports_no_cupy():
+    code = ("import sys, gpumlp, gpumlp.cli, gpumlp.backends.cuda.backend, "
+            "gpumlp.backends.cuda.graphs, gpumlp.selftest; sys.exit('cupy' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_the_import_contracts_hold():
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    if not Path(lint).exists():
+        pytest.skip("import-linter is not installed (pip install import-linter)")
+    result = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_no_file_cites_a_document_outside_the_repository():
+    """The design notes the project grew from are not part of it; nothing may send a reader
+    there."""
+    cited = []
+    for path in ROOT.rglob("*"):
+        if (".git" in path.parts or not path.is_file() or path.suffix not in
+                {".py", ".md", ".toml", ".cu", ".cuh", ".sh", ".txt", ".cfg", ".h", ".cpp"}):
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "DESIGN" + ".md" in text or "design " + "guide" in text.lower():
+            cited.append(str(path.relative_to(ROOT)))
+    assert cited == []
