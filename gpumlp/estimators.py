@@ -239,28 +239,31 @@ class BaseMLP(ParamsMixin):
             if not keep:  # nothing was trained: the new network must not look fitted
                 del self.network_
             raise
+        previous = getattr(self, "_trainer_", None)
         if not keep or not incremental or self._trainer_.optimizer is None:
-            previous = getattr(self, "_trainer_", None)
             if previous is not None:  # its captured graphs can serve the new trainer
                 previous.release()
             self._trainer_ = self._make_trainer(previous=previous if keep else None)
+        elif self._step_settings_changed(previous):  # set_params between partial_fit calls
+            self._trainer_ = previous.continued(batch_size=self._configured_batch_size(),
+                                                alpha=float(self.alpha),
+                                                dropout=float(self.dropout))
         trainer = self._trainer_
         # n_iter_ counts this call's epochs, as scikit-learn's does (1 after partial_fit)
         self._epochs_before_call = trainer.history.n_iter
-        trainer.alpha, trainer.dropout = float(self.alpha), float(self.dropout)
         T = backend.asarray(T, dtype)
         trainer.owner = self  # for callbacks that save the model
         try:
             if self.solver == "lbfgs":
                 self._fit_lbfgs(X, T, weights)
             elif incremental:
-                trainer.batch_size = self._batch_size(X.shape[0])
+                self._batch_size(X.shape[0])  # warns where it is clipped to the rows
                 trainer.run_epoch(X, T, sample_weight=weights)
             else:
                 if self.early_stopping:
                     X, T, weights, score = self._hold_out(X, T, y, weights)
                     trainer.set_validation(score)
-                trainer.batch_size = self._batch_size(X.shape[0])
+                self._batch_size(X.shape[0])  # warns where it is clipped to the rows
                 history = trainer.fit(X, T, self.max_iter, sample_weight=weights,
                                       validation_data=validation)
                 if history.stop_reason == "max_iter":
@@ -309,6 +312,14 @@ class BaseMLP(ParamsMixin):
         except ValueError as exc:
             raise ValueError(f"validation_data[1] (y_val): {exc}") from None
         return dense_rows(X_val, backend, dtype), backend.asarray(T_val, dtype)
+
+    def _configured_batch_size(self) -> int:
+        """Rows per step before clipping to the data: 200 for ``"auto"``."""
+        return 200 if self.batch_size == "auto" else int(self.batch_size)
+
+    def _step_settings_changed(self, trainer: Trainer) -> bool:
+        return (trainer.batch_size, trainer.alpha, trainer.dropout) != (
+            self._configured_batch_size(), float(self.alpha), float(self.dropout))
 
     def _batch_size(self, n: int) -> int:
         """Rows per step: ``min(200, n)`` for ``"auto"``, else ``batch_size`` clipped to ``n``
@@ -370,7 +381,9 @@ class BaseMLP(ParamsMixin):
             schedule=self.learning_rate, power_t=self.power_t, total_epochs=self.max_iter,
             beta_1=self.beta_1,
             beta_2=self.beta_2, epsilon=self.epsilon)
-        trainer = Trainer(net, optimizer, shuffle=self.shuffle,
+        trainer = Trainer(net, optimizer, batch_size=self._configured_batch_size(),
+                          alpha=float(self.alpha), dropout=float(self.dropout),
+                          shuffle=self.shuffle,
                           seed=seed_from(self.random_state), tol=self.tol,
                           n_iter_no_change=self.n_iter_no_change,
                           callbacks=self.callbacks, verbose=bool(self.verbose),

@@ -29,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -39,7 +40,8 @@ import numpy as np
 
 from .backends.base import StepGraphs
 from .evaluation import evaluate
-from .network import Network, Workspace
+from .network import Network
+from .step import StepBuffers, StepSettings, TrainingStep
 from .validation import is_sparse
 
 #: ``cuda_graph`` values: replay captured steps where measured faster, always, or never.
@@ -60,17 +62,6 @@ class DivergenceError(FloatingPointError):
     The parameters are left as they were before the run (untrained, for a fresh network):
     there is no finite epoch whose weights could be kept.
     """
-
-
-@dataclass
-class StepBuffers:
-    """What one step at a given batch size writes: the gathered batch and the work buffers."""
-
-    x: Any
-    t: Any
-    workspace: Workspace
-    #: Gathered sample weights, ``(rows, 1)``; made on the first weighted step.
-    w: Any = None
 
 
 @dataclass
@@ -107,7 +98,8 @@ class Trainer:
     network, optimizer
         The model and an :mod:`gpumlp.optim` optimizer over ``network.params``.
     batch_size : int
-        Rows per step; the last batch of an epoch holds the remainder (never dropped).
+        Rows per step (at most the rows of the data); the last batch of an epoch holds the
+        remainder (never dropped).
     alpha : float
         L2 penalty; each weight gradient gets ``alpha / batch * W`` as in scikit-learn.
     dropout : float
@@ -140,11 +132,11 @@ class Trainer:
         self.network = network
         self.optimizer = optimizer
         self.batch_size = int(batch_size)
-        self.alpha = float(alpha)
-        self.dropout = float(dropout)
         self.shuffle = shuffle
         self.rng = np.random.default_rng(seed)
-        self.dropout_seed = int(self.rng.integers(0, 2**63 - 1))
+        #: The one definition of a step, which every way of training runs.
+        self.step = TrainingStep(network, optimizer, StepSettings(
+            float(alpha), float(dropout), int(self.rng.integers(0, 2**63 - 1))))
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.callbacks = check_callbacks(callbacks)
@@ -160,6 +152,7 @@ class Trainer:
             raise ValueError(f"cuda_graph={cuda_graph!r} is not valid; choose one of "
                              f"{GRAPH_MODES}")
         self.cuda_graph = cuda_graph
+        self._capture_failed = False  # the driver refused a capture: eager from then on
         self._graph_runner: StepGraphs | None = None
         self.history = History()
         self.step_count = 0
@@ -169,6 +162,30 @@ class Trainer:
         # loaded model that only predicts never needs the copy).
         self._last_good: Any = None
         self.set_validation(validation)
+
+    @property
+    def alpha(self) -> float:
+        return self.step.settings.alpha
+
+    @property
+    def dropout(self) -> float:
+        return self.step.settings.dropout
+
+    @property
+    def dropout_seed(self) -> int:
+        return self.step.settings.dropout_seed
+
+    def continued(self, batch_size: int, alpha: float, dropout: float) -> "Trainer":
+        """A trainer that goes on from this one (history, step count, optimizer, shuffling
+        and dropout streams) with other step settings; this one is released."""
+        self.release()
+        twin = copy.copy(self)
+        twin.batch_size = int(batch_size)
+        twin.step = TrainingStep(self.network, self.optimizer,
+                                 StepSettings(float(alpha), float(dropout), self.dropout_seed))
+        twin._step_buffers = {}
+        twin._graph_runner = None
+        return twin
 
     def set_validation(self, validation: Callable[[Network], float] | None) -> None:
         """Use ``validation(network) -> score`` for early stopping (``None``: the loss)."""
@@ -345,14 +362,17 @@ class Trainer:
         runner = None if eager_only else self._graph_runner_for(X, T, new_data)
         if runner is not None:
             n = len(X)
-            # The captured step adds each batch's L2 term itself, as the eager loop does.
-            return runner.run_epoch(self.rng.permutation(n) if self.shuffle else np.arange(n))
+            loss, steps = runner.run_epoch(self.rng.permutation(n) if self.shuffle
+                                           else np.arange(n))
+            self.step_count += steps
+            self.optimizer.advance(steps)
+            return loss
         return self._train_one_epoch_eagerly(X, T, sample_weight)
 
     def _graph_runner_for(self, X: Any, T: Any, new_data: bool) -> StepGraphs | None:
         """The captured-step runner for this data and these settings, if graphs apply: the
         current one, an idle one of the same step (a refit), or a new capture."""
-        if self.cuda_graph == "off":
+        if self.cuda_graph == "off" or self._capture_failed:
             return None
         backend = self.network.backend
         reason = backend.graphs_unavailable_reason()
@@ -376,7 +396,7 @@ class Trainer:
                     raise
                 warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); "
                               "training eagerly", RuntimeWarning, stacklevel=5)
-                self.cuda_graph = "off"
+                self._capture_failed = True
                 return None
         elif new_data:
             self._graph_runner.load(X, T)
@@ -407,12 +427,6 @@ class Trainer:
             index = order[start:start + self.batch_size]
             rows = index.shape[0]
             buffers = self.step_buffers(rows, X, T)
-            if sparse:
-                rows_csr = X[host_order[start:start + rows]]
-                buffers.x[...] = backend.asarray(rows_csr.toarray(), net.dtype)
-            else:
-                backend.gather_rows(X, index, buffers.x)
-            backend.gather_rows(T, index, buffers.t)
             row_weights, weight_sum = None, float(rows)
             if weighted:
                 weight_sum = float(batch_sums[number])
@@ -422,16 +436,19 @@ class Trainer:
                     buffers.w = backend.empty((rows, 1), net.dtype)
                 backend.gather_rows(weights, index, buffers.w)
                 row_weights = buffers.w.reshape(rows)
-            decay = self.alpha / weight_sum
-            # The L2 term of this batch, from the weights before its update (no host sync).
-            l2 = 0.5 * decay * net.squared_weight_norm() if self.alpha else 0.0
-            batch_loss = net.loss_and_gradients(
-                buffers.x, buffers.t, buffers.workspace, decay=decay,
-                dropout=self.dropout, seed=self.dropout_seed, step=self.step_count,
-                row_weights=row_weights, weight_sum=weight_sum)
-            self.optimizer.step(net.params, net.grads)
+
+            def gather(b: StepBuffers, index: Any = index, start: int = start) -> None:
+                if sparse:
+                    rows_csr = X[host_order[start:start + b.x.shape[0]]]
+                    b.x[...] = backend.asarray(rows_csr.toarray(), net.dtype)
+                else:
+                    backend.gather_rows(X, index, b.x)
+                backend.gather_rows(T, index, b.t)
+
+            loss = self.step(gather, buffers, step=self.step_count,
+                             weight_sum=weight_sum, row_weights=row_weights)
             self.step_count += 1
-            total = total + (batch_loss + l2) * rows  # stays on the device until epoch end
+            total = total + loss * rows  # stays on the device until epoch end
             for hook in batch_hooks:  # told the rows only: nothing that waits for the device
                 hook(self, number, rows)
         return float(total) / n
@@ -444,13 +461,11 @@ class Trainer:
         """
         buffers = self._step_buffers.get(rows)
         if buffers is None or buffers.x.shape[1] != X.shape[1] or buffers.t.shape[1] != T.shape[1]:
-            backend, dtype = self.network.backend, self.network.dtype
             full, rest = min(self.batch_size, X.shape[0]), X.shape[0] % self.batch_size
             for stale in set(self._step_buffers) - {full, rest}:
                 del self._step_buffers[stale]
-            buffers = self._step_buffers[rows] = StepBuffers(
-                backend.empty((rows, X.shape[1]), dtype), backend.empty((rows, T.shape[1]), dtype),
-                self.network.new_workspace(rows))
+            buffers = self._step_buffers[rows] = self.step.new_buffers(rows, X.shape[1],
+                                                                       T.shape[1])
         return buffers
 
     # ----------------------------------------------------------------- stopping criteria

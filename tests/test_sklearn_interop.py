@@ -95,7 +95,7 @@ def test_batch_size_larger_than_the_data_warns_and_clips(data):
     X, y = data
     with pytest.warns(UserWarning, match="batch_size.*larger than sample size.*clipped"):
         model = small(batch_size=1000).fit(X, y)
-    assert model._trainer_.batch_size == len(X)
+    assert model._trainer_.step_count == model.n_iter_  # one step of all rows per epoch
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", gpumlp.ConvergenceWarning)

@@ -305,8 +305,9 @@ def check_spans(op: str, spans: Any, size: int) -> tuple[tuple[int, int], ...]:
 
 
 class StepGraphs(Protocol):
-    """What :meth:`Backend.capture_steps` returns: one trainer's steps, captured once and
-    replayed (the trainer's model and optimizer state are copied in and out each epoch)."""
+    """What :meth:`Backend.capture_steps` returns: one trainer's step
+    (:class:`gpumlp.step.TrainingStep`), captured once and replayed (the trainer's model and
+    optimizer state are copied in and out each epoch)."""
 
     #: :meth:`Backend.step_graphs_key` of the step captured.
     key: tuple
@@ -318,11 +319,13 @@ class StepGraphs(Protocol):
         """Whether a replayed step beats the same step launched eagerly (measured once per
         step shape; the trainer's model is left as it was)."""
 
-    def run_epoch(self, order: Any) -> float:
-        """Train one epoch over the rows in ``order`` (host integers); the mean loss."""
+    def run_epoch(self, order: Any) -> tuple[float, int]:
+        """Train one epoch over the rows in ``order`` (host integers); returns the mean loss
+        and the number of steps made (the trainer, not the runner, counts them)."""
 
-    def run_steps(self, steps: int) -> None:
-        """Replay ``steps`` full-batch steps from the first row (no sync; benchmarks)."""
+    def run_steps(self, steps: int) -> int:
+        """Replay ``steps`` full-batch steps from the first row (no sync; benchmarks);
+        returns the number of steps made."""
 
     def synchronize(self) -> None:
         """Wait for the replays queued so far."""

@@ -45,7 +45,12 @@ class Subject:
 
 
 class GpumlpSubject(Subject):
-    """gpumlp's network and Adam through the public lower-level API."""
+    """gpumlp's network and Adam through the public lower-level API; each training step is
+    the trainer's own (:class:`gpumlp.step.TrainingStep`: gather, forward, loss, backward,
+    update), launched eagerly."""
+
+    #: The trainer's ``cuda_graph`` mode.
+    cuda_graph = "off"
 
     def __init__(self, backend: str):
         self.backend = get_backend(backend)
@@ -65,12 +70,25 @@ class GpumlpSubject(Subject):
                         for i in range(n_batches)]
         self.workspace = self.net.new_workspace(batch)
         self.probabilities = self.backend.empty((batch, sizes[-1]), np.float32)
+        xp = self.backend.xp
+        rows = n_batches * batch
+        self.X = xp.concatenate([x for x, _ in self.batches])[:rows]
+        self.T = xp.concatenate([t for _, t in self.batches])[:rows]
+        self.trainer = Trainer(self.net, self.optimizer, batch_size=batch, shuffle=False,
+                               cuda_graph=self.cuda_graph)
+        self.buffers = self.trainer.step.new_buffers(batch, sizes[0], sizes[-1])
+        self.indices = [xp.arange(i * batch, (i + 1) * batch) for i in range(n_batches)]
 
     def train(self, steps):
+        backend, step = self.backend, self.trainer.step
         for i in range(steps):
-            x, t = self.batches[i % len(self.batches)]
-            self.net.loss_and_gradients(x, t, self.workspace)
-            self.optimizer.step(self.net.params, self.net.grads)
+            index = self.indices[i % len(self.indices)]
+
+            def gather(b, index=index):
+                backend.gather_rows(self.X, index, b.x)
+                backend.gather_rows(self.T, index, b.t)
+
+            step(gather, self.buffers, step=i)
 
     def infer(self, steps):
         for i in range(steps):
@@ -85,18 +103,15 @@ class GpumlpGraphSubject(GpumlpSubject):
     """gpumlp on the GPU with each step a replayed CUDA graph (the backend's
     :meth:`~gpumlp.backends.base.Backend.capture_steps`)."""
 
+    cuda_graph = "on"
+
     def __init__(self):
         super().__init__("cupy")
         self.name = "gpumlp-cupy-graph"
 
     def prepare(self, sizes, batch, X, y):
         super().prepare(sizes, batch, X, y)
-        rows = len(self.batches) * batch
-        X_d = self.backend.xp.concatenate([x for x, _ in self.batches])[:rows]
-        T_d = self.backend.xp.concatenate([t for _, t in self.batches])[:rows]
-        trainer = Trainer(self.net, self.optimizer, batch_size=batch, shuffle=False,
-                          cuda_graph="on")
-        self.runner = self.backend.capture_steps(trainer, X_d, T_d)
+        self.runner = self.backend.capture_steps(self.trainer, self.X, self.T)
 
     def train(self, steps):
         self.runner.run_steps(steps)

@@ -60,12 +60,30 @@ import numpy as np
 
 from . import graph_auto, routes
 
+
+class SideBranch:
+    """Where a captured step's launches go: the weight gradients and the L2 term on ``side``,
+    forked from the runner's stream and joined before the update
+    (:func:`routes.weight_grads_beside`); the rest in order on the runner's stream."""
+
+    def __init__(self, backend: Any, main: Any, side: Any):
+        self.backend, self.main, self.side = backend, main, side
+
+    def weight_grads_beside(self) -> contextlib.AbstractContextManager:
+        return routes.weight_grads_beside(self.main, self.side)
+
+    def beside(self, launch: Any) -> None:
+        routes.beside(self.backend, launch)
+
+
 class GraphStepRunner:
     """Replays captured training steps of ``trainer``'s model over device-resident ``X``, ``T``.
 
     Built once per step (:meth:`key`: data shapes, batch size, hyper-parameters, network
     structure, optimizer constants); :meth:`run_epoch` trains the bound trainer's model one
-    epoch and returns its mean loss; :meth:`run_steps` replays full-batch steps (benchmarks).
+    epoch and returns its mean loss and the steps made; :meth:`run_steps` replays full-batch
+    steps (benchmarks).  The step captured is the trainer's own
+    (:class:`gpumlp.step.TrainingStep`), run on twins of its network and optimizer.
     A runner serves one trainer at a time (:attr:`trainer`; :meth:`bind` hands it to another
     trainer of the same key).
     """
@@ -76,12 +94,13 @@ class GraphStepRunner:
         self.backend = trainer.network.backend
         cupy = self.backend.xp
         self.cupy = cupy
-        # What the captured kernels take as arguments, fixed for the runner's life (the key).
-        self.alpha, self.dropout = trainer.alpha, trainer.dropout
-        self.dropout_seed = trainer.dropout_seed
         # The twins the graphs train: the trainer's values are copied in and out each epoch.
         self.net = trainer.network.copy()
         self.optimizer = trainer.optimizer.copy()
+        # The trainer's step on the twins; its settings are kernel arguments, fixed for the
+        # runner's life (part of the key).
+        self.step = trainer.step.bound_to(self.net, self.optimizer)
+        self.settings = self.step.settings
         self.data_key = data_key(X, T)
         # The graphs read these buffers; load() copies new data of the same shape into them.
         self.X = cupy.empty(X.shape, X.dtype)
@@ -89,7 +108,7 @@ class GraphStepRunner:
         self.n = len(X)
         self.batch = min(trainer.batch_size, self.n)
         self.full_steps, self.rest = divmod(self.n, self.batch)
-        self._buffers: dict[int, tuple[Any, Any, Any]] = {}
+        self._buffers: dict[int, Any] = {}
         dtype = self.net.dtype
         # Made on the caller's stream; the first entry to the runner's stream waits for it.
         self.perm = cupy.arange(self.n, dtype=cupy.int64)
@@ -102,6 +121,7 @@ class GraphStepRunner:
         # The weight gradients' branch of each captured step
         # (routes.weight_grads_beside).
         self.side = cupy.cuda.Stream(non_blocking=True)
+        self.placement = SideBranch(self.backend, self.stream, self.side)
         self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
         with self.on_stream():
             self._copy_in(X, T)
@@ -169,36 +189,28 @@ class GraphStepRunner:
             theirs[...] = ours
 
     # ----------------------------------------------------------------------------- capture
-    def _step_buffers(self, rows: int) -> tuple[Any, Any, Any]:
+    def _step_buffers(self, rows: int) -> Any:
         """The batch and work buffers of a ``rows``-row step: the runner's own, kept as long
         as its graphs (which hold their addresses)."""
         if rows not in self._buffers:
-            backend, dtype = self.backend, self.net.dtype
-            self._buffers[rows] = (backend.empty((rows, self.X.shape[1]), dtype),
-                                   backend.empty((rows, self.T.shape[1]), dtype),
-                                   self.net.new_workspace(rows))
+            self._buffers[rows] = self.step.new_buffers(rows, self.X.shape[1], self.T.shape[1])
         return self._buffers[rows]
 
+    def _gather_at_start(self, buffers: Any) -> None:
+        """One launch gathers both halves of the batch and moves the step state on (batch
+        start, dropout counter base, optimizer step count): the kernels after it read the
+        advanced state, so the dropout counters are offsets from the next step's base
+        (step=-1) and the optimizer reads the count of the step it makes."""
+        self.backend.gather_batch_at(self.X, self.T, self.perm, self.start, buffers.x,
+                                     buffers.t, self.net.n_layers, self.blocks_done)
+
     def _step_ops(self, rows: int) -> None:
-        """The launches of one step, reading the batch start from device memory."""
-        backend, net = self.backend, self.net
-        xb, tb, workspace = self._step_buffers(rows)
-        # One launch gathers both halves of the batch and moves the step state on (batch
-        # start, dropout counter base, optimizer step count): the kernels after it read the
-        # advanced state, so the dropout counters are offsets from the next step's base
-        # (step=-1) and the optimizer reads the count of the step it makes, as before.
-        backend.gather_batch_at(self.X, self.T, self.perm, self.start, xb, tb, net.n_layers,
-                                self.blocks_done)
-        # The weight gradients run beside the backward chain, joined before the update; so
-        # does the batch's L2 term (one launch over every layer's weights, from the weights
-        # the batch starts with, as eager), forked just after the gather.
-        with routes.weight_grads_beside(self.stream, self.side):
-            if self.alpha:
-                routes.beside(backend, lambda: backend.add_weights_l2_loss(
-                    net.params, net.weight_spans(), 0.5 * self.alpha / rows, self.state.loss))
-            net.loss_and_gradients(xb, tb, workspace, decay=self.alpha / rows,
-                                   dropout=self.dropout, seed=self.dropout_seed, step=-1)
-        self.optimizer.step(net.params, net.grads)
+        """The launches of one step, reading the batch start from device memory.  The weight
+        gradients run beside the backward chain, joined before the update; so does the
+        batch's L2 term, forked just after the gather; the loss and the L2 term are summed
+        into the recording's accumulator."""
+        self.step(self._gather_at_start, self._step_buffers(rows), step=-1,
+                  loss_acc=self.state.loss, placement=self.placement)
 
     def _warm_up(self) -> None:
         """Run each step shape once eagerly (loads every kernel, makes every buffer, chooses
@@ -229,13 +241,9 @@ class GraphStepRunner:
                          step=optimizer.steps_taken,
                          learning_rate=optimizer.learning_rate)
 
-    def _advance_host(self, steps: int) -> None:
-        self.trainer.step_count += steps
-        self.trainer.optimizer.advance(steps)
-
-    def run_epoch(self, order: Any) -> float:
+    def run_epoch(self, order: Any) -> tuple[float, int]:
         """Train the bound trainer's model one epoch over the rows in ``order``; returns the
-        mean loss (one sync)."""
+        mean loss (one sync) and the number of steps made (the trainer counts them)."""
         with self.on_stream():
             self._take_model()
             self.perm.set(np.ascontiguousarray(order, dtype=np.int64))
@@ -252,12 +260,11 @@ class GraphStepRunner:
             self._give_model()
             total = self.loss_full * self.batch + self.loss_rest * self.rest
             loss = float(total) / self.n  # the epoch's one synchronisation
-        self._advance_host(self.full_steps + (1 if self.rest else 0))
-        return loss
+        return loss, self.full_steps + (1 if self.rest else 0)
 
-    def run_steps(self, steps: int) -> None:
+    def run_steps(self, steps: int) -> int:
         """Replay ``steps`` full-batch steps from the first row on the bound trainer's model
-        (no sync; for benchmarks).
+        (no sync; for benchmarks); returns ``steps`` (the trainer's counts are not moved).
 
         The caller's current stream is ordered after the replays, so events recorded on it
         time them."""
@@ -267,7 +274,7 @@ class GraphStepRunner:
             self._take_model()
             self._replay_steps(steps)
             self._give_model()
-        self._advance_host(steps)
+        return steps
 
     def synchronize(self) -> None:
         self.stream.synchronize()
@@ -289,7 +296,8 @@ class GraphStepRunner:
         a few steps of each way, on the twins: the trainer's model and step counts are not
         touched, so training is as if nothing had been measured.
         """
-        key = graph_auto.step_shape(self.net, self.batch, self.dropout, self.alpha,
+        key = graph_auto.step_shape(self.net, self.batch, self.settings.dropout,
+                                    self.settings.alpha,
                                     self.cupy.cuda.runtime.getDevice())
         verdict = graph_auto.VERDICTS.get(key)
         if verdict is not None:
@@ -302,18 +310,22 @@ class GraphStepRunner:
             self.loss_full.fill(0)
         return verdict
 
-    def _eager_steps(self, steps: int) -> None:
-        """``steps`` full-batch steps launched one kernel at a time, as the trainer's eager
-        loop launches them (on the twins)."""
-        backend, net = self.backend, self.net
-        xb, tb, workspace = self._step_buffers(self.batch)
+    def _eager_steps(self, steps: int) -> Any:
+        """``steps`` full-batch steps launched one kernel at a time, the step the trainer's
+        eager loop runs (on the twins); returns their summed loss times the batch rows (on
+        the device), as the eager loop sums it."""
+        backend, batch = self.backend, self.batch
+        buffers = self._step_buffers(batch)
+        total = 0.0
         for i in range(steps):
-            index = self.perm[i * self.batch:(i + 1) * self.batch]
-            backend.gather_rows(self.X, index, xb)
-            backend.gather_rows(self.T, index, tb)
-            net.loss_and_gradients(xb, tb, workspace, decay=self.alpha / self.batch,
-                                   dropout=self.dropout, seed=self.dropout_seed, step=i)
-            self.optimizer.step(net.params, net.grads)
+            index = self.perm[i * batch:(i + 1) * batch]
+
+            def gather(b: Any, index: Any = index) -> None:
+                backend.gather_rows(self.X, index, b.x)
+                backend.gather_rows(self.T, index, b.t)
+
+            total = total + self.step(gather, buffers, step=i) * batch
+        return total
 
     def _replay_steps(self, steps: int) -> None:
         """``steps`` full-batch steps replayed on the twins (no host counters moved)."""
