@@ -80,11 +80,12 @@ def test_auto_captures_the_route_measured_faster(cp, blas_api, monkeypatch):
 
     measured = []
 
-    def faster(cupy, fused, direct):  # alternate so that both routes end up captured
+    def fastest(cupy, candidates):  # alternate so that both routes end up captured
+        assert set(candidates) == {"fused", "direct"}
         measured.append(1)
         return "direct" if len(measured) % 2 else "fused"
 
-    monkeypatch.setattr(paths_module, "_faster", faster)
+    monkeypatch.setattr(paths_module, "fastest", fastest)
     backend = gpu("auto")
     trainer = make_trainer(backend, "on")
     X, T = data()

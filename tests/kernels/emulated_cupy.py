@@ -47,6 +47,10 @@ class CaptureViolation(RuntimeError):
     """Something a CUDA graph cannot hold happened during stream capture."""
 
 
+class CUDADriverError(RuntimeError):
+    """``cupy.cuda.driver.CUDADriverError``: what a launch the driver refuses raises."""
+
+
 class StreamOrderViolation(RuntimeError):
     """Two streams touched the same memory with no event or synchronisation between them."""
 
@@ -867,7 +871,7 @@ def make_cupy(harness: Any) -> tuple[types.ModuleType, Any]:
     module.cuda = types.SimpleNamespace(
         Stream=Stream, Event=Event, runtime=runtime, get_current_stream=current_stream,
         get_elapsed_time=lambda start, stop: 1e3 * (stop.time - start.time), Device=Device,
-        MemoryPool=MemoryPool)
+        MemoryPool=MemoryPool, driver=types.SimpleNamespace(CUDADriverError=CUDADriverError))
 
     cache: dict[tuple, EmulatedKernel] = {}
 

@@ -21,6 +21,7 @@ it (:mod:`gpumlp.backends.cuda.step_state`), never to this shared backend object
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 import weakref
@@ -34,14 +35,44 @@ from .. import contracts
 from ..base import Backend, check_spans
 from . import forward, graph_pool, graphs, kernels, routes, step_state
 from . import plan as gemm_plan  # `plan` names each call's chosen tile
-from .routes import elapsed_ms
 
 GEMM_PATHS = config.GEMM_PATHS
-#: Launches per variant when timing the two GEMM paths for a shape.
-_TIMING_REPEATS = 5
 #: Device span tables of add_weights_l2_loss, per owning step state (see _span_table).
 _SPAN_TABLES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 _SPAN_TABLES_LOCK = threading.Lock()
+
+
+class KernelDropped(RuntimeError):
+    """A kernel's launch failed; it is dropped and its operation runs again without it."""
+
+
+class _GuardedKernel:
+    """A kernel whose launch, if the driver refuses it, drops that kernel alone."""
+
+    def __init__(self, backend: "CupyBackend", key: tuple, fn: Any):
+        self.backend, self.key, self.fn = backend, key, fn
+
+    def __call__(self, grid: tuple, block: tuple, args: tuple) -> None:
+        try:
+            self.fn(grid, block, args)
+        except self.backend.xp.cuda.driver.CUDADriverError as exc:
+            if self.backend.capturing:
+                raise
+            self.backend._drop(self.key, f"launch failed: {exc}")
+            raise KernelDropped(self.key) from exc
+
+
+def _falls_back(operation: Callable) -> Callable:
+    """Run ``operation`` again (it then leaves the kernel out) when a kernel it launched was
+    dropped; each retry drops one more kernel, so this ends."""
+    @functools.wraps(operation)
+    def run(self: "CupyBackend", *args: Any, **kwargs: Any) -> Any:
+        while True:
+            try:
+                return operation(self, *args, **kwargs)
+            except KernelDropped:
+                continue
+    return run
 
 
 class CupyBackend(Backend):
@@ -58,7 +89,10 @@ class CupyBackend(Backend):
             raise ValueError(f"gemm_path={self.gemm_path!r} is not valid; choose one of "
                              f"{GEMM_PATHS}")
         self.use_kernels = kernels.kernels_enabled()
-        self._path_choice: dict[tuple, str] = {}
+        #: Kernels that failed to compile, load or launch, by instantiation: each falls
+        #: back alone (its operation takes another route or the generic CuPy path).
+        self.dropped_kernels: dict[tuple, str] = {}
+        self._routes = routes.paths_of(self)
         # Eager calls pass the learning rate and step count through device scalars too (the
         # kernels read them from memory so that captured steps can); one set per thread and
         # dtype, written on the caller's stream just before the launch that reads it.
@@ -153,16 +187,29 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ kernel launching
     def _kernel(self, name: str, dtype: Any, **params: Any) -> Any | None:
-        """The kernel, or None when the generic path must be used."""
+        """The kernel, or None where it is unavailable (``GPUMLP_KERNELS=off``, or dropped)."""
         if not self.use_kernels:
             return None
-        try:
-            return kernels.get_kernel(name, dtype, **params)
-        except kernels.KernelsUnavailable:
-            if self.capturing:  # a captured step cannot fall back to cuBLAS
-                raise
-            self.use_kernels = False  # warned once by gpumlp.backends.cuda.kernels
+        key = (name, None if dtype is None else np.dtype(dtype).str,
+               tuple(sorted(params.items())))
+        if key in self.dropped_kernels:
             return None
+        try:
+            fn = kernels.get_kernel(name, dtype, **params)
+        except kernels.KernelsUnavailable as exc:
+            if self.capturing:  # a captured step cannot fall back to CuPy's own code
+                raise
+            self._drop(key, str(exc))
+            return None
+        return _GuardedKernel(self, key, fn)
+
+    def _drop(self, key: tuple, reason: str) -> None:
+        """Stop using one kernel instantiation, with one warning naming it."""
+        name, dtype, params = key
+        label = kernels.name_expression(name, dtype, **dict(params))
+        self.dropped_kernels[key] = reason
+        warnings.warn(f"gpumlp: kernel {label} is unavailable ({reason}); its operation "
+                      "takes another route", RuntimeWarning, stacklevel=5)
 
     def _gemm_plan(self, kernel: str, dtype: Any, M: int, N: int, K: int,
                    precision: str = "float32") -> Any:
@@ -205,44 +252,30 @@ class CupyBackend(Backend):
         return (dtype.type(dropout.keep), np.uint64(dropout.seed), base,
                 np.int64(dropout.counter))
 
-    def _choose(self, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
-                cublas: Callable[[], None], direct: Any = None,
-                precision: str = "float32") -> None:
-        """Run ``op`` by the path chosen for its shape (timing both once under ``auto``).
+    def _choose(self, op: str, shape: tuple, dtype: Any, fused: Callable[[], None] | None,
+                cublas: Callable[[], None] | None, direct: Any = None,
+                precision: str = "float32") -> bool:
+        """Run ``op`` by the route the one chooser (:meth:`routes.CapturePaths.run`) picks
+        for its shape; ``False`` where no route can run (the caller takes the generic path).
 
-        A graph runner's step chooses between ``fused`` and ``direct`` (cuBLAS called so
-        that it can be captured; :mod:`gpumlp.backends.cuda.routes`) instead.  TF32 runs
-        ``fused`` (our tensor-core kernels) on every path: cuBLAS as CuPy calls it computes
-        in float32 (unless CuPy's CUPY_TF32=1 environment variable is set)."""
+        Eager steps choose between ``fused`` and ``cublas``; a graph runner's step between
+        ``fused`` and ``direct`` (cuBLAS called so that it can be captured).  ``None``
+        candidates (a dropped kernel) are not offered.  TF32 runs ``fused`` (our
+        tensor-core kernels) on every path: cuBLAS as CuPy calls it computes in float32
+        (unless CuPy's CUPY_TF32=1 environment variable is set)."""
         if precision != "float32":
             shape, cublas, direct = (*shape, precision), None, None
         if self.capturing:
-            routes.run(self, op, shape, dtype, fused, direct)
-            return
-        if self.gemm_path == "fused" or cublas is None:
-            fused()
-            return
-        if self.gemm_path == "cublas":
-            cublas()
-            return
-        key = (op, shape, np.dtype(dtype).str)
-        choice = self._path_choice.get(key)
-        if choice is None:
-            choice = self._path_choice[key] = self._time_paths(fused, cublas)
-        (fused if choice == "fused" else cublas)()
-
-    def _time_paths(self, fused: Callable[[], None], cublas: Callable[[], None]) -> str:
-        timings = {}
-        for name, run in (("fused", fused), ("cublas", cublas)):
-            run()  # warm-up: module load, cuBLAS handle, caches
-            timings[name] = elapsed_ms(self.xp, run, _TIMING_REPEATS)
-        return min(timings, key=timings.get)
+            return routes.run(self, op, shape, dtype, fused, direct) is not None
+        return self._routes.run("eager", op, shape, dtype,
+                                {"fused": fused, "cublas": cublas}) is not None
 
     def path_choices(self) -> dict[tuple, str]:
-        """The GEMM path measured for each (operation, shape, dtype) so far."""
-        return dict(self._path_choice)
+        """The GEMM route measured for each eager (operation, shape, dtype) so far."""
+        return self._routes.choices("eager")
 
     # ----------------------------------------------------------------------------- forward
+    @_falls_back
     def affine_act(self, x, w, b, act, out, dropout: Dropout | None = None,
                    precision: str = "float32"):
         dtype = contracts.float_dtype("affine_act", "x", x)
@@ -255,8 +288,6 @@ class CupyBackend(Backend):
         fused_fn = self._kernel("gemm_bias_act", x.dtype, act=act, dropout=dropped,
                                 tile=plan.tile)
         epilogue = self._kernel("bias_act", x.dtype, act=act, dropout=dropped)
-        if fused_fn is None or epilogue is None:
-            return super().affine_act(x, w, b, act, out, dropout, precision)
         drop = self._dropout_args(x.dtype, dropout)
         sizes = (np.int64(n), np.int64(k), np.int64(m))
 
@@ -269,12 +300,16 @@ class CupyBackend(Backend):
             grid, block = kernels.launch_config("bias_act", n, m)
             epilogue(grid, block, (out, b, np.int64(n), np.int64(m), *drop))
 
-        self._choose("forward", (n, k, m), x.dtype, fused, cublas, routes.forward(
+        direct = routes.forward(
             x, w, out, lambda: epilogue(*kernels.launch_config("bias_act", n, m),
                                         (out, b, np.int64(n), np.int64(m), *drop)),
-            b=b, relu_mask=act == "relu" and not dropped), precision)
+            b=b, relu_mask=act == "relu" and not dropped) if epilogue is not None else None
+        if not self._choose("forward", (n, k, m), x.dtype, fused if fused_fn else None,
+                            cublas if epilogue else None, direct, precision):
+            return super().affine_act(x, w, b, act, out, dropout, precision)
         return out
 
+    @_falls_back
     def softmax(self, z, out):
         dtype = contracts.float_dtype("softmax", "z", z)
         self._check("softmax", dtype, z=(z, "n k"), out=(out, "n k"))
@@ -285,6 +320,7 @@ class CupyBackend(Backend):
         fn(grid, block, (out, z, np.int64(z.shape[0]), np.int64(z.shape[1])))
         return out
 
+    @_falls_back
     def sigmoid(self, z, out):
         dtype = contracts.float_dtype("sigmoid", "z", z)
         self._check("sigmoid", dtype, z=(z, "n k"), out=(out, "n k"))
@@ -296,6 +332,7 @@ class CupyBackend(Backend):
         return out
 
     # ---------------------------------------------------------------------------- backward
+    @_falls_back
     def act_grad(self, delta, a, act, out, dropout: Dropout | None = None):
         dtype = contracts.float_dtype("act_grad", "a", a)
         self._check("act_grad", dtype, delta=(delta, "n m"), a=(a, "n m"), out=(out, "n m"))
@@ -306,6 +343,7 @@ class CupyBackend(Backend):
         fn(grid, block, (out, delta, a, np.int64(a.size), *self._dropout_args(a.dtype, dropout)))
         return out
 
+    @_falls_back
     def backprop_hidden(self, h_next, w_next, a, act, out, dropout: Dropout | None = None,
                         precision: str = "float32"):
         dtype = contracts.float_dtype("backprop_hidden", "a", a)
@@ -316,8 +354,6 @@ class CupyBackend(Backend):
         plan = self._gemm_plan("gemm_backprop_act", a.dtype, n, k, m, precision)
         fused_fn = self._kernel("gemm_backprop_act", a.dtype, act=act,
                                 dropout=dropout is not None, tile=plan.tile)
-        if fused_fn is None:
-            return super().backprop_hidden(h_next, w_next, a, act, out, dropout, precision)
         drop = self._dropout_args(a.dtype, dropout)
 
         def fused():
@@ -329,11 +365,15 @@ class CupyBackend(Backend):
             self.xp.matmul(h_next, w_next.T, out=out)
             self.act_grad(out, a, act, out, dropout)
 
-        self._choose("backward", (n, k, m), a.dtype, fused, cublas, routes.backward(
-            h_next, w_next, out, lambda: self.act_grad(out, a, act, out, dropout),
-            a=a, relu=act == "relu" and dropout is None), precision)
+        if not self._choose("backward", (n, k, m), a.dtype, fused if fused_fn else None, cublas,
+                            routes.backward(h_next, w_next, out,
+                                            lambda: self.act_grad(out, a, act, out, dropout),
+                                            a=a, relu=act == "relu" and dropout is None),
+                            precision):
+            return super().backprop_hidden(h_next, w_next, a, act, out, dropout, precision)
         return out
 
+    @_falls_back
     def weight_grads(self, a_prev, h, dw, db, w=None, decay: float = 0.0,
                      precision: str = "float32"):
         dtype = contracts.float_dtype("weight_grads", "h", h)
@@ -345,8 +385,6 @@ class CupyBackend(Backend):
         precision = self._device_precision(precision)
         plan = self._gemm_plan("gemm_weight_grads", h.dtype, k, m, n, precision)
         fused_fn = self._kernel("gemm_weight_grads", h.dtype, tile=plan.tile)
-        if fused_fn is None:
-            return super().weight_grads(a_prev, h, dw, db, w, decay, precision)
         dt = h.dtype.type
         # w is read only when decay != 0; None is CuPy's null pointer.
         w_arg = w if decay else None
@@ -362,8 +400,10 @@ class CupyBackend(Backend):
                 self.xp.add(dw, dt(decay) * w, out=dw)
             h.sum(axis=0, out=db)
 
-        self._choose("weight_grads", (n, k, m), h.dtype, fused, cublas,
-                     routes.weight_grads(a_prev, h, dw, db, w, decay), precision)
+        if not self._choose("weight_grads", (n, k, m), h.dtype, fused if fused_fn else None,
+                            cublas, routes.weight_grads(a_prev, h, dw, db, w, decay),
+                            precision):
+            return super().weight_grads(a_prev, h, dw, db, w, decay, precision)
 
     # ------------------------------------------------------------------------------ losses
     def _loss(self, name: str, x, t, h_out):
@@ -385,9 +425,11 @@ class CupyBackend(Backend):
         fn(grid, block, (h_out, loss, x, t, np.int64(x.shape[0]), np.int64(x.shape[1])))
         return loss
 
+    @_falls_back
     def softmax_xent(self, z, t, h_out):
         return self._loss("softmax_xent", z, t, h_out)
 
+    @_falls_back
     def affine_softmax_xent(self, x, w, b, t, z_out, h_out, precision: str = "float32"):
         """One launch of ``gemm_softmax_xent`` where :func:`gemm_plan.softmax_xent_plan` says
         it pays (a block holds whole rows of the logits, at no worse a tile), leaving
@@ -407,8 +449,7 @@ class CupyBackend(Backend):
                     if plan is not None else None)
         bias_fn = self._kernel("bias_act", x.dtype, act="identity", dropout=False)
         loss_fn = self._kernel("softmax_xent", x.dtype)
-        if fused_fn is None or bias_fn is None or loss_fn is None:
-            return super().affine_softmax_xent(x, w, b, t, z_out, h_out, precision)
+        epilogues = bias_fn is not None and loss_fn is not None
         state = step_state.current()
         loss = self._loss_accumulator("affine_softmax_xent", state, x.dtype)
         # Eager: the loss is this call's own and starts at zero in each variant (timing the
@@ -437,8 +478,11 @@ class CupyBackend(Backend):
             reset()
             bias_and_loss()
 
-        self._choose("forward_softmax_xent", (n, k, m), x.dtype, fused, cublas,
-                     routes.forward(x, w, z_out, direct_epilogue), precision)
+        if not self._choose("forward_softmax_xent", (n, k, m), x.dtype,
+                            fused if fused_fn else None, cublas if epilogues else None,
+                            routes.forward(x, w, z_out, direct_epilogue) if epilogues else None,
+                            precision):
+            return super().affine_softmax_xent(x, w, b, t, z_out, h_out, precision)
         return loss
 
     def _loss_accumulator(self, op: str, state: Any, dtype: Any) -> Any:
@@ -451,12 +495,15 @@ class CupyBackend(Backend):
                             f"logits {np.dtype(dtype)}")
         return loss
 
+    @_falls_back
     def sigmoid_bce(self, z, t, h_out):
         return self._loss("sigmoid_bce", z, t, h_out)
 
+    @_falls_back
     def squared_error(self, a, t, h_out):
         return self._loss("squared_error", a, t, h_out)
 
+    @_falls_back
     def add_weights_l2_loss(self, params, spans, scale, loss_acc):
         """One launch over every layer's weights (``spans``: host ``(offset, size)`` pairs,
         kept on the device as an int64 table made once per owner; see :meth:`_span_table`)."""
@@ -512,6 +559,7 @@ class CupyBackend(Backend):
             state.step.fill(np.int32(step))
         return state
 
+    @_falls_back
     def sgd_step(self, params, grads, velocity, lr, momentum, nesterov):
         dtype = contracts.float_dtype("sgd_step", "params", params)
         self._check("sgd_step", dtype, params=(params, "p"), grads=(grads, "p"),
@@ -524,6 +572,7 @@ class CupyBackend(Backend):
         fn(grid, block, (params, velocity, grads, np.int64(params.size), state.lr,
                          np.float64(momentum)))
 
+    @_falls_back
     def adam_step(self, params, grads, m, v, lr, beta1, beta2, eps, step):
         dtype = contracts.float_dtype("adam_step", "params", params)
         self._check("adam_step", dtype, params=(params, "p"), grads=(grads, "p"), m=(m, "p"),
@@ -537,6 +586,7 @@ class CupyBackend(Backend):
                          np.float64(beta1), np.float64(beta2), np.float64(eps)))
 
     # ----------------------------------------------------------------------- data movement
+    @_falls_back
     def gather_rows(self, src, index, out):
         dtype = contracts.float_dtype("gather_rows", "src", src)
         self._check("gather_rows", dtype, src=(src, "total c"), index=(index, "r", np.int64),

@@ -13,8 +13,9 @@ Two ways to compile:
   lazily, once per process, and returns the launchable function.  CuPy 14.2.0 and later
   also cache modules built with ``name_expressions`` on disk, so the next process loads the
   CUBIN instead of compiling; 14.1.1 and earlier recompile every process (their compiler
-  skips the disk cache for ``name_expressions``), which is why the extras ask for >= 14.2.  Any failure warns once and raises :class:`KernelsUnavailable`, so
-  the backend can fall back to its generic path; ``GPUMLP_KERNELS=off`` forces that fallback.
+  skips the disk cache for ``name_expressions``), which is why the extras ask for >= 14.2.
+  A failure raises :class:`KernelsUnavailable`; the backend then warns once naming the
+  kernel and does without that kernel alone; ``GPUMLP_KERNELS=off`` drops them all.
 
 Importing this module never imports CuPy.
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -410,7 +410,6 @@ _lock = threading.Lock()
 _modules: dict[str, Any] = {}
 _failures: dict[str, str] = {}
 _functions: dict[tuple, Any] = {}
-_warned = False
 
 
 def kernels_enabled() -> bool:
@@ -418,19 +417,12 @@ def kernels_enabled() -> bool:
     return config.get("GPUMLP_KERNELS")
 
 
-def _fail(source: str, message: str) -> KernelsUnavailable:
-    global _warned
-    _failures[source] = message
-    if not _warned:
-        _warned = True
-        warnings.warn(f"gpumlp: fused CUDA kernels unavailable, using the generic CuPy path: "
-                      f"{message}", RuntimeWarning, stacklevel=3)
-    return KernelsUnavailable(message)
 
 
 def load_module(source: str) -> Any:
     """The compiled ``cupy.RawModule`` of one source file (all dtypes and flags), built once
-    per process on first use; raises :class:`KernelsUnavailable` (and warns once) on failure.
+    per process on first use; raises :class:`KernelsUnavailable` on failure (the backend
+    warns, naming the kernel it wanted, and does without that kernel).
     """
     if not kernels_enabled():
         raise KernelsUnavailable("disabled by GPUMLP_KERNELS=off")
@@ -446,8 +438,9 @@ def load_module(source: str) -> Any:
                                     name_expressions=name_expressions(source))
             module.compile()  # fail here, not at the first launch
         except Exception as exc:
-            raise _fail(source, f"{source} did not compile or load "
-                                f"({type(exc).__name__}: {exc})") from exc
+            _failures[source] = (f"{source} did not compile or load "
+                                 f"({type(exc).__name__}: {exc})")
+            raise KernelsUnavailable(_failures[source]) from exc
         _modules[source] = module
         return module
 
@@ -469,8 +462,8 @@ def get_kernel(kernel: str, dtype: Any = None, **params: Any) -> Any:
         module = load_module(KERNELS[kernel].source)
         try:
             fn = module.get_function(expression)
-        except Exception as exc:
-            raise _fail(KERNELS[kernel].source, f"{expression} could not be loaded "
-                                                f"({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:  # this instantiation only: the module's others may load
+            raise KernelsUnavailable(f"{expression} could not be loaded "
+                                     f"({type(exc).__name__}: {exc})") from exc
         _functions[key] = fn
     return fn

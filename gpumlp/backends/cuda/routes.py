@@ -1,21 +1,24 @@
-"""Which GEMM each operation of a *captured* step uses: our fused kernel or captured cuBLAS.
+"""Which route each GEMM takes: our fused kernel, cuBLAS + our epilogue, or cuBLAS(Lt).
 
-The eager path measures our fused GEMM against ``cupy.matmul`` + epilogue per shape
-(:meth:`CupyBackend._choose`).  ``cupy.matmul`` cannot run inside a stream capture, but
-cuBLAS and cuBLASLt can when called directly (:mod:`gpumlp.backends.cuda.cublas`), so a
-graph runner's step gets the same choice:
+One chooser (:meth:`CapturePaths.run`) serves eager and captured steps alike: per
+(operation, shape, dtype) it launches every candidate that can run, times each with CUDA
+events (:func:`fastest`), keeps the verdict and launches the winner from then on;
+``GPUMLP_GEMM=fused|cublas`` forces a route where it can run.  The candidates differ:
 
-* during the runner's **warm-up** (recording its step state, not capturing), each GEMM of the
-  step is timed once per (operation, shape, dtype) both ways — the fused kernel, and the
-  direct route: cuBLAS followed by our epilogue kernel; for a ReLU layer without dropout one
-  cuBLASLt call (bias + ReLU keeping the bit-mask forward, dReLU from it backward); for a
-  weight gradient one cuBLASLt call with the bias gradient fused — with the handles bound to
-  the runner's stream and the plans and masks made there, outside any capture;
-* during the **capture**, the faster one is recorded.  Where the direct route is unavailable
-  (no cuBLAS library, an epilogue cuBLASLt has no algorithm for, a stream not prepared in the
-  warm-up) the fused kernel is used, as before.
+* **eager** (:meth:`CupyBackend._choose`): the fused kernel, or ``cupy.matmul`` followed by
+  our epilogue kernel;
+* **captured**: ``cupy.matmul`` cannot run inside a stream capture, but cuBLAS and cuBLASLt
+  can when called directly (:mod:`gpumlp.backends.cuda.cublas`).  During a runner's
+  **warm-up** (recording its step state, not capturing) the direct route is prepared and timed
+  against the fused kernel: cuBLAS followed by our epilogue kernel; for a ReLU layer without
+  dropout one cuBLASLt call (bias + ReLU keeping the bit-mask forward, dReLU from it
+  backward); for a weight gradient one cuBLASLt call with the bias gradient fused — with the
+  handles bound to the runner's stream and the plans and masks made there.  During the
+  **capture** nothing is timed: the verdict of the warm-up is recorded.  Where the direct
+  route is unavailable (no cuBLAS library, an epilogue cuBLASLt has no algorithm for, a
+  stream not prepared in the warm-up) the fused kernel is used.
 
-``GPUMLP_GEMM=fused`` keeps every captured GEMM fused; ``cublas`` prefers the direct route.
+A candidate whose kernel was dropped (it failed to compile or launch) is not offered.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 
 from . import cublas
 
-#: Launches per variant when timing the two captured-GEMM routes for a shape.
+#: Launches per candidate when timing the routes of a GEMM (eager and captured alike).
 TIMING_REPEATS = 5
 
 
@@ -41,11 +44,15 @@ def new_api() -> cublas.BlasApi:
 
 
 class CapturePaths:
-    """Per-backend state: the direct-BLAS object, prepared streams and measured choices."""
+    """Per-backend state: the GEMM route chooser's verdicts, the direct-BLAS object and its
+    prepared streams, and the ReLU masks kept by cuBLASLt forwards."""
 
-    def __init__(self, cupy: Any):
+    def __init__(self, cupy: Any, preference: str = "auto"):
         self.cupy = cupy
-        self.choice: dict[tuple, str] = {}
+        #: ``GPUMLP_GEMM``: "fused" or "cublas" forces that route where it is available.
+        self.preference = preference
+        #: The route of each (mode, operation, shape, dtype), eager and captured alike.
+        self.verdicts: dict[tuple, str] = {}
         self._blas: cublas.DirectBlas | None = None
         self.unavailable: str | None = None
         self._lock = threading.Lock()
@@ -53,6 +60,39 @@ class CapturePaths:
         self.masks: dict[tuple, Any] = {}
         #: The activations whose latest recorded forward wrote its mask (see ForwardRelu).
         self.live_masks: set[tuple] = set()
+
+    def run(self, mode: str, op: str, shape: tuple, dtype: Any,
+            candidates: dict[str, Callable[[], None] | None]) -> str | None:
+        """The one route chooser: launch ``op`` by the route chosen for its key, choosing
+        among the ``candidates`` that can run (not ``None``) the first time: the one
+        ``GPUMLP_GEMM`` names, else the one measured fastest (:func:`fastest`).  Inside a
+        capture nothing is timed: a key not measured in the warm-up is fused.  Returns the
+        route, or ``None`` where no candidate can run."""
+        available = {name: launch for name, launch in candidates.items() if launch is not None}
+        if not available:
+            return None
+        key = (mode, op, tuple(shape), np.dtype(dtype).str)
+        route = self.verdicts.get(key)
+        if route not in available:
+            if is_capturing(self.cupy):
+                route = "fused" if "fused" in available else next(iter(available))
+            else:
+                route = self.verdicts[key] = self._decide(available)
+        available[route]()
+        return route
+
+    def _decide(self, available: dict[str, Callable[[], None]]) -> str:
+        if len(available) == 1:
+            return next(iter(available))
+        if self.preference == "fused" and "fused" in available:
+            return "fused"
+        if self.preference == "cublas":
+            return next(name for name in available if name != "fused")
+        return fastest(self.cupy, available)
+
+    def choices(self, mode: str) -> dict[tuple, str]:
+        """The route chosen for each (operation, shape, dtype) of ``mode`` so far."""
+        return {key[1:]: route for key, route in self.verdicts.items() if key[0] == mode}
 
     def blas(self, stream: Any) -> cublas.DirectBlas | None:
         """The direct route bound to ``stream`` (binding it now: call outside capture), or
@@ -87,7 +127,7 @@ def paths_of(backend: Any) -> CapturePaths:
     with _PATHS_LOCK:
         paths = _PATHS.get(backend)
         if paths is None:
-            paths = _PATHS[backend] = CapturePaths(backend.xp)
+            paths = _PATHS[backend] = CapturePaths(backend.xp, backend.gemm_path)
         return paths
 
 
@@ -129,9 +169,10 @@ def beside(backend: Any, launch: Callable[[], Any]) -> None:
         launch()
 
 
-def run(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
-        direct: Callable[[Any], Callable[[], None] | None] | None) -> str:
-    """Run one GEMM of a recorded step by the route chosen for it; returns the route.
+def run(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None] | None,
+        direct: Callable[[Any], Callable[[], None] | None] | None) -> str | None:
+    """Run one GEMM of a recorded step by the route chosen for it (:meth:`CapturePaths.run`,
+    the chooser eager GEMMs use too); returns the route, ``None`` where none can run.
 
     ``direct(blas, paths)`` prepares the direct variant (cuBLASLt plans and masks outside
     capture) and returns its launch, or ``None`` when it cannot run this operation.
@@ -145,58 +186,45 @@ def run(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], Non
     return _route(backend, op, shape, dtype, fused, direct)
 
 
-def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None],
-           direct: Callable[[Any], Callable[[], None] | None] | None) -> str:
+def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None] | None,
+           direct: Callable[[Any], Callable[[], None] | None] | None) -> str | None:
     cupy = backend.xp
     paths = paths_of(backend)
     stream = cupy.cuda.get_current_stream()
-    key = (op, shape, np.dtype(dtype).str)
     # A forward overwrites its activations: a mask kept for them is stale unless this very
     # forward (a cuBLASLt ReLU variant) writes it again.
     paths.live_masks.discard(getattr(direct, "activations_key", None))
-    if is_capturing(cupy):
-        blas = paths.prepared(stream)
-        if paths.choice.get(key) == "direct" and blas is not None:
-            variant = direct(blas, paths) if direct is not None else None
-            if variant is not None:
-                variant()
-                return "direct"
-        fused()
-        return "fused"
-    # The warm-up: choose once per key.
     variant = None
     if direct is not None and backend.gemm_path != "fused":
-        blas = paths.blas(stream)
-        if blas is not None:
-            try:
+        if is_capturing(cupy):  # only what the warm-up chose and prepared
+            blas = paths.prepared(stream)
+            if blas is not None and paths.verdicts.get(
+                    ("captured", op, tuple(shape), np.dtype(dtype).str)) == "direct":
                 variant = direct(blas, paths)
-            except cublas.BlasUnsupported:
-                variant = None
-    if key not in paths.choice:
-        if variant is None:
-            paths.choice[key] = "fused"
-        elif backend.gemm_path == "cublas":
-            paths.choice[key] = "direct"
-        else:
-            paths.choice[key] = _faster(cupy, fused, variant)
-    if paths.choice[key] == "direct" and variant is not None:
-        variant()
-        return "direct"
-    fused()
-    return "fused"
+        else:  # the warm-up: bind the stream, make plans and masks
+            blas = paths.blas(stream)
+            if blas is not None:
+                try:
+                    variant = direct(blas, paths)
+                except cublas.BlasUnsupported:
+                    variant = None
+    return paths.run("captured", op, shape, dtype, {"fused": fused, "direct": variant})
 
 
-def _faster(cupy: Any, fused: Callable[[], None], direct: Callable[[], None]) -> str:
+def fastest(cupy: Any, candidates: dict[str, Callable[[], None]]) -> str:
+    """The candidate whose launches take least device time: each launched once to warm up
+    (module load, a library's first call), then timed over :data:`TIMING_REPEATS` launches
+    with CUDA events."""
     timings = {}
-    for name, launch in (("fused", fused), ("direct", direct)):
-        launch()  # warm-up: module load, cuBLAS kernels' first launch
+    for name, launch in candidates.items():
+        launch()
         timings[name] = elapsed_ms(cupy, launch, TIMING_REPEATS)
     return min(timings, key=timings.get)
 
 
 def choices(backend: Any) -> dict[tuple, str]:
     """The route measured for each captured (operation, shape, dtype) so far."""
-    return dict(paths_of(backend).choice)
+    return paths_of(backend).choices("captured")
 
 
 # ---------------------------------------------------------------- the direct variants
