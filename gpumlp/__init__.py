@@ -7,7 +7,7 @@ Examples
 >>> clf.fit(X_train, y_train).score(X_test, y_test)  # doctest: +SKIP
 """
 
-from . import exceptions
+from . import exceptions, graph_pool
 from .backends import (Backend, BackendUnavailable, available_backends, get_backend,
                        use_backend)
 from .estimators import MLPClassifier, MLPRegressor

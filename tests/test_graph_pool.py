@@ -1,9 +1,12 @@
-"""Captured steps kept between fits (gpumlp/backends/cuda/graph_pool.py) and runners that own every buffer
-their graphs use (gpumlp/backends/cuda/graphs.py), on the emulated CuPy."""
+"""Captured steps kept between fits (gpumlp/backends/cuda/graph_pool.py) and runners that own
+every buffer their graphs use (gpumlp/backends/cuda/graphs.py), on the emulated CuPy."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +240,10 @@ def test_partial_fit_on_alternating_shapes_keeps_both_steps(cp, captures):
     assert len(captures) == 5
     np.testing.assert_allclose(graph.network_.get_flat_params(),
                                eager.network_.get_flat_params(), rtol=1e-5, atol=1e-6)
+
+
+def test_clear_is_reachable_from_the_package_alone():
+    """``import gpumlp; gpumlp.graph_pool.clear()`` as the README writes it."""
+    code = "import gpumlp, sys; gpumlp.graph_pool.clear(); sys.exit('cupy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]
+                          ).returncode == 0
