@@ -123,6 +123,18 @@ class EmulatedBlas(BlasApi):
         self.lt_handles.add(handle)
         return handle
 
+    def destroy_handle(self, handle: int) -> None:
+        self._outside_capture("cublasDestroy (it synchronises)")
+        del self.handles[handle]  # KeyError: destroyed twice, or never made here
+
+    def lt_destroy(self, lt_handle: int) -> None:
+        self._outside_capture("cublasLtDestroy")
+        self.lt_handles.remove(lt_handle)
+
+    def live_handles(self) -> int:
+        """cuBLAS and cuBLASLt handles made and not destroyed."""
+        return len(self.handles) + len(self.lt_handles)
+
     def lt_plan(self, lt_handle, dtype, g, epilogue, aux_ld, workspace_bytes):
         self._outside_capture("cublasLtMatmulAlgoGetHeuristic (it synchronises)")
         if lt_handle not in self.lt_handles:

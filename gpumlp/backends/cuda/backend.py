@@ -117,6 +117,18 @@ class CupyBackend(Backend):
             states[key] = step_state.StepState(self.xp, dtype)
         return states[key]
 
+    def thread_state_nbytes(self) -> int:
+        """Device bytes this thread's eager state holds on the shared backend: the step
+        scalars eager launches read, and their split-K scratch and span tables (kept for
+        the thread's life, one set per dtype and shape)."""
+        total = 0
+        for state in self._eager.__dict__.get("states", {}).values():
+            total += sum(a.nbytes for a in (state.counter_base, state.step, state.lr))
+            total += sum(a.nbytes for pair in gemm_plan.owned_scratch(state) for a in pair)
+            with _SPAN_TABLES_LOCK:
+                total += sum(t.nbytes for t in _SPAN_TABLES.get(state, {}).values())
+        return total
+
     def _check(self, op: str, dtype: Any, **arrays: Any) -> dict[str, int]:
         """The array contracts of one call (see :mod:`gpumlp.backends.contracts`)."""
         return contracts.check(self.xp, op, dtype, self.xp.cuda.runtime.getDevice(), **arrays)
@@ -144,6 +156,8 @@ class CupyBackend(Backend):
     def release_step_graphs(self, runner: Any, keep: bool) -> None:
         if keep:
             graph_pool.IDLE.keep(runner)
+        else:
+            runner.close()
 
     def forward_replays(self) -> forward.ForwardGraphs:
         return forward.ForwardGraphs()

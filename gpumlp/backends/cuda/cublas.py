@@ -149,6 +149,14 @@ class BlasApi:
     def lt_create(self) -> int:
         raise NotImplementedError
 
+    def destroy_handle(self, handle: int) -> None:
+        """Free a cuBLAS handle (``cublasDestroy``; it synchronises: never during capture)."""
+        raise NotImplementedError
+
+    def lt_destroy(self, lt_handle: int) -> None:
+        """Free a cuBLASLt handle (``cublasLtDestroy``)."""
+        raise NotImplementedError
+
     def lt_plan(self, lt_handle: int, dtype: np.dtype, g: ColumnMajorGemm, epilogue: str,
                 aux_ld: int, workspace_bytes: int) -> Any:
         """Descriptors and the heuristic's algorithm; :class:`BlasUnsupported` if none."""
@@ -201,6 +209,8 @@ class CtypesBlas(BlasApi):
             (self.cublas, "cublasDgemm_v2"): [vp, i32, i32, i32, i32, i32, vp, vp, i32, vp,
                                               i32, vp, vp, i32],
             (self.lt, "cublasLtCreate"): [ctypes.POINTER(vp)],
+            (self.cublas, "cublasDestroy_v2"): [vp],
+            (self.lt, "cublasLtDestroy"): [vp],
             (self.lt, "cublasLtMatmulDescCreate"): [ctypes.POINTER(vp), i32, i32],
             (self.lt, "cublasLtMatmulDescSetAttribute"): [vp, i32, vp, sz],
             (self.lt, "cublasLtMatrixLayoutCreate"): [ctypes.POINTER(vp), i32, u64, u64, i64],
@@ -246,6 +256,12 @@ class CtypesBlas(BlasApi):
         handle = ctypes.c_void_p()
         self._call(self.lt, "cublasLtCreate", ctypes.byref(handle))
         return int(handle.value)
+
+    def destroy_handle(self, handle):
+        self._call(self.cublas, "cublasDestroy_v2", handle)
+
+    def lt_destroy(self, lt_handle):
+        self._call(self.lt, "cublasLtDestroy", lt_handle)
 
     def _desc_attribute(self, desc, attribute, value):
         self._call(self.lt, "cublasLtMatmulDescSetAttribute", desc, attribute,
@@ -321,7 +337,9 @@ class DirectBlas:
         self.cupy = cupy
         self.api = api if api is not None else CtypesBlas()
         self.workspace_bytes = int(workspace_bytes)
-        self._streams: dict[int, tuple[int, int, Any]] = {}  # stream -> handles, workspace
+        # stream -> (cuBLAS handle, cuBLASLt handle, cuBLASLt workspace, cuBLAS workspace):
+        # both workspaces stay referenced here while the handles may use them.
+        self._streams: dict[int, tuple[int, int, Any, Any]] = {}
         self._plans: dict[tuple, Any] = {}
 
     # -------------------------------------------------------------------------- set-up
@@ -336,9 +354,25 @@ class DirectBlas:
         # cuBLASLt takes its workspace per call: its own buffer, so that two GEMMs of one
         # stream never share scratch memory.
         lt_workspace = self.cupy.empty(self.workspace_bytes, dtype=np.uint8)
-        self._streams[key] = (handle, self.api.lt_create(), lt_workspace)
+        self._streams[key] = (handle, self.api.lt_create(), lt_workspace, workspace)
 
-    def _bound(self, stream: Any) -> tuple[int, int, Any]:
+    def release(self, stream: Any) -> None:
+        """Destroy the handles bound to ``stream`` and drop its workspaces (outside capture;
+        the stream's queued work is waited for first).  A later stream that reuses the
+        address is then prepared afresh instead of finding handles bound to a dead one."""
+        entry = self._streams.pop(stream_pointer(stream), None)
+        if entry is None:
+            return
+        stream.synchronize()
+        handle, lt_handle, _, _ = entry
+        self.api.destroy_handle(handle)
+        self.api.lt_destroy(lt_handle)
+
+    def live_streams(self) -> int:
+        """Streams with handles bound (each holds two handles and two workspaces)."""
+        return len(self._streams)
+
+    def _bound(self, stream: Any) -> tuple[int, int, Any, Any]:
         try:
             return self._streams[stream_pointer(stream)]
         except KeyError:
@@ -354,7 +388,7 @@ class DirectBlas:
                     "gemm": "default"}[op]
         key = (op, np.dtype(dtype).str, g)
         if key not in self._plans:
-            _, lt_handle, _ = self._bound(stream)
+            lt_handle = self._bound(stream)[1]
             ld = aux_ld(g.m) if epilogue in ("relu_aux_bias", "drelu", "drelu_bgrad") else 0
             self._plans[key] = self.api.lt_plan(lt_handle, np.dtype(dtype), g, epilogue, ld,
                                                 self.workspace_bytes)
@@ -378,7 +412,7 @@ class DirectBlas:
         if accumulate is not None and accumulate is not out:
             raise ValueError("cuBLAS accumulates into out itself; use weight_grads for a "
                              "separate C")
-        handle, _, _ = self._bound(stream)
+        handle = self._bound(stream)[0]
         self.api.gemm(handle, g, 1.0, right, left, beta if accumulate is not None else 0.0,
                       out)
         return out
@@ -390,7 +424,7 @@ class DirectBlas:
         _check_out(out, (g.n, g.m))
         _check_operands(out.dtype, left=left, right=right, bias=bias, c=c)
         plan = self._planned(op, out.dtype, g, stream)
-        _, lt_handle, workspace = self._bound(stream)
+        _, lt_handle, workspace, _ = self._bound(stream)
         self.api.lt_matmul(lt_handle, plan, 1.0, right, left, beta,
                            out if c is None else c, out, bias, aux, workspace, stream)
 

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from . import cublas
 from .graphs import joined
+from .run import DeviceRun
 
 #: Captured forwards kept per network (each holds an output buffer and chunk buffers).
 KEPT_GRAPHS = 2
@@ -52,8 +53,10 @@ class CapturedForward:
         self.input = x  # kept alive: the graph reads its address
         self.out = backend.empty((x.shape[0], network.sizes[-1]), network.dtype)
         self.workspace = network.new_workspace(min(x.shape[0], chunk))
-        self.state = backend.new_step_state(network.dtype)  # owns split-K scratch
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        # Its stream and step state (which owns the split-K scratch), given back by close().
+        self.device_run = DeviceRun(backend, network.dtype, streams=1)
+        self.state, (self.stream,) = self.device_run.state, self.device_run.streams
+        self.close = self.device_run.close
 
         def forward() -> None:
             for start in range(0, x.shape[0], chunk):
@@ -143,4 +146,6 @@ def _remember(table: OrderedDict, key: tuple, limit: int, value: Any = None) -> 
     table[key] = value
     table.move_to_end(key)
     while len(table) > limit:
-        table.popitem(last=False)
+        _, dropped = table.popitem(last=False)
+        if dropped is not None:
+            dropped.close()  # its stream's cuBLAS(Lt) handles and masks

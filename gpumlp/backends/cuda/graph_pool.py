@@ -22,6 +22,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ... import config
+from . import routes
 
 #: Idle runners kept when ``GPUMLP_IDLE_GRAPHS`` is unset.
 DEFAULT_CAPACITY = config.DEFAULT_IDLE_GRAPHS
@@ -63,20 +64,28 @@ class IdleRunners:
         """Keep ``runner`` (no longer used by any trainer) for a later fit of its key."""
         runner.bind(None)
         capacity = self.capacity
+        evicted = []
         with self._lock:
             self._runners[id(runner)] = (runner.key, runner)
             self._runners.move_to_end(id(runner))
             while len(self._runners) > capacity:
-                self._runners.popitem(last=False)
+                evicted.append(self._runners.popitem(last=False)[1][1])
+        for old in evicted:  # outside the lock: closing waits for the runner's stream
+            old.close()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._runners)
 
     def clear(self) -> None:
-        """Drop every idle runner (their device memory returns to CuPy's pool)."""
+        """Close every idle runner: their device memory returns to CuPy's pool and their
+        cuBLAS(Lt) handles are destroyed."""
         with self._lock:
+            runners = [runner for _, runner in self._runners.values()]
             self._runners.clear()
+        for runner in runners:
+            runner.close()
+        routes.release_pending()  # and what runs collected without close() left
 
 
 #: The process-wide pool the trainers use.

@@ -59,6 +59,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import graph_auto, routes
+from .run import DeviceRun
 
 
 class SideBranch:
@@ -116,11 +117,12 @@ class GraphStepRunner:
         self.blocks_done = cupy.zeros((), dtype=cupy.int32)  # gather_batch's block count
         self.loss_full = cupy.zeros((), dtype=dtype)
         self.loss_rest = cupy.zeros((), dtype=dtype)
-        self.state = self.backend.new_step_state(dtype)
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-        # The weight gradients' branch of each captured step
-        # (routes.weight_grads_beside).
-        self.side = cupy.cuda.Stream(non_blocking=True)
+        # The runner's device state: its stream, the weight gradients' branch of each
+        # captured step (routes.weight_grads_beside), its step state, and what the direct
+        # cuBLAS route makes for those streams; given back by close().
+        self.device_run = DeviceRun(self.backend, dtype, streams=2)
+        self.stream, self.side = self.device_run.streams
+        self.state = self.device_run.state
         self.placement = SideBranch(self.backend, self.stream, self.side)
         self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
         with self.on_stream():
@@ -145,6 +147,14 @@ class GraphStepRunner:
                 trainer.dropout_seed if trainer.dropout else None,
                 net.structure(), type(optimizer).__name__, optimizer.constants(),
                 id(net.backend), net.backend.xp.cuda.runtime.getDevice())
+
+    def close(self) -> None:
+        """Give back the device state made for this runner (its graphs, buffers, and the
+        cuBLAS(Lt) handles, workspaces and masks of its streams); the runner is unusable
+        after.  Called when it leaves the idle pool or its trainer drops it."""
+        self.device_run.close()
+        self.graph_many = self.graph_one = self.graph_rest = None
+        self._buffers.clear()
 
     def bind(self, trainer: Any) -> None:
         """Serve ``trainer`` from now on (its step must have this runner's key)."""

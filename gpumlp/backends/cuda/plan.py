@@ -242,6 +242,11 @@ def device_sm_count(xp: Any) -> int:
 _SCRATCH: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
+def owned_scratch(owner: Any) -> list[tuple[Any, Any]]:
+    """The ``(workspace, tile_counters)`` pairs kept for ``owner``."""
+    return list(_SCRATCH.get(owner, {}).values())
+
+
 def scratch(owner: Any, xp: Any, plan: GemmPlan, dtype: Any) -> tuple[Any, Any]:
     """``(workspace, tile_counters)`` for ``plan``: ``(None, None)`` (null pointers) with one
     split, else device arrays kept for ``owner`` (a backend) and this plan.

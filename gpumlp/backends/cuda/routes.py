@@ -60,6 +60,30 @@ class CapturePaths:
         self.masks: dict[tuple, Any] = {}
         #: The activations whose latest recorded forward wrote its mask (see ForwardRelu).
         self.live_masks: set[tuple] = set()
+        #: The stream each mask was made on (the runner that owns it releases them).
+        self.mask_streams: dict[tuple, int] = {}
+        #: Streams of runs collected without close(), released at the next safe point.
+        self.pending: list[Any] = []
+
+    def defer_release(self, streams: Any) -> None:
+        """Release ``streams`` later (a finalizer may run inside another run's capture,
+        where destroying a handle or freeing memory is not allowed)."""
+        with self._lock:
+            self.pending.extend(streams)
+
+    def release(self, streams: Any = ()) -> None:
+        """Give back what was made for ``streams`` (a closed runner's or captured
+        forward's), and for any whose run was collected unclosed: their cuBLAS(Lt) handles
+        and workspaces, and the ReLU masks made there.  Call outside any capture."""
+        with self._lock:
+            streams, self.pending = [*streams, *self.pending], []
+            pointers = {cublas.stream_pointer(stream) for stream in streams}
+            for key in [k for k, p in self.mask_streams.items() if p in pointers]:
+                del self.masks[key], self.mask_streams[key]
+                self.live_masks.discard(key)
+            if self._blas is not None:
+                for stream in streams:
+                    self._blas.release(stream)
 
     def run(self, mode: str, op: str, shape: tuple, dtype: Any,
             candidates: dict[str, Callable[[], None] | None]) -> str | None:
@@ -99,6 +123,8 @@ class CapturePaths:
         ``None`` with :attr:`unavailable` saying why."""
         if self.unavailable is not None:
             return None
+        if self.pending:  # outside capture here: a good moment to free collected runs
+            self.release()
         try:
             with self._lock:
                 if self._blas is None:
@@ -129,6 +155,14 @@ def paths_of(backend: Any) -> CapturePaths:
         if paths is None:
             paths = _PATHS[backend] = CapturePaths(backend.xp, backend.gemm_path)
         return paths
+
+
+def release_pending() -> None:
+    """Release the streams of every run collected without ``close()`` (outside capture)."""
+    with _PATHS_LOCK:
+        every = list(_PATHS.values())
+    for paths in every:
+        paths.release()
 
 
 def is_capturing(cupy: Any) -> bool:
@@ -265,6 +299,7 @@ def forward(x: Any, w: Any, out: Any, epilogue: Callable[[], None],
                 if is_capturing(blas.cupy):
                     return None  # never made in the warm-up: not this route
                 n, m = out.shape
+                paths.mask_streams[key] = cublas.stream_pointer(stream)
                 mask = paths.masks[key] = blas.cupy.zeros(cublas.aux_bytes(m, n),
                                                           dtype=np.uint8)
             if not is_capturing(blas.cupy):

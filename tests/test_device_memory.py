@@ -1,0 +1,64 @@
+"""Device state is owned by the run that made it and given back: after many fits of
+different shapes and ``gpumlp.graph_pool.clear()``, the device pool holds no more bytes and
+no more cuBLAS/cuBLASLt handles live than before (emulated CuPy and cuBLAS)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+import gpumlp
+from gpumlp.backends.cuda import graph_auto, routes
+from gpumlp.backends.cuda.backend import CupyBackend
+from gpumlp.network import Network
+from gpumlp.optim import Adam
+from gpumlp.training import Trainer
+
+from conftest import load_support
+
+emulated = load_support("emulated_cupy")
+emulated_cublas = load_support("emulated_cublas")
+
+
+@pytest.fixture
+def blas_api(cp, monkeypatch):
+    api = emulated_cublas.EmulatedBlas(emulated)
+    monkeypatch.setattr(routes, "new_api", lambda: api)
+    monkeypatch.setattr(graph_auto, "VERDICTS", graph_auto.GraphVerdicts())
+    return api
+
+
+def one_fit(cp, backend, shape, seed):
+    rows, hidden = shape
+    rng = np.random.default_rng(seed)
+    X = cp.asarray(rng.normal(size=(rows, 6)))
+    T = cp.asarray(np.eye(3)[rng.integers(0, 3, rows)])
+    net = Network([6, hidden, 3], backend=backend, seed=seed, dtype=np.float64)
+    trainer = Trainer(net, Adam(backend, net.params, 1e-2), batch_size=8, alpha=1e-3,
+                      dropout=0.1, seed=seed, cuda_graph="on")
+    trainer.fit(X, T, 2)
+    for _ in range(2):  # the second prediction replays a captured forward
+        net.predict_output(X)
+
+
+@pytest.mark.kernels
+def test_twenty_fits_give_back_their_device_memory_and_handles(cp, blas_api):
+    backend = CupyBackend(gemm_path="cublas")  # captured GEMMs on cuBLAS(Lt): handles made
+    pool = cp.get_default_memory_pool()
+    gc.collect()
+    before = pool.used_bytes(), blas_api.live_handles()
+    shapes = [(24 + 4 * (i % 5), 8 + 2 * (i % 4)) for i in range(20)]
+    for i, shape in enumerate(shapes):
+        one_fit(cp, backend, shape, i)
+    gc.collect()  # models of past fits: their captured forwards are collected
+    gpumlp.graph_pool.clear()
+    after = pool.used_bytes(), blas_api.live_handles()
+    # What stays is the shared backend's per-thread eager state (its step scalars), made
+    # once by the first eager launch, not per fit.
+    kept = backend.thread_state_nbytes()
+    assert (after[0] - kept, after[1]) == before, (
+        f"device pool bytes {before[0]} -> {after[0]} ({kept} of them the thread's eager "
+        f"state), live cuBLAS handles {before[1]} -> {after[1]} after 20 fits")
+    assert kept < 1024
