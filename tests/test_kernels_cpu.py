@@ -613,6 +613,45 @@ def test_gemm_plan_uses_the_sm_count_and_sizes_the_scratch():
     assert again[0] is ws and again[1] is counters  # never reallocated: graphs keep addresses
 
 
+def test_sm_residency_counts_registers_per_scheduler():
+    """CUDA's occupancy calculator gives each of an SM's 4 schedulers a quarter of the
+    registers: a 2-warp block of 173 registers (the TF32 tile) fits 4 times, not the 5 a
+    whole-SM count gives; the thread, block and shared-memory limits bind too."""
+    assert gemm_plan.resident_blocks(173, 34820, 64) == 4
+    assert gemm_plan.tile_residency("gemm_bias_act", "float32", 3) == 4
+    assert gemm_plan.resident_blocks(108, 11268, 64) == 8  # the 64x16 tile
+    assert gemm_plan.resident_blocks(182, 33796, 256) == 1  # the 128x128 tile
+    assert gemm_plan.resident_blocks(16, 0, 32) == 32  # the block limit
+    assert gemm_plan.resident_blocks(16, 0, 1024) == 2  # 2048 threads
+    assert gemm_plan.resident_blocks(16, 100 * 1024, 32) == 2  # 228 KB of shared memory
+
+
+def test_fma_rate_scales_with_the_warps_an_sm_runs():
+    """A lone 2-warp block keeps 2 of the 4 schedulers half busy: a quarter of the SM."""
+    assert gemm_plan.issue_share(2) == 0.25
+    assert gemm_plan.issue_share(8) == 1.0
+    assert gemm_plan.issue_share(5) == pytest.approx((1 + 0.5 * 3) / 4)
+    efficiency = gemm_plan.TILE_EFFICIENCY[2]
+    K = 16 * 64  # one block of the 64x16 tile on each of 132 SMs, 64 k-tiles each
+    alone = gemm_plan.estimate_us(64, 16 * 132, K, tile=2, splits=1)
+    fma_us = 64 * 16 * K / (gemm_plan.FMA_PER_SM_US * efficiency * 0.25)
+    assert alone == pytest.approx(fma_us + gemm_plan.WAVE_LATENCY_US)
+
+
+def test_the_narrow_tile_serves_only_narrow_outputs_of_the_benchmark_steps():
+    """Before the rate followed the resident warps, the 64x16 tile (2 warps a block, about
+    one block an SM at these sizes) was chosen for 6 of the 8 GEMMs of mlp-256 at batch
+    256; it is worth it only where the output is at most 16 wide (the 10 classes)."""
+    from conftest import load_support
+
+    plan_table = load_support("plan_table")
+    for sizes in plan_table.CONFIGS.values():
+        for batch in plan_table.BATCHES:
+            for gemm in plan_table.step_gemms(sizes, batch):
+                narrow = kernels.GEMM_TILES[gemm.plan.tile][1] == 16
+                assert narrow == (min(gemm.plan.M, gemm.plan.N) <= 16), (sizes, batch, gemm)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: gemm_plan.choose("bias_act", np.float32, 1, 1, 1), "not a GEMM"),
     (lambda: gemm_plan.choose("gemm_bias_act", np.float32, -1, 1, 1), "M=-1"),

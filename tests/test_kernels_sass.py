@@ -15,6 +15,8 @@ import pytest
 
 from conftest import load_support
 
+from gpumlp.backends.cuda import kernels, plan as gemm_plan
+
 pytestmark = pytest.mark.kernels
 
 sass = load_support("sass")
@@ -82,3 +84,32 @@ def test_loop_finder_picks_the_main_loop():
     assert sass.hottest_loop(body) == (2, 6)  # 3 FMAs of its own; the tile loop has 2
     assert sass.occupancy(128, 33 * 1024, 256) == 0.25
     assert sass.occupancy(64, 17 * 1024, 256) == 0.5
+
+
+@pytest.fixture(scope="module")
+def resources(tmp_path_factory):
+    """ptxas's registers and shared memory of every GEMM instantiation the plan models."""
+    try:
+        sass.find_tools()
+    except sass.ToolsUnavailable as exc:
+        pytest.skip(str(exc))
+    expressions = {}
+    for kernel, dtype, tile in gemm_plan.KERNEL_RESOURCES:
+        ctype = kernels.DTYPES[dtype]
+        args = f"{ctype}, {tile}" if kernel in ("gemm_weight_grads", "gemm_softmax_xent") \
+            else f"{ctype}, 1, false, {tile}"
+        expressions[f"{kernel}<{args}>"] = (kernel, dtype, tile)
+    found = sass.analyse(list(expressions), tmp_path_factory.mktemp("resources"))
+    return {expressions[r.expression]: (r.registers, r.shared_bytes) for r in found}
+
+
+def test_plan_knows_every_gemm_instantiation():
+    expected = {(kernel, dtype, tile) for kernel in gemm_plan.GEMM_SHAPES
+                for dtype in kernels.DTYPES for tile in kernels.gemm_tiles(kernel, dtype)}
+    assert set(gemm_plan.KERNEL_RESOURCES) == expected
+
+
+def test_plan_resources_are_the_compilers(resources):
+    """The plan counts resident blocks from these figures: they must be nvcc's (with the
+    run-time options) for the kernels as they are now."""
+    assert resources == gemm_plan.KERNEL_RESOURCES

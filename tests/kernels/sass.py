@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpumlp.backends.cuda import kernels
+from gpumlp.backends.cuda import plan as gemm_plan
 
 ARCH = "sm_90"
-#: H100 SM: 64K registers, 228 KB shared (227 KB usable per block), 64 warps, 32 blocks.
-SM_REGISTERS, SM_SHARED, SM_WARPS, SM_BLOCKS = 65536, 233472, 64, 32
-SHARED_RESERVED_PER_BLOCK = 1024
 
 
 class ToolsUnavailable(RuntimeError):
@@ -85,14 +83,12 @@ class KernelReport:
 
 
 def occupancy(registers: int, shared: int, threads: int) -> float:
-    """Theoretical occupancy (resident warps / 64) on an H100 SM."""
+    """Theoretical occupancy (resident warps / 64) on an H100 SM, counted as the GEMM plan
+    counts resident blocks (registers per scheduler: a 2-warp block of 173 registers fits 4
+    times, not the 5 a whole-SM count gives)."""
     warps = -(-threads // 32)
-    regs_per_warp = -(-max(registers, 1) * 32 // 256) * 256  # allocated per warp, 256 at a time
-    by_regs = SM_REGISTERS // (regs_per_warp * warps)
-    by_shared = SM_SHARED // (shared + SHARED_RESERVED_PER_BLOCK) if shared else SM_BLOCKS
-    by_warps = SM_WARPS // warps
-    blocks = min(by_regs, by_shared, by_warps, SM_BLOCKS)
-    return blocks * warps / SM_WARPS
+    return gemm_plan.resident_blocks(registers, shared, threads) * warps / (
+        gemm_plan.SM_THREADS // 32)
 
 
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")

@@ -6,8 +6,14 @@ estimates, for every tile of :data:`gpumlp.backends.cuda.kernels.GEMM_TILES` and
 from the number of waves the blocks make over the device's SMs, and picks the fastest:
 
 * compute: the FMAs of the busiest SM's blocks at the tile's efficiency (the FFMA share of
-  its main loop), or the operand traffic of all blocks through L2 if that takes longer
-  (thin tiles reload their operands often), plus a fill / drain latency per wave;
+  its main loop) times the share of the SM's issue rate its resident warps reach, or the
+  operand traffic of all blocks through L2 if that takes longer (thin tiles reload their
+  operands often), plus a fill / drain latency per wave.  How many blocks an SM holds follows
+  from the kernel's registers and shared memory (:data:`KERNEL_RESOURCES`, ptxas figures)
+  and the SM's limits, as CUDA's occupancy calculator counts them; an SM's warps are dealt
+  over its 4 schedulers, and a scheduler issues every cycle only with
+  :data:`WARPS_PER_SCHEDULER` warps (one 2-warp block alone on an SM reaches a quarter of
+  its FMA rate);
 * split-K reduction (splits > 1): every split writes its partial tile and the last block
   reads them all back (``2 x splits x tiles x BM x BN`` elements through memory) and waits
   on the per-tile counter.
@@ -36,7 +42,7 @@ import numpy as np
 from . import kernels
 
 __all__ = ["DEFAULT_SM_COUNT", "GemmPlan", "choose", "device_sm_count", "estimate_us",
-           "scratch", "softmax_xent_plan", "GEMM_SHAPES"]
+           "issue_share", "resident_blocks", "scratch", "softmax_xent_plan", "GEMM_SHAPES"]
 
 #: SMs of an H100 SXM, used when no device can be asked.
 DEFAULT_SM_COUNT = 132
@@ -52,13 +58,51 @@ WAVE_LATENCY_US = 1.0
 SPLIT_LATENCY_US = 0.7
 #: Largest split-K factor tried.
 MAX_SPLITS = 32
-#: Per tile: (blocks resident per SM, share of issue slots that are FFMA in the main loop),
-#: from the sm_90 SASS table in benchmarks/README.md (registers and shared memory per block).
-#: The TF32 tile (3) is given its rate in FP32-FMA equivalents: its main loop is bound by
-#: instruction issue (fragment loads and TF32 rounding around the HMMA), and by the SASS count
-#: does about 2.6x the multiply-adds per issue slot of the FP32 128x128 tile: 0.87 x 2.6.
-TILE_TRAITS: dict[int, tuple[int, float]] = {0: (2, 0.74), 1: (1, 0.87), 2: (8, 0.63),
-                                             3: (5, 2.2)}
+#: An H100 SM (compute capability 9.0): its 4 schedulers, each with a quarter of the
+#: registers (a warp's come from its scheduler's share, 256 at a time), shared memory (1 KB
+#: of it reserved per block), threads and blocks.
+SM_SCHEDULERS = 4
+SM_REGISTERS = 65536
+REGISTER_UNIT = 256
+SM_SHARED_BYTES = 228 * 1024
+SHARED_RESERVED_PER_BLOCK = 1024
+SM_THREADS = 2048
+SM_BLOCKS = 32
+#: Warps a scheduler needs to issue every cycle in these main loops: an assumption of the
+#: model, not a measurement.  One warp alone stalls on its shared-memory loads (about 30
+#: cycles) and barriers between runs of FMAs; a second fills those gaps.
+WARPS_PER_SCHEDULER = 2
+#: Per tile: the share of the main loop's issue slots that are FFMA (sm_90 SASS, see
+#: benchmarks/README.md).  The TF32 tile (3) is given its rate in FP32-FMA equivalents: its
+#: main loop is bound by instruction issue (fragment loads and TF32 rounding around the
+#: HMMA), and by the SASS count does about 2.6x the multiply-adds per issue slot of the FP32
+#: 128x128 tile: 0.87 x 2.6.
+TILE_EFFICIENCY: dict[int, float] = {0: 0.74, 1: 0.87, 2: 0.63, 3: 2.2}
+#: (registers per thread, static shared bytes per block) of each fused GEMM's instantiation,
+#: by (kernel, dtype, tile): ptxas for sm_90 with the run-time options, checked against nvcc
+#: by tests/test_kernels_sass.py.  Activation and dropout change them by a few registers,
+#: never the blocks an SM holds.
+KERNEL_RESOURCES: dict[tuple[str, str, int], tuple[int, int]] = {
+    ("gemm_bias_act", "float32", 0): (102, 17412),
+    ("gemm_bias_act", "float32", 1): (182, 33796),
+    ("gemm_bias_act", "float32", 2): (108, 11268),
+    ("gemm_bias_act", "float32", 3): (173, 34820),
+    ("gemm_bias_act", "float64", 0): (126, 34820),
+    ("gemm_backprop_act", "float32", 0): (87, 17412),
+    ("gemm_backprop_act", "float32", 1): (168, 33796),
+    ("gemm_backprop_act", "float32", 3): (168, 34820),
+    ("gemm_backprop_act", "float64", 0): (126, 34820),
+    ("gemm_weight_grads", "float32", 0): (115, 17412),
+    ("gemm_weight_grads", "float32", 1): (176, 33796),
+    ("gemm_weight_grads", "float32", 2): (108, 11268),
+    ("gemm_weight_grads", "float32", 3): (181, 34820),
+    ("gemm_weight_grads", "float64", 0): (128, 34820),
+    ("gemm_softmax_xent", "float32", 0): (100, 22532),
+    ("gemm_softmax_xent", "float32", 1): (236, 43012),
+    ("gemm_softmax_xent", "float32", 2): (93, 12548),
+    ("gemm_softmax_xent", "float32", 3): (240, 37124),
+    ("gemm_softmax_xent", "float64", 0): (128, 45060),
+}
 
 #: kernel -> how its (M, N, K) follow from the backend's (n, k, m) sizes.
 GEMM_SHAPES = {
@@ -97,11 +141,36 @@ def _tiles(M: int, N: int, tile: int) -> tuple[int, int]:
     return -(-M // bm), -(-N // bn)
 
 
+def resident_blocks(registers: int, shared_bytes: int, threads: int) -> int:
+    """Blocks of a kernel one H100 SM holds at once (CUDA's occupancy calculator's count:
+    registers per scheduler, shared memory, threads, blocks)."""
+    warps = -(-threads // 32)
+    warp_registers = -(-max(registers, 1) * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    warps_by_registers = SM_SCHEDULERS * (SM_REGISTERS // SM_SCHEDULERS // warp_registers)
+    by_shared = SM_SHARED_BYTES // (shared_bytes + SHARED_RESERVED_PER_BLOCK)
+    return min(warps_by_registers // warps, by_shared, SM_THREADS // (32 * warps), SM_BLOCKS)
+
+
+def issue_share(warps: int) -> float:
+    """The share of an SM's issue rate ``warps`` resident warps reach: dealt round-robin
+    over the schedulers, each at full rate with :data:`WARPS_PER_SCHEDULER` warps."""
+    per = [warps // SM_SCHEDULERS + (s < warps % SM_SCHEDULERS) for s in range(SM_SCHEDULERS)]
+    return sum(min(1.0, w / WARPS_PER_SCHEDULER) for w in per) / SM_SCHEDULERS
+
+
+def tile_residency(kernel: str, dtype_name: str, tile: int) -> int:
+    """Blocks of ``kernel``'s ``tile`` instantiation an SM holds (:data:`KERNEL_RESOURCES`)."""
+    registers, shared = KERNEL_RESOURCES[(kernel, dtype_name, tile)]
+    return resident_blocks(registers, shared, kernels.GEMM_TILES[tile][3])
+
+
 def estimate_us(M: int, N: int, K: int, tile: int, splits: int,
-                sm_count: int = DEFAULT_SM_COUNT, itemsize: int = 4) -> float:
+                sm_count: int = DEFAULT_SM_COUNT, itemsize: int = 4,
+                kernel: str = "gemm_bias_act") -> float:
     """The model's time (µs) of one launch; see the module docstring."""
-    bm, bn, bk, _ = kernels.GEMM_TILES[tile]
-    resident, efficiency = TILE_TRAITS[tile]
+    bm, bn, bk, threads = kernels.GEMM_TILES[tile]
+    resident = tile_residency(kernel, "float64" if itemsize == 8 else "float32", tile)
+    efficiency = TILE_EFFICIENCY[tile]
     tiles_m, tiles_n = _tiles(M, N, tile)
     k_tiles = max(1, -(-K // bk))
     per_split = -(-k_tiles // splits)
@@ -110,10 +179,12 @@ def estimate_us(M: int, N: int, K: int, tile: int, splits: int,
     # A partial last wave leaves SMs with fewer blocks, which then run faster; count the
     # SMs' load rather than whole waves once there is more than one.
     busiest = -(-blocks // sm_count)  # blocks on the busiest SM
+    together = min(busiest, resident)  # of them at once
     block_fmas = bm * bn * per_split * bk
     if itemsize == 8:
         efficiency /= 2.0  # FP64 at half the FP32 rate on H100
-    fma_time = busiest * block_fmas / (FMA_PER_SM_US * efficiency)
+    rate = FMA_PER_SM_US * efficiency * issue_share(together * -(-threads // 32))
+    fma_time = busiest * block_fmas / rate
     operand_bytes = blocks * (bm + bn) * per_split * bk * itemsize
     compute = max(fma_time, operand_bytes / L2_BYTES_PER_US) + waves * WAVE_LATENCY_US
     if splits == 1:
@@ -153,7 +224,7 @@ def _choose(kernel: str, dtype_name: str, M: int, N: int, K: int, sm_count: int,
             -(-k_tiles // per) for per in range(1, k_tiles + 1)
             if -(-k_tiles // per) <= MAX_SPLITS})
         for s in choices:
-            cost = estimate_us(M, N, K, t, s, sm_count, itemsize)
+            cost = estimate_us(M, N, K, t, s, sm_count, itemsize, kernel)
             key = (round(cost, 6), s, -kernels.GEMM_TILES[t][0] * kernels.GEMM_TILES[t][1])
             if best is None or key < best[0]:
                 best = (key, t, s, cost)
