@@ -150,3 +150,46 @@ def test_relu_layers_without_dropout_are_whole_cublaslt_calls(cp, blas_api):
     assert "act_grad" not in names and not FUSED_GEMMS & set(names)
     assert names.count("add_weights_l2_loss") == 1  # alpha > 0: one L2 term, every layer
     assert len(names) == 13  # with the batch gather, the L2 term, the loss and the optimizer
+
+
+def test_hidden_width_100_trains_captured_on_cublaslt(cp, blas_api):
+    """784-100-10: W2 starts at byte 314000 of the flat parameters (144 mod 256), so the
+    weight gradient's cuBLASLt call has C = W2 and D = dW2 only 16-byte aligned; planned for
+    256 (the library's default) the call is refused."""
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(48, 784)).astype(np.float32)
+    T = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 48)]
+
+    def trainer(backend, cuda_graph):
+        net = Network([784, 100, 10], activation="relu", backend=backend, seed=0,
+                      dtype=np.float32)
+        return Trainer(net, Adam(backend, net.params, 1e-3), batch_size=16, alpha=1e-3,
+                       seed=0, cuda_graph=cuda_graph)
+
+    graph, eager = trainer(gpu("cublas"), "on"), trainer(gpu("fused"), "off")
+    loss = graph.run_epoch(cp.asarray(X), cp.asarray(T))
+    assert loss == pytest.approx(eager.run_epoch(cp.asarray(X), cp.asarray(T)), rel=1e-5)
+    # Float32 sums in another order: Adam's step (lr 1e-3) amplifies them where a gradient
+    # is near zero.
+    np.testing.assert_allclose(graph.network.get_flat_params(),
+                               eager.network.get_flat_params(), rtol=1e-4, atol=5e-5)
+    assert captured_names(graph).count("cublasLtMatmul[bgrada]") == 2
+    assert (256, 256, 16, 16) in {plan.alignments for plan in blas_api.plans}
+
+
+def test_blas_error_in_warm_up_keeps_that_gemm_fused(cp, monkeypatch):
+    """A call the library refuses although planning passed (a status error) is not fatal:
+    the GEMM stays on the fused kernel, with a warning naming it."""
+    class Refusing(emulated_cublas.EmulatedBlas):
+        def lt_matmul(self, *args, **kwargs):
+            raise capture_paths.cublas.BlasError("cublasLtMatmul returned status 7")
+
+    api = Refusing(emulated)
+    monkeypatch.setattr(capture_paths, "new_api", lambda: api)
+    X, T = data()
+    graph, eager = make_trainer(gpu("cublas"), "on"), make_trainer(gpu("fused"), "off")
+    with pytest.warns(RuntimeWarning, match="weight_grads .* stays on the fused GEMM.*status 7"):
+        loss = graph.run_epoch(cp.asarray(X), cp.asarray(T))
+    assert loss == pytest.approx(eager.run_epoch(cp.asarray(X), cp.asarray(T)), rel=1e-10)
+    names = captured_names(graph)
+    assert names.count("gemm_weight_grads") == 3 and names.count("cublasDgemm_v2") == 5

@@ -95,10 +95,10 @@ def test_fused_relu_layer_forward_backward_and_weight_gradient(cp, blas, stream,
     db, db_w = cp.full((m,), np.nan, np.float32), cp.full((m,), np.nan, np.float32)
     dw = cp.full((k, m), np.nan, np.float32)
     mask = cp.zeros(aux_bytes(m, n), np.uint8)
-    for op, left, right in (("forward_relu", x, w),
-                            ("backward_drelu_bgrad", h_next, w_next),
-                            ("weight_grads", x, delta)):
-        blas.fused_gemms(op, left.shape, right.shape, np.float32, stream)
+    for op, left, right, out, c in (("forward_relu", x, w, a, None),
+                                    ("backward_drelu_bgrad", h_next, w_next, delta, None),
+                                    ("weight_grads", x, delta, dw, w)):
+        blas.fused_gemms(op, left, right, out, stream, c=c)
     with stream:
         blas.affine_relu(x, w, b, a, mask, stream)
         blas.backprop_relu(h_next, w_next, mask, delta, stream, db=db)
@@ -117,7 +117,7 @@ def test_output_layer_bias_epilogue(cp, blas, stream):
     rng = np.random.default_rng(2)
     x, w, b = rand(cp, rng, 8, 5), rand(cp, rng, 5, 3), rand(cp, rng, 3)
     out = cp.empty((8, 3), np.float32)
-    blas.fused_gemms("forward_bias", x.shape, w.shape, np.float32, stream)
+    blas.fused_gemms("forward_bias", x, w, out, stream)
     with stream:
         blas.affine(x, w, b, out, stream)
     np.testing.assert_allclose(host(out), host(x) @ host(w) + host(b), rtol=1e-5)
@@ -130,7 +130,7 @@ def test_captured_calls_replay_on_current_data(cp, blas, stream):
     x, w, b = rand(cp, rng, n, k), rand(cp, rng, k, m), rand(cp, rng, m)
     a, mask = cp.empty((n, m), np.float32), cp.zeros(aux_bytes(m, n), np.uint8)
     prod = cp.empty((n, n), np.float32)
-    blas.fused_gemms("forward_relu", x.shape, w.shape, np.float32, stream)
+    blas.fused_gemms("forward_relu", x, w, a, stream)
     with stream:
         stream.begin_capture()
         blas.affine_relu(x, w, b, a, mask, stream)
@@ -165,7 +165,7 @@ def test_handles_and_plans_must_be_made_before_capture(cp, blas):
     with s:
         s.begin_capture()
         with pytest.raises(em.CaptureViolation, match="Heuristic"):
-            blas.fused_gemms("forward_bias", x.shape, w.shape, np.float32, s)
+            blas.fused_gemms("forward_bias", x, w, out, s)
     s.capture = None
 
 
@@ -206,8 +206,10 @@ def test_unsupported_epilogue_is_reported_while_planning(cp):
     s = cp.cuda.Stream(non_blocking=True)
     blas.prepare(s)
     with pytest.raises(BlasUnsupported, match="drelu_bgrad"):
-        blas.fused_gemms("backward_drelu_bgrad", (8, 4), (6, 4), np.float32, s)
-    blas.fused_gemms("forward_relu", (8, 4), (4, 6), np.float32, s)  # others still plan
+        blas.fused_gemms("backward_drelu_bgrad", cp.empty((8, 4), np.float32),
+                         cp.empty((6, 4), np.float32), cp.empty((8, 6), np.float32), s)
+    blas.fused_gemms("forward_relu", cp.empty((8, 4), np.float32),  # others still plan
+                     cp.empty((4, 6), np.float32), cp.empty((8, 6), np.float32), s)
 
 
 @pytest.mark.parametrize("make, error, message", [
@@ -234,3 +236,49 @@ def test_real_library_missing_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(pathfinder, "load_nvidia_dynamic_lib", missing)
     with pytest.raises(BlasError, match="cannot load cuBLAS / cuBLASLt: no libcublas"):
         cublas_direct.CtypesBlas()
+
+
+def offset_view(cp, shape, byte_offset, dtype=np.float32):
+    """A C-contiguous device array starting ``byte_offset`` bytes into an allocation."""
+    item = np.dtype(dtype).itemsize
+    size = int(np.prod(shape))
+    base = cp.zeros(size + byte_offset // item, dtype)
+    view = base[byte_offset // item:].reshape(shape)
+    assert cublas_direct.pointer(view) % 256 == byte_offset % 256
+    return view
+
+
+def test_emulated_cublaslt_refuses_an_operand_less_aligned_than_its_plan(cp, blas, stream):
+    """cuBLASLt assumes 256-byte operands unless the preference says less, and its chosen
+    algorithm then refuses a pointer that is not; so does the emulation."""
+    rng = np.random.default_rng(7)
+    n, k, m = 16, 12, 20
+    x, h = rand(cp, rng, n, k), rand(cp, rng, n, m)
+    dw, db = offset_view(cp, (k, m), 314000), cp.empty(m, np.float32)  # 144 mod 256
+    g = rowmajor_gemm(x.shape, True, h.shape, False)
+    _, lt_handle, workspace, _ = blas._streams[cublas_direct.stream_pointer(stream)]
+    default = blas.api.lt_plan(lt_handle, np.dtype(np.float32), g, "bgrada", 0, WORKSPACE,
+                               (256, 256, 256, 256))
+    with pytest.raises(BlasError, match=r"C at address .* \(144 mod 256\).*256 bytes"):
+        blas.api.lt_matmul(lt_handle, default, 1.0, h, x, 0.0, dw, dw, db, None, workspace,
+                           stream)
+
+
+def test_plans_follow_the_operands_alignment(cp, blas, stream):
+    """A hidden width of 100 puts W2 at byte 314000 of the flat parameters (16-byte
+    aligned, 144 mod 256): the plan asks cuBLASLt for algorithms that read it."""
+    rng = np.random.default_rng(8)
+    n, k, m = 16, 100, 10
+    x, h = rand(cp, rng, n, k), rand(cp, rng, n, m)
+    w = offset_view(cp, (k, m), 314000)
+    w[...] = cp.asarray(rng.normal(size=(k, m)).astype(np.float32))
+    dw, db = offset_view(cp, (k, m), 314000), cp.empty(m, np.float32)
+    plan = blas.fused_gemms("weight_grads", x, h, dw, stream, c=w)
+    assert plan.alignments == (256, 256, 16, 16)  # A = h, B = x, C = w, D = dw
+    with stream:
+        blas.weight_grads(x, h, dw, db, stream, w=w, decay=0.5)
+    np.testing.assert_allclose(host(dw), host(x).T @ host(h) + 0.5 * host(w), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(host(db), host(h).sum(axis=0), rtol=1e-5)
+    # An allocation is 256-byte aligned (capped there); a slice of X's rows is what it is.
+    assert cublas_direct.alignment(x) == 256 and cublas_direct.alignment(x[1:]) == 16

@@ -58,10 +58,11 @@ def test_relu_layer_epilogues_and_capture(cupy, blas_and_stream):
         db, db_w = cupy.empty(m, f32), cupy.empty(m, f32)
         mask = cupy.zeros(aux_bytes(m, n), cupy.uint8)
         try:
-            for op, left, right in (("forward_relu", x, w),
-                                    ("backward_drelu_bgrad", h_next, w_next),
-                                    ("weight_grads", x, delta)):
-                blas.fused_gemms(op, left.shape, right.shape, f32, stream)
+            for op, left, right, out, c in (("forward_relu", x, w, a, None),
+                                            ("backward_drelu_bgrad", h_next, w_next, delta,
+                                             None),
+                                            ("weight_grads", x, delta, dw, w)):
+                blas.fused_gemms(op, left, right, out, stream, c=c)
         except BlasUnsupported as exc:
             pytest.fail(f"cuBLASLt refused an epilogue gpumlp relies on: {exc}")
 

@@ -6,6 +6,10 @@ CuPy (``emulated_cupy.py``), strict about what a GPU would do differently:
   the array), so a wrong transpose, leading dimension or operand order gives wrong numbers,
   not a silently right NumPy product.  An operand of another dtype than the GEMM is refused
   (the GPU would read its bytes as the wrong type).
+* **Alignment**: a plan holds the minimum alignment of ``A, B, C, D`` its preference gave
+  (256 bytes, the library's default, when none was given) and ``cublasLtMatmul`` refuses an
+  operand whose address is less aligned, with a :class:`BlasError`, as the library does when
+  the algorithm it chose cannot read it.
 * **Epilogues** compute what cuBLASLt's do: bias over the rows of ``D``, ReLU keeping a
   bit-mask (bit ``r + c * ld``), ``DRELU_BGRAD`` reading it and writing the bias gradient,
   ``BGRADA`` / ``BGRADB`` reducing ``A`` / ``B`` over ``k``.  ``beta == 0`` never reads ``C``.
@@ -25,9 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from gpumlp.backends.cuda.cublas import (AUX_LD_MULTIPLE, OP_N, BlasApi, BlasUnsupported,
-                                           ColumnMajorGemm)
+from gpumlp.backends.cuda.cublas import (AUX_LD_MULTIPLE, OP_N, BlasApi, BlasError,
+                                         BlasUnsupported, ColumnMajorGemm, pointer)
 
+#: What cuBLASLt assumes of every operand when the preference sets no minimum alignment
+#: (stated here, not taken from gpumlp: it is the library's rule).
+DEFAULT_ALIGNMENT = 256
 NEEDS_BIAS = {"bias", "relu_bias", "relu_aux_bias", "drelu_bgrad", "bgrada", "bgradb"}
 NEEDS_AUX = {"relu_aux_bias", "drelu", "drelu_bgrad"}
 _READS = ("a", "b", "c", "bias_in", "aux_in")
@@ -35,10 +42,13 @@ _WRITES = ("d", "bias_out", "aux_out", "workspace")
 
 
 class EmulatedPlan:
-    """What a cuBLASLt plan fixes: dtype, GEMM geometry, epilogue and mask leading dim."""
+    """What a cuBLASLt plan fixes: dtype, GEMM geometry, epilogue, mask leading dim and the
+    operands' minimum alignments (bytes of A, B, C, D)."""
 
-    def __init__(self, dtype: np.dtype, g: ColumnMajorGemm, epilogue: str, aux_ld: int):
+    def __init__(self, dtype: np.dtype, g: ColumnMajorGemm, epilogue: str, aux_ld: int,
+                 alignments: tuple[int, int, int, int]):
         self.dtype, self.g, self.epilogue, self.aux_ld = dtype, g, epilogue, aux_ld
+        self.alignments = alignments
 
 
 class _Call:
@@ -96,6 +106,7 @@ class EmulatedBlas(BlasApi):
         self.handles: dict[int, dict[str, Any]] = {}
         self.lt_handles: set[int] = set()
         self.calls: collections.Counter = collections.Counter()
+        self.plans: list[EmulatedPlan] = []  # every plan made, in order
         self._next = 1
 
     def _outside_capture(self, what: str) -> None:
@@ -135,7 +146,8 @@ class EmulatedBlas(BlasApi):
         """cuBLAS and cuBLASLt handles made and not destroyed."""
         return len(self.handles) + len(self.lt_handles)
 
-    def lt_plan(self, lt_handle, dtype, g, epilogue, aux_ld, workspace_bytes):
+    def lt_plan(self, lt_handle, dtype, g, epilogue, aux_ld, workspace_bytes,
+                alignments=(DEFAULT_ALIGNMENT,) * 4):
         self._outside_capture("cublasLtMatmulAlgoGetHeuristic (it synchronises)")
         if lt_handle not in self.lt_handles:
             raise ValueError(f"unknown cuBLASLt handle {lt_handle}")
@@ -144,7 +156,13 @@ class EmulatedBlas(BlasApi):
         if epilogue in NEEDS_AUX and (aux_ld % AUX_LD_MULTIPLE or aux_ld < g.m):
             raise BlasUnsupported(f"aux leading dimension {aux_ld} must be a multiple of "
                                   f"{AUX_LD_MULTIPLE} and at least {g.m}")
-        return EmulatedPlan(np.dtype(dtype), g, epilogue, aux_ld)
+        for required in alignments:
+            if required < 1 or required & (required - 1) or required > DEFAULT_ALIGNMENT:
+                raise ValueError(f"minimum alignment {required} must be a power of two up to "
+                                 f"{DEFAULT_ALIGNMENT} bytes")
+        plan = EmulatedPlan(np.dtype(dtype), g, epilogue, aux_ld, tuple(alignments))
+        self.plans.append(plan)
+        return plan
 
     # ------------------------------------------------------------------------------ calls
     def _enqueue(self, name: str, stream: Any, arrays: dict[str, Any], run: Any) -> None:
@@ -214,6 +232,12 @@ class EmulatedBlas(BlasApi):
             raise self.em.CaptureViolation("cublasLtMatmul on the legacy default stream")
         g, dtype, epilogue = plan.g, plan.dtype, plan.epilogue
         name = f"cublasLtMatmul[{epilogue}]"
+        for operand, array, required in zip("ABCD", (a, b, c, d), plan.alignments):
+            address = pointer(array)
+            if address % required:
+                raise BlasError(f"{name}: {operand} at address {address:#x} ({address % 256} "
+                                f"mod 256) is less aligned than the {required} bytes its plan's "
+                                "algorithm was chosen for")
         self._check_dtypes(name, dtype, a=a, b=b, c=c if beta != 0 else None, d=d, bias=bias)
         if (bias is not None) != (epilogue in NEEDS_BIAS):
             raise ValueError(f"{name}: a bias vector is {'required' if epilogue in NEEDS_BIAS else 'not used'}")

@@ -442,6 +442,24 @@ def _device_arrays(value: Any) -> list:
     return []
 
 
+#: CuPy's memory pool hands out blocks aligned to 512 bytes (cudaMalloc: 256); NumPy's own
+#: allocations are only 16- or 64-byte aligned, so new device memory is moved to such an
+#: address (libraries like cuBLASLt choose algorithms by the operands' alignment).
+ALLOCATION_ALIGNMENT = 512
+
+
+def _pool_aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` at an address aligned as a CuPy allocation is (a copy if need be)."""
+    if (array.base is not None or not array.flags.c_contiguous
+            or array.ctypes.data % ALLOCATION_ALIGNMENT == 0):
+        return array
+    raw = np.empty(array.nbytes + ALLOCATION_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALLOCATION_ALIGNMENT
+    aligned = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    aligned[...] = array
+    return aligned
+
+
 def _wrap(result: Any, op: tuple[int, int] | None, device_id: int = 0) -> Any:
     """A computed result as new device memory, written by operation ``op``."""
     if isinstance(result, tuple):
@@ -449,7 +467,7 @@ def _wrap(result: Any, op: tuple[int, int] | None, device_id: int = 0) -> Any:
     if isinstance(result, DeviceArray):
         return result
     if isinstance(result, (np.ndarray, np.generic)):
-        array = np.asarray(result).view(DeviceArray)
+        array = _pool_aligned(np.asarray(result)).view(DeviceArray)
         array._device_id = device_id
         block = _block(array)
         if op is not None:

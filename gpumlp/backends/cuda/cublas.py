@@ -15,8 +15,8 @@ which is what PyTorch does.  This module does exactly that:
 * **Before capture** (:meth:`DirectBlas.prepare`): one cuBLAS handle and one cuBLASLt handle
   per stream, the handle bound to that stream, a preallocated workspace (32 MiB, what cuBLAS
   asks for on Hopper) set on it, host pointer mode, default (FP32, no TF32) math; and a
-  cuBLASLt plan per (operation, shape, dtype): descriptors, layouts and the heuristic's
-  algorithm.  Nothing of this may happen inside a capture (it allocates and synchronises).
+  cuBLASLt plan per (operation, shape, dtype, operand alignments): descriptors, layouts and
+  the heuristic's algorithm for operands as aligned as the ones at hand.  Nothing of this may happen inside a capture (it allocates and synchronises).
 * **Inside capture**: only ``cublas{S,D}gemm_v2`` on a prepared handle and ``cublasLtMatmul``
   with a prepared plan, the stream passed explicitly; host-mode ``alpha``/``beta`` are read
   at capture time, which is right because they are constants of the captured step.
@@ -55,6 +55,13 @@ EPILOGUES = {"default": 1, "bias": 4, "relu_bias": 6, "relu_aux_bias": 134,
 DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
 DESC_AUX_POINTER, DESC_AUX_LD = 11, 12
 PREF_MAX_WORKSPACE_BYTES = 1
+#: cublasLtMatmulPreferenceAttributes_t MIN_ALIGNMENT_{A,B,C,D}_BYTES (uint32).  Unset, the
+#: heuristic assumes every operand 256-byte aligned and may pick an algorithm that then
+#: refuses (or misreads) a less aligned one: parameter views are only 16-byte aligned (a
+#: hidden width of 100 puts W2 at byte 314000, 144 mod 256) and a slice of X is anything.
+PREF_MIN_ALIGNMENT_BYTES = (5, 6, 7, 8)
+#: The alignment cuBLASLt assumes when the preference does not say.
+DEFAULT_ALIGNMENT = 256
 #: Workspace per stream: cuBLAS's recommendation for Hopper (smaller GPUs need less).
 WORKSPACE_BYTES = 32 * 2**20
 #: The ReLU bit-mask's leading dimension (bits) must be a multiple of this.
@@ -119,6 +126,13 @@ def pointer(array: Any) -> int:
     return int(ptr) if ptr is not None else int(array.__array_interface__["data"][0])
 
 
+def alignment(array: Any) -> int:
+    """The largest power of two, up to :data:`DEFAULT_ALIGNMENT`, dividing ``array``'s
+    address (a null operand: :data:`DEFAULT_ALIGNMENT`)."""
+    address = 0 if array is None else pointer(array)
+    return DEFAULT_ALIGNMENT if address == 0 else min(DEFAULT_ALIGNMENT, address & -address)
+
+
 def stream_pointer(stream: Any) -> int:
     """The ``cudaStream_t`` of a CuPy stream (0 is the legacy default stream)."""
     return int(getattr(stream, "ptr", 0) or 0)
@@ -158,8 +172,10 @@ class BlasApi:
         raise NotImplementedError
 
     def lt_plan(self, lt_handle: int, dtype: np.dtype, g: ColumnMajorGemm, epilogue: str,
-                aux_ld: int, workspace_bytes: int) -> Any:
-        """Descriptors and the heuristic's algorithm; :class:`BlasUnsupported` if none."""
+                aux_ld: int, workspace_bytes: int, alignments: tuple[int, int, int, int]
+                ) -> Any:
+        """Descriptors and the heuristic's algorithm for operands ``A, B, C, D`` aligned to
+        at least ``alignments`` bytes; :class:`BlasUnsupported` if there is none."""
         raise NotImplementedError
 
     def lt_matmul(self, lt_handle: int, plan: Any, alpha: float, a: Any, b: Any, beta: float,
@@ -267,7 +283,7 @@ class CtypesBlas(BlasApi):
         self._call(self.lt, "cublasLtMatmulDescSetAttribute", desc, attribute,
                    ctypes.byref(value), ctypes.sizeof(value))
 
-    def lt_plan(self, lt_handle, dtype, g, epilogue, aux_ld, workspace_bytes):
+    def lt_plan(self, lt_handle, dtype, g, epilogue, aux_ld, workspace_bytes, alignments):
         key = np.dtype(dtype).str
         desc = ctypes.c_void_p()
         self._call(self.lt, "cublasLtMatmulDescCreate", ctypes.byref(desc),
@@ -292,6 +308,10 @@ class CtypesBlas(BlasApi):
         limit = ctypes.c_uint64(workspace_bytes)
         self._call(self.lt, "cublasLtMatmulPreferenceSetAttribute", preference,
                    PREF_MAX_WORKSPACE_BYTES, ctypes.byref(limit), ctypes.sizeof(limit))
+        for attribute, bytes_ in zip(PREF_MIN_ALIGNMENT_BYTES, alignments):
+            value = ctypes.c_uint32(bytes_)
+            self._call(self.lt, "cublasLtMatmulPreferenceSetAttribute", preference,
+                       attribute, ctypes.byref(value), ctypes.sizeof(value))
         result, found = _HeuristicResult(), ctypes.c_int(0)
         status = self.lt.cublasLtMatmulAlgoGetHeuristic(
             lt_handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], preference, 1,
@@ -379,26 +399,30 @@ class DirectBlas:
             raise RuntimeError("DirectBlas.prepare(stream) must run before a GEMM on this "
                                "stream (it binds the handle outside any capture)") from None
 
-    def plan(self, op: str, dtype: Any, g: ColumnMajorGemm, stream: Any) -> Any:
-        """The cuBLASLt plan of a fused ``op``; raises :class:`BlasUnsupported` when the
-        library has no algorithm for it.  Call before capture (the heuristic synchronises)."""
+    def plan(self, op: str, dtype: Any, g: ColumnMajorGemm, stream: Any,
+             alignments: tuple[int, int, int, int] = (DEFAULT_ALIGNMENT,) * 4) -> Any:
+        """The cuBLASLt plan of a fused ``op`` for operands ``A, B, C, D`` aligned to
+        ``alignments`` bytes; raises :class:`BlasUnsupported` when the library has no
+        algorithm for it.  Call before capture (the heuristic synchronises)."""
         epilogue = {"forward_relu": "relu_aux_bias", "forward_bias": "bias",
                     "backward_drelu": "drelu", "backward_drelu_bgrad": "drelu_bgrad",
                     "weight_grads": "bgrada",
                     "gemm": "default"}[op]
-        key = (op, np.dtype(dtype).str, g)
+        key = (op, np.dtype(dtype).str, g, tuple(alignments))
         if key not in self._plans:
             lt_handle = self._bound(stream)[1]
             ld = aux_ld(g.m) if epilogue in ("relu_aux_bias", "drelu", "drelu_bgrad") else 0
             self._plans[key] = self.api.lt_plan(lt_handle, np.dtype(dtype), g, epilogue, ld,
-                                                self.workspace_bytes)
+                                                self.workspace_bytes, tuple(alignments))
         return self._plans[key]
 
-    def _planned(self, op: str, dtype: Any, g: ColumnMajorGemm, stream: Any) -> Any:
-        plan = self._plans.get((op, np.dtype(dtype).str, g))
+    def _planned(self, op: str, dtype: Any, g: ColumnMajorGemm,
+                 alignments: tuple[int, int, int, int]) -> Any:
+        plan = self._plans.get((op, np.dtype(dtype).str, g, alignments))
         if plan is None:
-            raise RuntimeError(f"no cuBLASLt plan for {op} at {g}: DirectBlas.plan must run "
-                               "before the operation (outside any capture)")
+            raise RuntimeError(f"no cuBLASLt plan for {op} at {g} with operands aligned to "
+                               f"{alignments} bytes: DirectBlas.plan must run before the "
+                               "operation (outside any capture)")
         return plan
 
     # ----------------------------------------------------------------------- operations
@@ -423,7 +447,7 @@ class DirectBlas:
         g = rowmajor_gemm(left.shape, left_t, right.shape, right_t)
         _check_out(out, (g.n, g.m))
         _check_operands(out.dtype, left=left, right=right, bias=bias, c=c)
-        plan = self._planned(op, out.dtype, g, stream)
+        plan = self._planned(op, out.dtype, g, lt_alignments(left, right, out, c))
         _, lt_handle, workspace, _ = self._bound(stream)
         self.api.lt_matmul(lt_handle, plan, 1.0, right, left, beta,
                            out if c is None else c, out, bias, aux, workspace, stream)
@@ -457,15 +481,26 @@ class DirectBlas:
         self._lt("weight_grads", a_prev, True, h, False, dw, stream, bias=db,
                  c=w if decay else None, beta=float(decay) if decay else 0.0)
 
-    def fused_gemms(self, op: str, left_shape: tuple[int, int], right_shape: tuple[int, int],
-                    dtype: Any, stream: Any) -> Any:
-        """Plan the cuBLASLt call of ``op`` for operands of these row-major shapes (see
-        :meth:`plan`); the transposes are those of the operations above."""
+    def fused_gemms(self, op: str, left: Any, right: Any, out: Any, stream: Any,
+                    c: Any = None) -> Any:
+        """Plan the cuBLASLt call of ``op`` on these operands (see :meth:`plan`): their
+        shapes, and the alignment of their addresses, which the plan's algorithm relies on
+        (a later call on operands less aligned needs its own plan); the transposes are those
+        of the operations above."""
         transposes = {"forward_relu": (False, False), "forward_bias": (False, False),
                       "backward_drelu": (False, True), "backward_drelu_bgrad": (False, True),
                       "weight_grads": (True, False)}[op]
-        g = rowmajor_gemm(left_shape, transposes[0], right_shape, transposes[1])
-        return self.plan(op, dtype, g, stream)
+        g = rowmajor_gemm(left.shape, transposes[0], right.shape, transposes[1])
+        return self.plan(op, out.dtype, g, stream, lt_alignments(left, right, out, c))
+
+
+def lt_alignments(left: Any, right: Any, out: Any, c: Any = None
+                  ) -> tuple[int, int, int, int]:
+    """The alignments of cuBLASLt's ``A, B, C, D`` for row-major ``out = op(left) op(right)``
+    (+ ``c``): ``A`` is ``right`` and ``B`` is ``left`` (see :func:`rowmajor_gemm`), ``C`` is
+    ``out`` unless a separate ``c`` is given."""
+    return (alignment(right), alignment(left), alignment(out if c is None else c),
+            alignment(out))
 
 
 def _check_operands(dtype: np.dtype, **arrays: Any) -> None:

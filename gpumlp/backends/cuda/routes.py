@@ -101,8 +101,22 @@ class CapturePaths:
             if is_capturing(self.cupy):
                 route = "fused" if "fused" in available else next(iter(available))
             else:
-                route = self.verdicts[key] = self._decide(available)
-        available[route]()
+                try:
+                    route = self._decide(available)
+                except cublas.BlasError as exc:  # the library refused a call its plan allowed
+                    if "fused" not in available:
+                        raise
+                    fall_back(op, shape, exc)
+                    route = "fused"
+                self.verdicts[key] = route
+        try:
+            available[route]()
+        except cublas.BlasError as exc:
+            if route == "fused" or "fused" not in available or is_capturing(self.cupy):
+                raise
+            fall_back(op, shape, exc)
+            route = self.verdicts[key] = "fused"
+            available[route]()
         return route
 
     def _decide(self, available: dict[str, Callable[[], None]]) -> str:
@@ -242,7 +256,16 @@ def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], 
                     variant = direct(blas, paths)
                 except cublas.BlasUnsupported:
                     variant = None
+                except cublas.BlasError as exc:
+                    fall_back(op, shape, exc)
+                    variant = None
     return paths.run("captured", op, shape, dtype, {"fused": fused, "direct": variant})
+
+
+def fall_back(op: str, shape: tuple, error: Exception) -> None:
+    """Warn that ``op`` stays on the fused GEMM because the library refused it."""
+    warnings.warn(f"{op} at {tuple(shape)} stays on the fused GEMM: cuBLAS(Lt) refused it "
+                  f"({error})", RuntimeWarning, stacklevel=4)
 
 
 def fastest(cupy: Any, candidates: dict[str, Callable[[], None]]) -> str:
@@ -303,7 +326,7 @@ def forward(x: Any, w: Any, out: Any, epilogue: Callable[[], None],
                 mask = paths.masks[key] = blas.cupy.zeros(cublas.aux_bytes(m, n),
                                                           dtype=np.uint8)
             if not is_capturing(blas.cupy):
-                blas.fused_gemms("forward_relu", x.shape, w.shape, out.dtype, stream)
+                blas.fused_gemms("forward_relu", x, w, out, stream)
 
             def launch_relu() -> None:
                 blas.affine_relu(x, w, b, out, mask, stream)
@@ -326,8 +349,7 @@ def backward(h_next: Any, w_next: Any, out: Any, epilogue: Callable[[], None],
         if relu and a is not None and _key(a) in paths.live_masks:
             mask = paths.masks[_key(a)]
             if not is_capturing(blas.cupy):
-                blas.fused_gemms("backward_drelu", h_next.shape, w_next.shape, out.dtype,
-                                 stream)
+                blas.fused_gemms("backward_drelu", h_next, w_next, out, stream)
 
             def launch_drelu() -> None:
                 blas.backprop_relu(h_next, w_next, mask, out, stream)
@@ -345,7 +367,7 @@ def weight_grads(a_prev: Any, h: Any, dw: Any, db: Any, w: Any, decay: float) ->
     def make(blas: Any, paths: CapturePaths) -> Callable[[], None]:
         stream = blas.cupy.cuda.get_current_stream()
         if not is_capturing(blas.cupy):  # the plan (heuristic) is made in the warm-up
-            blas.fused_gemms("weight_grads", a_prev.shape, h.shape, h.dtype, stream)
+            blas.fused_gemms("weight_grads", a_prev, h, dw, stream, c=w if decay else None)
 
         def launch() -> None:
             blas.weight_grads(a_prev, h, dw, db, stream, w=w if decay else None,
