@@ -344,12 +344,13 @@ def _block(array: np.ndarray) -> _Block:
     with _LOCK:
         block = STATE.blocks.get(key)
         if block is None:
-            block = STATE.blocks[key] = _Block(root.nbytes, current_stream().id)
-            STATE.pool._allocate(root.nbytes)
-            weakref.finalize(root, _free_block, key, root.nbytes)
+            nbytes = _PADDED.pop(key, root.nbytes)  # the array's bytes, not the padding
+            block = STATE.blocks[key] = _Block(nbytes, current_stream().id)
+            STATE.pool._allocate(nbytes)
+            weakref.finalize(root, _free_block, key, nbytes)
             stream = _capturing_stream()
             if stream is not None:
-                stream.capture_problems.append(f"a pool allocation of {root.nbytes} bytes")
+                stream.capture_problems.append(f"a pool allocation of {nbytes} bytes")
         return block
 
 
@@ -446,6 +447,9 @@ def _device_arrays(value: Any) -> list:
 #: allocations are only 16- or 64-byte aligned, so new device memory is moved to such an
 #: address (libraries like cuBLASLt choose algorithms by the operands' alignment).
 ALLOCATION_ALIGNMENT = 512
+#: The requested size of each padded buffer made by :func:`_pool_aligned`, by ``id``, until
+#: :func:`_block` registers it (at once: the pool counts requested bytes, not the padding).
+_PADDED: dict[int, int] = {}
 
 
 def _pool_aligned(array: np.ndarray) -> np.ndarray:
@@ -454,6 +458,7 @@ def _pool_aligned(array: np.ndarray) -> np.ndarray:
             or array.ctypes.data % ALLOCATION_ALIGNMENT == 0):
         return array
     raw = np.empty(array.nbytes + ALLOCATION_ALIGNMENT, dtype=np.uint8)
+    _PADDED[id(raw)] = array.nbytes
     start = -raw.ctypes.data % ALLOCATION_ALIGNMENT
     aligned = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
     aligned[...] = array
