@@ -6,9 +6,10 @@ the benchmark protocol's shapes (784-256-256-10 and 784-512-512-10 at batch 256)
 paths (our fused GEMM, cuBLAS + fused epilogue), in float32 and float64, with and without
 dropout, and compares each with the NumPy backend (:mod:`gpumlp.backends.cuda.selftest`);
 then trains a few steps replayed from CUDA graphs against the same steps launched eagerly,
-and checks that the replays allocate nothing.  It prints one table and exits 0 when
-everything matches, 1 on any mismatch, and 2 (one line saying why) where there is no CuPy or
-no device.
+with the captured GEMMs fused and on captured cuBLAS / cuBLASLt (with dropout, and without:
+cuBLASLt's ReLU epilogues), and checks that the replays allocate nothing.  It prints one
+table and exits 0 when everything matches, 1 on any mismatch, and 2 (one line saying why)
+where there is no CuPy or no device.
 
 Run it under NVIDIA's compute-sanitizer to check memory accesses, shared-memory races and
 barrier use of every kernel on the way (see the README, "Checking a GPU install")::
@@ -34,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .backends.cuda import selftest as device_checks
+from .backends.cuda import routes as routes_module
 from .backends.cuda.backend import CupyBackend
 from .backends.cuda.selftest import (BATCH, SHAPES, Check, Report, atomic_sum_tolerance,
                                      check_compile, check_operations, describe_device,
@@ -55,30 +57,53 @@ def unavailable_reason() -> str | None:
     return device_checks.unavailable_reason()
 
 
+#: The captured steps compared with eager ones: (GEMM path, dropout).  With ``cublas`` the
+#: graph records cuBLAS + epilogue kernels, cuBLASLt's bias-gradient epilogue for the weight
+#: gradients and, for ReLU layers without dropout, cuBLASLt's ReLU and dReLU epilogues.
+GRAPH_ROUTES = (("fused", 0.1), ("cublas", 0.1), ("cublas", 0.0))
+
+
 def check_graph_training(report: Report, sizes: list[int], batch: int) -> None:
-    """A few steps replayed from CUDA graphs against the same steps launched eagerly, and
-    the memory pool's bytes over the replays."""
-    backend = CupyBackend(gemm_path="fused")
+    """A few steps replayed from CUDA graphs against the same steps launched eagerly, on
+    each of :data:`GRAPH_ROUTES`, and the memory pool's bytes over the replays."""
+    runs = [_graph_vs_eager(report, sizes, batch, path, dropout)
+            for path, dropout in GRAPH_ROUTES]
+    _check_replays_allocate_nothing(report, *runs[0])  # fused, keep=0.9
+
+
+def _graph_vs_eager(report: Report, sizes: list[int], batch: int, path: str,
+                    dropout: float) -> tuple[Any, Any]:
+    backend = CupyBackend(gemm_path=path)
     cp = backend.xp
     rng = np.random.default_rng(1)
     n = 4 * batch + batch // 3  # full batches and a partial one
     X = cp.asarray(rng.normal(size=(n, sizes[0])).astype(np.float32))
     T = cp.asarray(np.eye(sizes[-1], dtype=np.float32)[rng.integers(0, sizes[-1], n)])
+    keep = f"keep={1 - dropout:g}"
     trainers = {}
     for mode in ("off", "on"):
         net = Network(sizes, activation="relu", backend=backend, seed=0)
         trainers[mode] = Trainer(net, Adam(backend, net.params, 1e-3), batch_size=batch,
-                                 alpha=1e-4, dropout=0.1, seed=0, cuda_graph=mode)
+                                 alpha=1e-4, dropout=dropout, seed=0, cuda_graph=mode)
     for epoch in range(2):
         for trainer in trainers.values():
             trainer.run_epoch(X, T)
         report.compare("graph vs eager (epoch loss)", trainers["on"].history.loss[-1],
-                       trainers["off"].history.loss[-1], "float32", "fused", "keep=0.9",
-                       limit=1e-4)
+                       trainers["off"].history.loss[-1], "float32", path, keep, limit=1e-4)
     report.compare("graph vs eager (weights)", trainers["on"].network.get_flat_params(),
-                   trainers["off"].network.get_flat_params(), "float32", "fused", "keep=0.9",
+                   trainers["off"].network.get_flat_params(), "float32", path, keep,
                    limit=1e-4)
-    runner = trainers["on"]._graph_runner
+    if path == "cublas":
+        routes = list(routes_module.choices(backend).values())
+        paths = routes_module.paths_of(backend)
+        report.add(Check("captured GEMMs on cuBLAS(Lt)", "float32", path, keep,
+                         passed="direct" in routes,
+                         note=f"{routes.count('direct')} of {len(routes)}"
+                              + (f"; {paths.unavailable}" if paths.unavailable else "")))
+    return trainers["on"]._graph_runner, cp
+
+
+def _check_replays_allocate_nothing(report: Report, runner: Any, cp: Any) -> None:
     if runner is None:
         report.add(Check("graph replays", "float32", "fused", passed=False,
                          note="no graph runner was built"))

@@ -37,7 +37,13 @@ def test_the_installed_command_exits_2_on_this_machine():
 
 
 @pytest.mark.kernels
-def test_selftest_passes_on_the_emulated_gpu(emulated_gpu, tmp_path, capsys):
+def test_selftest_passes_on_the_emulated_gpu(emulated_gpu, tmp_path, capsys, monkeypatch):
+    from gpumlp.backends.cuda import routes as capture_paths
+
+    from conftest import load_support
+
+    api = load_support("emulated_cublas").EmulatedBlas(emulated_gpu[1])
+    monkeypatch.setattr(capture_paths, "new_api", lambda: api)
     path = tmp_path / "selftest.json"
     assert selftest.run(shapes=SMALL, batch=16, json_path=str(path)) == 0
     out = capsys.readouterr().out
@@ -51,6 +57,15 @@ def test_selftest_passes_on_the_emulated_gpu(emulated_gpu, tmp_path, capsys):
     paths = {(c["path"], c["dtype"]) for c in report["checks"] if c["name"] == "affine_act (relu)"}
     assert paths == {(p, d) for p in ("fused", "cublas") for d in ("float32", "float64")}
     assert report["environment"]["device_name"] == "Emulated GPU (CPU harness)"
+    # The captured steps ran on cuBLAS and cuBLASLt too, not only on the fused GEMMs.
+    graphs = {(c["path"], c["dropout"]) for c in report["checks"]
+              if c["name"] == "graph vs eager (weights)"}
+    assert graphs == {("fused", "keep=0.9"), ("cublas", "keep=0.9"), ("cublas", "keep=1")}
+    assert [c["passed"] for c in report["checks"]
+            if c["name"] == "captured GEMMs on cuBLAS(Lt)"] == [True, True]
+    for call in ("cublasSgemm_v2", "cublasLtMatmul[bgrada]", "cublasLtMatmul[relu_aux_bias]",
+                 "cublasLtMatmul[drelu]"):
+        assert api.calls[call] > 0, (call, api.calls)
 
 
 @pytest.mark.kernels
