@@ -346,7 +346,7 @@ def test_atomic_parameters_are_only_ever_atomically_added_to():
 @pytest.mark.parametrize("n,k,m", [(37, 12, 10), (20, 9, 70), (20, 9, 130)])
 def test_output_layer_fuses_softmax_xent_where_a_block_holds_its_rows(cp, path, n, k, m):
     """Eager affine_softmax_xent on the emulated GPU (2 SMs) against the NumPy backend: one
-    gemm_softmax_xent launch for 10 classes (narrow tile) and for 70 (the 128-wide tile,
+    gemm_softmax_xent launch for 10 classes and for 70 (a tile whose block holds whole rows,
     which the plan finds no slower here), the GEMM and the loss kernel for 130 (no tile holds
     a row).  Timing the two variants (``auto``) must not add the loss more than once."""
     from gpumlp.backends import get_backend
@@ -362,7 +362,8 @@ def test_output_layer_fuses_softmax_xent_where_a_block_holds_its_rows(cp, path, 
     want = float(get_backend("numpy").affine_softmax_xent(x, w, b, t, z, h))
     backend = CupyBackend(gemm_path=path)
     plan = gemm_plan.softmax_xent_plan(np.float32, n, k, m, 2)
-    assert (plan.tile if plan else None) == {10: 2, 70: 1, 130: None}[m]
+    assert (plan is None) == (m == 130)  # no float32 tile holds 130 columns
+    assert plan is None or kernels.GEMM_TILES[plan.tile][1] >= m  # whole rows per block
     fused = [kernels.get_kernel("gemm_softmax_xent", np.float32, tile=tile)
              for tile in kernels.gemm_tiles("gemm_softmax_xent", np.float32)]
     before = sum(kernel.launches for kernel in fused)
