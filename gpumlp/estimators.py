@@ -39,7 +39,7 @@ from .onnx_export import export_onnx
 from .optim import SCHEDULES, make_optimizer
 from .params import ParamsMixin
 from .precision import PRECISIONS, check_precision
-from .training import GRAPH_MODES, DivergenceError, Trainer, check_callbacks
+from .training import GRAPH_MODES, DivergenceError, History, Trainer, check_callbacks
 from .validation import (all_finite, as_array_input, block_rows, check_choice,
                          check_classification_targets, check_feature_names, check_label_types,
                          check_finite_numeric, check_float, check_int, check_sample_weight,
@@ -233,8 +233,12 @@ class BaseMLP(ParamsMixin):
                                  warm=keep and not incremental)
         if not keep:
             self._build(backend, dtype, [X.shape[1], *hidden, T.shape[1]])
+        T = backend.asarray(T, dtype)
+        score = None  # early stopping's validation score, which the trainer is made with
         try:
             validation = self._validation_arrays(validation_data, backend, dtype)
+            if self.early_stopping and self.solver != "lbfgs":
+                X, T, weights, score = self._hold_out(X, T, y, weights)
         except (TypeError, ValueError):
             if not keep:  # nothing was trained: the new network must not look fitted
                 del self.network_
@@ -243,7 +247,8 @@ class BaseMLP(ParamsMixin):
         if not keep or not incremental or self._trainer_.optimizer is None:
             if previous is not None:  # its captured graphs can serve the new trainer
                 previous.release()
-            self._trainer_ = self._make_trainer(previous=previous if keep else None)
+            self._trainer_ = self._make_trainer(previous=previous if keep else None,
+                                                validation=score)
         elif self._step_settings_changed(previous):  # set_params between partial_fit calls
             self._trainer_ = previous.continued(batch_size=self._configured_batch_size(),
                                                 alpha=float(self.alpha),
@@ -251,21 +256,17 @@ class BaseMLP(ParamsMixin):
         trainer = self._trainer_
         # n_iter_ counts this call's epochs, as scikit-learn's does (1 after partial_fit)
         self._epochs_before_call = trainer.history.n_iter
-        T = backend.asarray(T, dtype)
-        trainer.owner = self  # for callbacks that save the model
         try:
             if self.solver == "lbfgs":
                 self._fit_lbfgs(X, T, weights)
             elif incremental:
                 self._batch_size(X.shape[0])  # warns where it is clipped to the rows
-                trainer.run_epoch(X, T, sample_weight=weights)
+                trainer.run_epoch(X, T, sample_weight=weights, owner=self)
             else:
-                if self.early_stopping:
-                    X, T, weights, score = self._hold_out(X, T, y, weights)
-                    trainer.set_validation(score)
                 self._batch_size(X.shape[0])  # warns where it is clipped to the rows
+                # owner: callbacks that save the model see it during this fit only
                 history = trainer.fit(X, T, self.max_iter, sample_weight=weights,
-                                      validation_data=validation)
+                                      validation_data=validation, owner=self)
                 if history.stop_reason == "max_iter":
                     warnings.warn(f"{owner}: max_iter={self.max_iter} reached and the "
                                   "optimisation has not converged yet",
@@ -275,8 +276,6 @@ class BaseMLP(ParamsMixin):
             if not keep:  # no finite epoch: untrained weights must not look fitted
                 del self.network_, self._trainer_
             raise
-        finally:
-            trainer.owner = None  # no reference cycle left behind
         return self
 
     def _validation_arrays(self, validation_data: Any, backend: Backend,
@@ -339,12 +338,8 @@ class BaseMLP(ParamsMixin):
         result = minimize_lbfgs(net, X, T, alpha=float(self.alpha), sample_weight=weights,
                                 max_iter=self.max_iter, max_fun=self.max_fun, tol=self.tol,
                                 verbose=bool(self.verbose))
-        history = self._trainer_.history
-        history.n_iter += result.n_iter
-        history.samples_seen += X.shape[0] * result.n_fun
-        history.loss.append(result.loss)
-        history.best_loss = min(history.best_loss, result.loss)
-        history.stop_reason = "converged" if result.converged else "max_iter"
+        self._trainer_.history.record_run(result.loss, result.n_iter,
+                                          X.shape[0] * result.n_fun, result.converged)
         if not result.converged:
             warnings.warn(f"{type(self).__name__}: lbfgs failed to converge after "
                           f"{result.n_iter} iteration(s) ({result.message}); increase "
@@ -371,9 +366,12 @@ class BaseMLP(ParamsMixin):
         self.n_layers_ = len(sizes)
         self.out_activation_ = _OUT_NAMES[self._loss_name]
 
-    def _make_trainer(self, previous: Trainer | None, optimizer: bool = True) -> Trainer:
-        """A trainer of the network; ``optimizer=False`` (a loaded model) leaves its
-        optimizer to be made by the first ``partial_fit``."""
+    def _make_trainer(self, previous: Trainer | None, optimizer: bool = True,
+                      validation: Any = None, history: History | None = None) -> Trainer:
+        """A trainer of the network that goes on from ``previous`` (a warm start: its history
+        and step count, a new optimizer) or from ``history`` (a loaded model), scoring
+        ``validation(network)`` for early stopping; ``optimizer=False`` (a loaded model)
+        leaves its optimizer to be made by the first ``partial_fit``."""
         net = self.network_
         optimizer = None if self.solver == "lbfgs" or not optimizer else make_optimizer(
             self.solver, net.backend, net.params, learning_rate_init=self.learning_rate_init,
@@ -387,11 +385,9 @@ class BaseMLP(ParamsMixin):
                           seed=seed_from(self.random_state), tol=self.tol,
                           n_iter_no_change=self.n_iter_no_change,
                           callbacks=self.callbacks, verbose=bool(self.verbose),
-                          cuda_graph=self.cuda_graph)
-        if previous is not None:  # warm start: keep the history, restart the optimizer
-            trainer.history = previous.history
-            trainer.history.stop_reason = None
-            trainer.step_count = previous.step_count
+                          cuda_graph=self.cuda_graph, validation=validation,
+                          history=previous.history if previous is not None else history,
+                          step_count=previous.step_count if previous is not None else 0)
         return trainer
 
     def _hold_out(self, X: Any, T: Any, y: np.ndarray, weights: np.ndarray | None) -> tuple:

@@ -55,6 +55,7 @@ from .exceptions import FileFormatError
 from .files import open_regular_file
 from .model_registry import model_class, registered_models
 from .precision import PRECISIONS
+from .training import History
 from .validation import check_choice
 
 FORMAT = "gpumlp-model"
@@ -671,16 +672,15 @@ class _ModelFile:
                      hidden_activations=names, precision=state.get("precision", "float32"),
                      initialize=False)
         self._read_params_into(model.network_)
-        model._trainer_ = model._make_trainer(previous=None, optimizer=False)
-        history = model._trainer_.history
-        history.loss = [float(v) for v in state["loss_curve"]]
-        history.validation_score = [float(v) for v in state["validation_scores"]]
-        history.best_loss = float(state["best_loss"])
-        history.best_validation_score = float(state["best_validation_score"])
-        history.n_iter = state["n_iter"]
-        history.samples_seen = state["samples_seen"]
-        history.metrics = {name: [float(v) for v in values]
-                           for name, values in state.get("metrics", {}).items()}
+        history = History(
+            loss=[float(v) for v in state["loss_curve"]],
+            validation_score=[float(v) for v in state["validation_scores"]],
+            best_loss=float(state["best_loss"]),
+            best_validation_score=float(state["best_validation_score"]),
+            n_iter=state["n_iter"], samples_seen=state["samples_seen"],
+            metrics={name: [float(v) for v in values]
+                     for name, values in state.get("metrics", {}).items()})
+        model._trainer_ = model._make_trainer(previous=None, optimizer=False, history=history)
         model._epochs_before_call = state.get("epochs_before_call", 0)
 
     def _read_params_into(self, network: Any) -> None:

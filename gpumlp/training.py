@@ -89,6 +89,15 @@ class History:
         for name, column in self.metrics.items():
             column.append(float(values.get(name, math.nan)))
 
+    def record_run(self, loss: float, iterations: int, samples: int, converged: bool) -> None:
+        """Record a run trained outside the epoch loop (full-batch L-BFGS): ``iterations``
+        iterations that evaluated ``samples`` samples in all and ended at ``loss``."""
+        self.n_iter += iterations
+        self.samples_seen += samples
+        self.loss.append(loss)
+        self.best_loss = min(self.best_loss, loss)
+        self.stop_reason = "converged" if converged else "max_iter"
+
 
 class Trainer:
     """Runs epochs of minibatch training of a :class:`Network` with an optimizer.
@@ -116,11 +125,17 @@ class Trainer:
         ``callback(epoch, history)`` functions, run after every epoch (a truthy return stops
         training), or objects with the hooks of :class:`gpumlp.callbacks.Callback`, which
         receive this trainer (its ``network``, ``optimizer``, ``history`` and ``owner``,
-        the estimator that drives it, if any).
+        the estimator given to :meth:`fit` or :meth:`run_epoch`, if any).
     cuda_graph : {"auto", "on", "off"}
         Capture whole steps as CUDA graphs and replay them (the CuPy backend; see the
         backend's capture protocol, :meth:`gpumlp.backends.base.Backend.capture_steps`):
         ``auto`` where it applies and is measured faster, ``on`` insists, ``off`` runs eagerly.
+    history, step_count
+        Where a run goes on from another (a warm start, or a model loaded from a file): the
+        history to append to (its ``stop_reason`` is cleared) and the number of steps made,
+        which numbers the dropout masks of the steps to come.
+
+    Everything is configured here: nothing outside the trainer assigns its attributes.
     """
 
     def __init__(self, network: Network, optimizer: Any, batch_size: int = 200,
@@ -128,7 +143,8 @@ class Trainer:
                  seed: int | None = 0, tol: float = 1e-4, n_iter_no_change: int = 10,
                  validation: Callable[[Network], float] | None = None,
                  callbacks: Sequence[Callback] = (),
-                 verbose: bool = False, cuda_graph: str = "auto"):
+                 verbose: bool = False, cuda_graph: str = "auto",
+                 history: History | None = None, step_count: int = 0):
         self.network = network
         self.optimizer = optimizer
         self.batch_size = int(batch_size)
@@ -141,7 +157,8 @@ class Trainer:
         self.n_iter_no_change = n_iter_no_change
         self.callbacks = check_callbacks(callbacks)
         self.verbose = verbose
-        #: The estimator training through this trainer, for callbacks that save it.
+        #: The estimator training through this trainer during :meth:`fit` or
+        #: :meth:`run_epoch` (``owner=``), for callbacks that save it; None outside them.
         self.owner: Any = None
         #: The epoch budget of the current :meth:`fit` (None outside one, as in partial_fit).
         self.epochs: int | None = None
@@ -154,8 +171,9 @@ class Trainer:
         self.cuda_graph = cuda_graph
         self._capture_failed = False  # the driver refused a capture: eager from then on
         self._graph_runner: StepGraphs | None = None
-        self.history = History()
-        self.step_count = 0
+        self.history = History() if history is None else history
+        self.history.stop_reason = None  # a new run: how the last one ended is not this one's
+        self.step_count = int(step_count)
         self._no_improvement = 0
         self._step_buffers: dict[int, StepBuffers] = {}
         # The parameters of the last finite epoch, copied when the first epoch starts (a
@@ -198,17 +216,20 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- fit
     def fit(self, X: Any, T: Any, epochs: int, sample_weight: Any = None,
-            validation_data: tuple[Any, Any] | None = None) -> History:
+            validation_data: tuple[Any, Any] | None = None, owner: Any = None) -> History:
         """Train for up to ``epochs`` epochs on backend arrays ``X`` and targets ``T``.
 
         ``X`` may also be a SciPy CSR matrix (densified a batch at a time) and
         ``sample_weight`` a host array of per-sample weights (see :meth:`run_epoch`).
         ``validation_data=(X_val, T_val)`` (arrays shaped like ``X`` and ``T``) is evaluated
-        after every epoch into ``history.metrics["val_loss"]`` and ``["val_score"]``.  The
-        batch and work buffers are released at the end (see :meth:`release`).
+        after every epoch into ``history.metrics["val_loss"]`` and ``["val_score"]``.
+        ``owner`` is the estimator training through this fit, which callbacks see as
+        :attr:`owner`.  The batch and work buffers are released at the end (see
+        :meth:`release`).
         """
         self._validation_data = self._checked_validation_data(validation_data)
         self.epochs = int(epochs)
+        self.owner = owner
         try:
             self._call_hooks("on_train_begin")
             for epoch in range(epochs):
@@ -223,6 +244,7 @@ class Trainer:
         finally:
             self._validation_data = None
             self.epochs = None
+            self.owner = None  # no reference cycle left behind
             self.release()
         return self.history
 
@@ -269,7 +291,7 @@ class Trainer:
                             ("_validation_data", None)):  # pickled before these existed
             self.__dict__.setdefault(name, value)
 
-    def run_epoch(self, X: Any, T: Any, sample_weight: Any = None) -> bool:
+    def run_epoch(self, X: Any, T: Any, sample_weight: Any = None, owner: Any = None) -> bool:
         """One pass over the data; returns False when training should stop.
 
         The epoch's loss is scikit-learn's: each batch's loss plus its L2 term
@@ -277,9 +299,13 @@ class Trainer:
         ``batch_weight`` is the batch's rows, or its sum of ``sample_weight``), averaged
         over the batches by their rows.  With ``sample_weight`` (host array, one per row)
         each batch's loss and gradients are weighted means, as in scikit-learn; a batch
-        whose weights are all zero is skipped.
+        whose weights are all zero is skipped.  ``owner`` is as in :meth:`fit`.
         """
-        return self._run_epoch(X, T, sample_weight, new_data=True)
+        self.owner = owner
+        try:
+            return self._run_epoch(X, T, sample_weight, new_data=True)
+        finally:
+            self.owner = None
 
     def _run_epoch(self, X: Any, T: Any, sample_weight: Any, new_data: bool) -> bool:
         """:meth:`run_epoch`; ``new_data=False`` promises ``X`` and ``T`` are the arrays of

@@ -176,3 +176,86 @@ def test_no_file_cites_a_document_outside_the_repository():
         if "DESIGN" + ".md" in text or "design " + "guide" in text.lower():
             cited.append(str(path.relative_to(ROOT)))
     assert cited == []
+
+
+def trainer_field_writes(path: Path) -> list[str]:
+    """``file:line target`` for every assignment (or ``setattr``) in ``path`` to an attribute
+    of a trainer or of something reached through one, such as its history.
+
+    A name counts as a trainer where it contains "trainer" or is bound, in the same function,
+    from an expression that mentions one (``history = model._trainer_.history``); an
+    assignment *to* ``self.trainer`` or ``model._trainer_`` names the trainer, not a field.
+    The network and optimizer a trainer drives have their own state, which callbacks may
+    change (a scheduler sets ``trainer.optimizer.schedule.learning_rate``)."""
+
+    def mentions_trainer(node: ast.AST, tainted: set[str]) -> bool:
+        if any(isinstance(part, ast.Attribute) and part.attr in ("network", "optimizer")
+               for part in ast.walk(node)):
+            return False
+        for part in ast.walk(node):
+            text = (part.id if isinstance(part, ast.Name) else part.attr
+                    if isinstance(part, ast.Attribute) else part.value
+                    if isinstance(part, ast.Constant) and isinstance(part.value, str) else "")
+            if "trainer" in text.lower() or (isinstance(part, ast.Name) and part.id in tainted):
+                return True
+        return False
+
+    def targets(node: ast.AST) -> list[ast.AST]:
+        if isinstance(node, ast.Assign):
+            found = []
+            for target in node.targets:
+                found += target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+            return found
+        if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            return [node.target]
+        return []
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    scopes = [tree] + [node for node in ast.walk(tree)
+                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    found = set()
+    for scope in scopes:
+        tainted: set[str] = set()
+        for node in ast.walk(scope):  # names bound from a trainer, anywhere in the scope
+            if isinstance(node, ast.Assign) and mentions_trainer(node.value, set()):
+                tainted |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(scope):
+            where = f"{path.relative_to(path.parents[1])}:{getattr(node, 'lineno', 0)}"
+            for target in targets(node):
+                if isinstance(target, ast.Attribute) and mentions_trainer(target.value, tainted):
+                    found.add(f"{where} {ast.unparse(target)}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "setattr" and node.args
+                    and mentions_trainer(node.args[0], tainted)):
+                found.add(f"{where} setattr({ast.unparse(node.args[0])}, ...)")
+    return sorted(found)
+
+
+def test_the_trainer_finder_finds_field_writes(tmp_path):
+    source = tmp_path / "package" / "example.py"
+    source.parent.mkdir()
+    source.write_text("def f(model, previous):\n"
+                      "    trainer = make()\n"
+                      "    trainer.owner = model\n"
+                      "    history = model._trainer_.history\n"
+                      "    history.n_iter += 1\n"
+                      "    model._trainer_ = trainer\n"
+                      "    setattr(trainer, 'epochs', 3)\n"
+                      "    optimizer = trainer.optimizer\n"
+                      "    optimizer.schedule.learning_rate = 0.5\n"
+                      "    trainer.network.params[...] = 0\n")
+    assert trainer_field_writes(source) == [
+        "package/example.py:3 trainer.owner", "package/example.py:5 history.n_iter",
+        "package/example.py:7 setattr(trainer, ...)"]
+
+
+def test_configuration_reaches_the_trainer_at_construction():
+    """Nothing outside gpumlp/training.py writes a Trainer's fields (or its history's): the
+    estimators give settings, a warm start's history and step count, and the validation score
+    to the constructor, and the owner the callbacks see to ``fit``/``run_epoch``."""
+    writes = []
+    for name, path in MODULES.items():
+        if name != "gpumlp.training":
+            writes += trainer_field_writes(path)
+    assert writes == []
+
