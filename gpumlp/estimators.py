@@ -533,7 +533,7 @@ class BaseMLP(ParamsMixin):
         backend = net.backend
         check_feature_names(self, X, reset=False)
         X = as_array_input(X)
-        on_host = not backend.owns(X) or backend.name == "numpy"
+        on_host = backend.arrays_on_host or not backend.owns(X)
         self._check_network_matches("predict")
         owner = type(self).__name__
         if on_host and not is_sparse(X):

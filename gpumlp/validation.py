@@ -178,7 +178,7 @@ def check_X(X: Any, backend: Any, dtype: np.dtype, n_features: int | None = None
     if is_sparse(X):
         return _check_sparse(X, dtype, n_features, name, owner)
     xp = backend.xp
-    on_host = backend.name == "numpy" or not backend.owns(X)  # a device array stays one
+    on_host = backend.arrays_on_host or not backend.owns(X)  # a device array stays one
     if on_host:
         X = _host_numeric(X, name)
     _check_shape(X.shape, n_features, name, owner)

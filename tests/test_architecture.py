@@ -259,3 +259,30 @@ def test_configuration_reaches_the_trainer_at_construction():
             writes += trainer_field_writes(path)
     assert writes == []
 
+
+def backend_name_branches(path: Path) -> list[str]:
+    """``file:line`` of every comparison of a backend's ``name`` with ``"numpy"`` or
+    ``"cupy"`` in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        names = [side for side in sides if isinstance(side, ast.Attribute)
+                 and side.attr == "name" and "backend" in ast.unparse(side.value).lower()]
+        kinds = [side for side in sides if isinstance(side, ast.Constant)
+                 and side.value in ("numpy", "cupy")]
+        if names and kinds:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_model_training_and_bench_code_never_branch_on_the_backend_name():
+    """What differs between backends is a backend operation or attribute (``warm_up``,
+    ``arrays_on_host``, the capture protocol), not an ``if backend.name == ...``."""
+    backends = PACKAGE / "backends"
+    branches = []
+    for path in MODULES.values():
+        if not path.is_relative_to(backends):
+            branches += backend_name_branches(path)
+    assert branches == []

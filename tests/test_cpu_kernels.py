@@ -330,3 +330,14 @@ def test_float32_loops_vectorise_and_stay_in_float32():
         asm = next(iter(fresh.inspect_asm().values()))
         assert re.search(r"\bv?(mul|add|sub|div|max|min)ps\b", asm), name
         assert "cvtss2sd" not in asm, name
+
+
+def test_warm_up_compiles_every_cpu_pass_before_any_step():
+    """A benchmark calls ``backend.warm_up()`` outside its timed region: the NumPy backend
+    compiles its passes there (the generic backend has nothing to compile)."""
+    backend = NumpyBackend(cpu_kernels="on")
+    assert backend.cpu_path.warm_up is None
+    backend.warm_up()
+    assert backend.cpu_path.warm_up is not None
+    assert NumpyBackend(cpu_kernels="off").warm_up() is None
+    assert Backend(np).warm_up() is None and Backend(np).arrays_on_host

@@ -33,6 +33,10 @@ class Backend:
 
     #: Short name used by :func:`gpumlp.get_backend` (``"numpy"``, ``"cupy"``).
     name = "base"
+    #: Whether this backend's arrays live in host memory: a host backend uses a host array
+    #: where it is, while a device backend keeps a device array on its device and returns
+    #: results there ("everything follows X").
+    arrays_on_host = True
 
     def __init__(self, xp: Any):
         self.xp = xp
@@ -63,6 +67,11 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait for queued device work (nothing to wait for on the CPU)."""
+
+    def warm_up(self) -> None:
+        """Compile (or load from a cache) now what this backend would otherwise compile at
+        its first use, so that no timed region pays for it.  Nothing to do here: a backend
+        whose kernels compile lazily overrides it."""
 
     def describe(self) -> dict:
         """Versions and devices, for ``gpumlp info`` and benchmark results."""

@@ -71,6 +71,10 @@ class NumpyBackend(Backend):
         """A work array for one purpose and shape, from the calling thread's bounded pool."""
         return self._scratch.get(tag, shape, np.dtype(dtype).str)
 
+    def warm_up(self) -> None:
+        """Compile (or load from Numba's cache) every compiled CPU pass."""
+        self.cpu_path.compile()
+
     def describe(self) -> dict:
         info = super().describe()
         info["blas"] = _blas_name()

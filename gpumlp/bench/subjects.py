@@ -55,11 +55,10 @@ class GpumlpSubject(Subject):
     def __init__(self, backend: str):
         self.backend = get_backend(backend)
         self.name = f"gpumlp-{self.backend.name}"
-        self.device = "cpu" if self.backend.name == "numpy" else "gpu"
+        self.device = "cpu" if self.backend.arrays_on_host else "gpu"
 
     def prepare(self, sizes, batch, X, y):
-        if self.backend.name == "numpy":  # compiled (or loaded from cache) before any timing
-            self.backend.cpu_path.compile()
+        self.backend.warm_up()  # compiled (or loaded from cache) before any timing
         self.net = Network(sizes, "relu", "softmax_xent", dtype=np.float32,
                            backend=self.backend, seed=0)
         self.optimizer = Adam(self.backend, self.net.params, LEARNING_RATE)

@@ -79,6 +79,7 @@ class CupyBackend(Backend):
     """GPU backend on CuPy with fused raw CUDA kernels; float32 and float64."""
 
     name = "cupy"
+    arrays_on_host = False
 
     def __init__(self, gemm_path: str | None = None) -> None:
         import cupy
