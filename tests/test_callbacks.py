@@ -396,3 +396,44 @@ def test_scheduler_and_validation_on_the_graph_path_match_eager(cp, monkeypatch)
     # number): the validation loss after each equals the one before it.
     val_loss = graph.history_["val_loss"]
     assert val_loss[1] == val_loss[0] and val_loss[3] == val_loss[2] != val_loss[1]
+
+
+def test_callbacks_see_the_estimator_as_owner_during_its_call_only():
+    """The estimator reaches its trainer as ``fit(..., owner=)`` / ``run_epoch(..., owner=)``:
+    hooks see it during that call, and no reference to it is left behind."""
+    seen = []
+
+    class Spy(Callback):
+        def on_train_begin(self, trainer):
+            seen.append(("begin", trainer.owner))
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append(("epoch", trainer.owner))
+            return False
+
+    X = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    clf = MLPClassifier((4,), max_iter=2, callbacks=[Spy()], backend="numpy", random_state=0)
+    with pytest.warns(gpumlp.exceptions.ConvergenceWarning):
+        clf.fit(X, y)
+    assert seen == [("begin", clf), ("epoch", clf), ("epoch", clf)]
+    assert clf._trainer_.owner is None
+    seen.clear()
+    clf.partial_fit(X, y)
+    assert seen == [("epoch", clf)] and clf._trainer_.owner is None
+
+
+def test_a_warm_start_goes_on_with_the_history_and_step_count_of_the_last_fit():
+    X = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32)
+    y = (X[:, 1] > 0).astype(int)
+    clf = MLPClassifier((4,), max_iter=3, batch_size=10, warm_start=True, dropout=0.2,
+                        backend="numpy", random_state=0)
+    with pytest.warns(gpumlp.exceptions.ConvergenceWarning):
+        clf.fit(X, y)
+    first, history = clf._trainer_, clf._trainer_.history
+    assert first.step_count == 15 and history.stop_reason == "max_iter"
+    with pytest.warns(gpumlp.exceptions.ConvergenceWarning):
+        clf.fit(X, y)
+    assert clf._trainer_ is not first and clf._trainer_.history is history
+    assert clf._trainer_.step_count == 30 and len(history.loss) == 6
+    assert history.stop_reason == "max_iter"
