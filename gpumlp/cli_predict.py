@@ -18,6 +18,7 @@ from .backends import BACKEND_NAMES
 from .cli_args import HelpFormatter, OptionError, check_table_path, check_writable_file
 from .data.tables import TableError, read_table, write_csv
 from .io import load
+from .validation import host_copy
 
 
 def add_predict_command(commands: Any) -> None:
@@ -86,5 +87,4 @@ def _host(values: Any) -> Any:
     """A NumPy array of ``values`` (CuPy results come back to the host for writing)."""
     import numpy as np
 
-    return values.get() if hasattr(values, "get") and not isinstance(values, np.ndarray) \
-        else np.asarray(values)
+    return np.asarray(host_copy(values))

@@ -152,6 +152,13 @@ def as_array_input(X: Any, name: str = "X") -> Any:
     return X
 
 
+def host_copy(values: Any) -> Any:
+    """``values`` with a CuPy array copied to the host; anything else as it is."""
+    if hasattr(values, "get") and type(values).__module__.startswith("cupy"):
+        return values.get()
+    return values
+
+
 def _dlpack_device(X: Any) -> int | None:
     try:
         return int(X.__dlpack_device__()[0])
@@ -280,9 +287,7 @@ def check_targets(y: Any, n_samples: int, name: str = "y", owner: str = "the mod
     """
     if y is None:
         raise ValueError(f"{owner} requires y to be passed, but the target y is None")
-    y = as_array_input(y, name)
-    if hasattr(y, "get") and type(y).__module__.startswith("cupy"):
-        y = y.get()
+    y = host_copy(as_array_input(y, name))
     if is_sparse(y):
         y = y.toarray()
     y = np.asarray(y)
@@ -356,9 +361,7 @@ def check_sample_weight(sample_weight: Any, n_samples: int,
     non-negative, not all zero.  A scalar weighs every sample alike."""
     if sample_weight is None:
         return None
-    sample_weight = as_array_input(sample_weight, name)
-    if hasattr(sample_weight, "get") and type(sample_weight).__module__.startswith("cupy"):
-        sample_weight = sample_weight.get()
+    sample_weight = host_copy(as_array_input(sample_weight, name))
     try:
         weights = np.array(sample_weight, dtype=np.float64)  # a copy: never the caller's
     except (TypeError, ValueError) as exc:
