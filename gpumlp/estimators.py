@@ -234,21 +234,25 @@ class BaseMLP(ParamsMixin):
         if not keep:
             self._build(backend, dtype, [X.shape[1], *hidden, T.shape[1]])
         T = backend.asarray(T, dtype)
+        previous = getattr(self, "_trainer_", None)
+        new_trainer = not keep or not incremental or previous.optimizer is None
         score = None  # early stopping's validation score, which the trainer is made with
         try:
             validation = self._validation_arrays(validation_data, backend, dtype)
+            # The trainer's seed is drawn before the hold-out's, as it always was: a
+            # Generator random_state gives each the draw it gave before.
+            seed = seed_from(self.random_state) if new_trainer else None
             if self.early_stopping and self.solver != "lbfgs":
                 X, T, weights, score = self._hold_out(X, T, y, weights)
         except (TypeError, ValueError):
             if not keep:  # nothing was trained: the new network must not look fitted
                 del self.network_
             raise
-        previous = getattr(self, "_trainer_", None)
-        if not keep or not incremental or self._trainer_.optimizer is None:
+        if new_trainer:
             if previous is not None:  # its captured graphs can serve the new trainer
                 previous.release()
             self._trainer_ = self._make_trainer(previous=previous if keep else None,
-                                                validation=score)
+                                                validation=score, seed=seed)
         elif self._step_settings_changed(previous):  # set_params between partial_fit calls
             self._trainer_ = previous.continued(batch_size=self._configured_batch_size(),
                                                 alpha=float(self.alpha),
@@ -367,11 +371,13 @@ class BaseMLP(ParamsMixin):
         self.out_activation_ = _OUT_NAMES[self._loss_name]
 
     def _make_trainer(self, previous: Trainer | None, optimizer: bool = True,
-                      validation: Any = None, history: History | None = None) -> Trainer:
+                      validation: Any = None, history: History | None = None,
+                      seed: int | None = None) -> Trainer:
         """A trainer of the network that goes on from ``previous`` (a warm start: its history
         and step count, a new optimizer) or from ``history`` (a loaded model), scoring
         ``validation(network)`` for early stopping; ``optimizer=False`` (a loaded model)
-        leaves its optimizer to be made by the first ``partial_fit``."""
+        leaves its optimizer to be made by the first ``partial_fit``.  ``seed``: drawn from
+        ``random_state`` where not given."""
         net = self.network_
         optimizer = None if self.solver == "lbfgs" or not optimizer else make_optimizer(
             self.solver, net.backend, net.params, learning_rate_init=self.learning_rate_init,
@@ -382,7 +388,8 @@ class BaseMLP(ParamsMixin):
         trainer = Trainer(net, optimizer, batch_size=self._configured_batch_size(),
                           alpha=float(self.alpha), dropout=float(self.dropout),
                           shuffle=self.shuffle,
-                          seed=seed_from(self.random_state), tol=self.tol,
+                          seed=seed_from(self.random_state) if seed is None else seed,
+                          tol=self.tol,
                           n_iter_no_change=self.n_iter_no_change,
                           callbacks=self.callbacks, verbose=bool(self.verbose),
                           cuda_graph=self.cuda_graph, validation=validation,

@@ -317,6 +317,24 @@ def test_warm_start_early_stopping_without_improvement_keeps_weights():
     assert clf.score(X, y) == score
 
 
+def test_a_generator_random_state_seeds_weights_trainer_and_hold_out_in_that_order():
+    """With a NumPy Generator as random_state each consumer draws its seed in turn: the
+    network's weights, then the trainer (shuffling, dropout), then early stopping's hold-out.
+    The order is part of the results a seed gives."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    clf = classifier(hidden_layer_sizes=(5,), early_stopping=True, dropout=0.1, max_iter=2,
+                     random_state=np.random.default_rng(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    draws = np.random.default_rng(7)
+    weights_seed, trainer_seed = (int(draws.integers(0, 2**31 - 1)) for _ in range(2))
+    expected = int(np.random.default_rng(trainer_seed).integers(0, 2**63 - 1))
+    assert clf._trainer_.dropout_seed == expected
+
+
 # ------------------------------------------------------------------- callbacks & warnings
 def test_callbacks_receive_epoch_and_history_and_can_stop(binary_data):
     X, y = binary_data
