@@ -175,8 +175,9 @@ class ModelCheckpoint(Callback):
     def on_train_begin(self, trainer: Any) -> None:
         if trainer.owner is None:
             raise ValueError("ModelCheckpoint saves an estimator with gpumlp.save; pass it in "
-                             "MLPClassifier(callbacks=...) or MLPRegressor(callbacks=...), not "
-                             "to a bare Trainer")
+                             "MLPClassifier(callbacks=...) or MLPRegressor(callbacks=...), or "
+                             "give a bare Trainer the estimator it trains: "
+                             "Trainer.fit(..., owner=estimator)")
         self.best, self.best_epoch, self.saved = self._monitor.worst(), 0, []
 
     def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> bool:

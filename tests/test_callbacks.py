@@ -91,7 +91,9 @@ def test_checkpoint_names_what_it_cannot_monitor_or_save(split, tmp_path):
     net = Network([5, 4, 2], seed=0, backend="numpy")
     trainer = Trainer(net, Adam(net.backend, net.params), callbacks=[
         ModelCheckpoint(tmp_path / "m.npz", monitor="loss")])
-    with pytest.raises(ValueError, match="ModelCheckpoint saves an estimator"):
+    with pytest.raises(ValueError, match=r"ModelCheckpoint saves an estimator .* give a bare "
+                                         r"Trainer the estimator it trains: Trainer\.fit\("
+                                         r"\.\.\., owner=estimator\)"):
         trainer.fit(X, np.eye(2)[y], 2)
     with pytest.raises(ValueError, match="mode='auto' cannot tell whether monitor='lr'"):
         ModelCheckpoint("m.npz", monitor="lr")
@@ -437,3 +439,17 @@ def test_a_warm_start_goes_on_with_the_history_and_step_count_of_the_last_fit():
     assert clf._trainer_ is not first and clf._trainer_.history is history
     assert clf._trainer_.step_count == 30 and len(history.loss) == 6
     assert history.stop_reason == "max_iter"
+
+
+def test_a_bare_trainer_given_its_estimator_as_owner_checkpoints_it(split, tmp_path):
+    X, y, _, _ = split
+    clf = MLPClassifier((4,), max_iter=1, backend="numpy", random_state=0)
+    with pytest.warns(gpumlp.exceptions.ConvergenceWarning):
+        clf.fit(X, y)
+    net = clf.network_
+    trainer = Trainer(net, Adam(net.backend, net.params), callbacks=[
+        ModelCheckpoint(tmp_path / "m.npz", monitor="loss", save_best_only=False)])
+    trainer.fit(X.astype(np.float32), y[:, None].astype(np.float32), 2, owner=clf)
+    assert trainer.owner is None
+    np.testing.assert_array_equal(gpumlp.load(tmp_path / "m.npz").predict_proba(X),
+                                  clf.predict_proba(X))
