@@ -84,7 +84,7 @@ def minimize_lbfgs(network: Network, X: Any, T: Any, alpha: float = 0.0,
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         network.set_flat_params(theta)
         loss = network.loss_and_gradients(X, T, workspace, decay=decay, row_weights=weights,
-                                          weight_sum=weight_sum)
+                                          weight_sum=weight_sum, backend=run.backend)
         if alpha:
             loss = loss + 0.5 * decay * network.squared_weight_norm()
         evaluations["count"] += 1
@@ -95,9 +95,10 @@ def minimize_lbfgs(network: Network, X: Any, T: Any, alpha: float = 0.0,
         evaluations["iterations"] += 1
         print(f"Iteration {evaluations['iterations']}, loss = {evaluations['last']:.8f}")
 
-    result = minimize(objective, start.astype(np.float64), method="L-BFGS-B", jac=True,
-                      options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol},
-                      callback=report if verbose else None)
+    with backend.open_run(network.dtype) as run:  # the evaluations' device state
+        result = minimize(objective, start.astype(np.float64), method="L-BFGS-B", jac=True,
+                          options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol},
+                          callback=report if verbose else None)
     if not np.all(np.isfinite(result.x)) or not np.isfinite(result.fun):
         network.set_flat_params(start)
         raise DivergenceError(f"lbfgs produced non-finite parameters (loss={result.fun}); "

@@ -8,7 +8,10 @@ updates every layer in one backend call.
 A network holds no work buffers: whoever runs it owns them (:meth:`Network.new_workspace`).
 The trainer keeps one per batch size it trains at, and each inference call makes its own, so
 a model can be used from several threads at once and its memory does not grow with the batch
-sizes it has seen.
+sizes it has seen.  Likewise the device state the backend's operations need (a GPU's step
+scalars and scratch) belongs to a run (:meth:`gpumlp.backends.base.Backend.open_run`): the
+caller passes the run's backend to :meth:`Network.forward` and
+:meth:`Network.loss_and_gradients`, and each prediction opens and closes a run of its own.
 
 Examples
 --------
@@ -301,15 +304,19 @@ class Network:
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: Any, ws: Workspace, dropout: float = 0.0, seed: int = 0,
-                step: int = 0, layers: int | None = None) -> Any:
+                step: int = 0, layers: int | None = None, backend: Backend | None = None
+                ) -> Any:
         """Training forward pass; returns the output buffer (logits for fused losses), or
-        with ``layers`` the output of that many first layers."""
+        with ``layers`` the output of that many first layers.  ``backend`` is the run's
+        (:meth:`Backend.open_run <gpumlp.backends.base.Backend.open_run>`; default: the
+        network's backend, each operation then a run of its own)."""
+        ops = backend or self.backend
         a = x
         last = self.n_layers - 1
         for layer in range(self.n_layers if layers is None else layers):
             drop = (self.dropout_spec(dropout, seed, step, layer)
                     if dropout and layer < last else None)
-            a = self.backend.affine_act(a, self.weights[layer], self.biases[layer],
+            a = ops.affine_act(a, self.weights[layer], self.biases[layer],
                                         self.layer_activation(layer), ws.a[layer + 1], drop,
                                         **self._gemm_options)
         return a
@@ -334,57 +341,62 @@ class Network:
         n = x.shape[0]
         out = self.backend.empty((n, self.sizes[-1]), self.dtype)
         workspace = self.new_workspace(max(1, min(n, chunk)))  # this call's own buffers
-        for start in range(0, n, chunk):
-            rows = x[start:start + chunk]
-            logits = self.forward(rows, workspace.rows(rows.shape[0]))
-            self._output_activation(logits, out[start:start + rows.shape[0]])
+        with self.backend.open_run(self.dtype) as run:  # and its own device state
+            for start in range(0, n, chunk):
+                rows = x[start:start + chunk]
+                logits = self.forward(rows, workspace.rows(rows.shape[0]), backend=run.backend)
+                self._output_activation(logits, out[start:start + rows.shape[0]], run.backend)
         return out
 
-    def _output_activation(self, z: Any, out: Any) -> None:
+    def _output_activation(self, z: Any, out: Any, backend: Backend | None = None) -> None:
+        ops = backend or self.backend
         if not self.loss.from_logits:
             out[...] = z
         elif self.output_activation == "softmax":
-            self.backend.softmax(z, out)
+            ops.softmax(z, out)
         else:
-            self.backend.sigmoid(z, out)
+            ops.sigmoid(z, out)
 
     # ---------------------------------------------------------------------------- backward
     def loss_and_gradients(self, x: Any, t: Any, ws: Workspace, decay: float = 0.0,
                            dropout: float = 0.0, seed: int = 0, step: int = 0,
-                           row_weights: Any = None, weight_sum: float | None = None) -> Any:
+                           row_weights: Any = None, weight_sum: float | None = None,
+                           backend: Backend | None = None) -> Any:
         """Forward, loss and backward for one batch; fills ``self.grads``.
 
         Returns the batch-mean data loss as a 0-d backend array (no host synchronisation).
         ``decay`` adds ``decay * W`` to each weight gradient (L2).  With ``row_weights``
         (a backend vector, one per row) and their host sum ``weight_sum``, the loss and
-        gradients are the weighted mean ``sum_i w_i l_i / weight_sum``.
+        gradients are the weighted mean ``sum_i w_i l_i / weight_sum``.  ``backend`` is the
+        run's, as in :meth:`forward`.
         """
+        ops = backend or self.backend
         last = self.n_layers - 1
         h_out = ws.h[last + 1]
         if row_weights is None and self.loss.operation == "softmax_xent":
             # The output layer and its loss as one backend operation, which may fuse them into
             # one kernel (the logits buffer is then left unwritten).
-            hidden = self.forward(x, ws, dropout, seed, step, layers=last)
-            loss = self.backend.affine_softmax_xent(hidden, self.weights[last],
+            hidden = self.forward(x, ws, dropout, seed, step, layers=last, backend=ops)
+            loss = ops.affine_softmax_xent(hidden, self.weights[last],
                                                     self.biases[last], t, ws.a[last + 1],
                                                     h_out, **self._gemm_options)
         else:
-            output = self.forward(x, ws, dropout, seed, step)
+            output = self.forward(x, ws, dropout, seed, step, backend=ops)
             if row_weights is None:
-                loss = getattr(self.backend, self.loss.operation)(output, t, h_out)
+                loss = getattr(ops, self.loss.operation)(output, t, h_out)
             else:
-                loss = self.backend.sample_weighted_loss(self.loss.operation, output, t,
+                loss = ops.sample_weighted_loss(self.loss.operation, output, t,
                                                          h_out, row_weights, weight_sum)
             if not self.loss.from_logits and self.output_activation != "identity":
-                self.backend.act_grad(h_out, output, self.output_activation, h_out)
+                ops.act_grad(h_out, output, self.output_activation, h_out)
         for layer in range(last, -1, -1):
             a_prev = x if layer == 0 else ws.a[layer]
-            self.backend.weight_grads(a_prev, ws.h[layer + 1], self.weight_grads[layer],
+            ops.weight_grads(a_prev, ws.h[layer + 1], self.weight_grads[layer],
                                       self.bias_grads[layer], self.weights[layer], decay,
                                       **self._gemm_options)
             if layer > 0:
                 drop = self.dropout_spec(dropout, seed, step, layer - 1) if dropout else None
-                self.backend.backprop_hidden(ws.h[layer + 1], self.weights[layer],
+                ops.backprop_hidden(ws.h[layer + 1], self.weights[layer],
                                              ws.a[layer], self.hidden_activations[layer - 1],
                                              ws.h[layer], drop, **self._gemm_options)
         return loss

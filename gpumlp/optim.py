@@ -3,6 +3,8 @@
 Each optimizer owns its state buffers (velocity; Adam's ``m`` and ``v``) laid out like the
 parameter buffer, so one backend call updates every layer.  The update rules follow
 scikit-learn's ``SGDOptimizer`` and ``AdamOptimizer`` so the estimators behave alike.
+``step(params, grads, backend=None)`` runs the update on ``backend``, the backend of the run
+that trains (:meth:`gpumlp.backends.base.Backend.open_run`), as the training step passes it.
 """
 
 from __future__ import annotations
@@ -140,9 +142,10 @@ class SGD(Optimizer):
     def constants(self) -> tuple:
         return (float(self.momentum), bool(self.nesterov))
 
-    def step(self, params: Any, grads: Any) -> None:
-        self.backend.sgd_step(params, grads, self.velocity, self.learning_rate,
-                              self.momentum, self.nesterov)
+    def step(self, params: Any, grads: Any, backend: Backend | None = None) -> None:
+        """One update; ``backend`` is the run's (default: the optimizer's)."""
+        (backend or self.backend).sgd_step(params, grads, self.velocity, self.learning_rate,
+                                           self.momentum, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -171,10 +174,11 @@ class Adam(Optimizer):
     def advance(self, steps: int) -> None:
         self.t += steps
 
-    def step(self, params: Any, grads: Any) -> None:
+    def step(self, params: Any, grads: Any, backend: Backend | None = None) -> None:
+        """One update; ``backend`` is the run's (default: the optimizer's)."""
         self.t += 1
-        self.backend.adam_step(params, grads, self.m, self.v, self.learning_rate,
-                               self.beta_1, self.beta_2, self.epsilon, self.t)
+        (backend or self.backend).adam_step(params, grads, self.m, self.v, self.learning_rate,
+                                            self.beta_1, self.beta_2, self.epsilon, self.t)
 
 
 def make_optimizer(solver: str, backend: Backend, params: Any, learning_rate_init: float,

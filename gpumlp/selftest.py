@@ -95,7 +95,7 @@ def _graph_vs_eager(report: Report, sizes: list[int], batch: int, path: str,
                    limit=1e-4)
     if path == "cublas":
         routes = list(routes_module.choices(backend).values())
-        paths = routes_module.paths_of(backend)
+        paths = backend.routes
         report.add(Check("captured GEMMs on cuBLAS(Lt)", "float32", path, keep,
                          passed="direct" in routes,
                          note=f"{routes.count('direct')} of {len(routes)}"

@@ -16,6 +16,10 @@ call, not written again:
 * ``placement``: where the weight gradients and the L2 term run (:data:`IN_ORDER`, or a
   second stream forked and joined inside a captured step).
 
+Every operation of the step runs on the step's ``backend``: the network's, or the backend of
+the run that executes it (:meth:`gpumlp.backends.base.Backend.open_run`), bound with
+:meth:`TrainingStep.bound_to` — the eager epoch's run, or a graph runner's.
+
 The L2 term of a batch is ``0.5 * alpha * sum_l ||W_l||^2 / weight_sum``, from the weights
 the batch starts with, as scikit-learn's ``loss_curve_`` counts it.
 
@@ -42,6 +46,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
+from .backends.base import Backend
 from .network import Network, Workspace
 
 
@@ -83,16 +88,20 @@ IN_ORDER = InOrder()
 
 
 class TrainingStep:
-    """One minibatch step of ``network`` with ``optimizer`` under ``settings``."""
+    """One minibatch step of ``network`` with ``optimizer`` under ``settings``, its
+    operations run on ``backend`` (a run's; default: the network's)."""
 
-    def __init__(self, network: Network, optimizer: Any, settings: StepSettings):
+    def __init__(self, network: Network, optimizer: Any, settings: StepSettings,
+                 backend: Backend | None = None):
         self.network = network
         self.optimizer = optimizer
         self.settings = settings
+        self.backend = backend or network.backend
 
-    def bound_to(self, network: Network, optimizer: Any) -> "TrainingStep":
-        """The same step on another model (a graph runner's twins)."""
-        return TrainingStep(network, optimizer, self.settings)
+    def bound_to(self, network: Network, optimizer: Any,
+                 backend: Backend | None = None) -> "TrainingStep":
+        """The same step on another model (a graph runner's twins) and run."""
+        return TrainingStep(network, optimizer, self.settings, backend)
 
     def new_buffers(self, rows: int, x_columns: int, t_columns: int) -> StepBuffers:
         """New batch and work buffers for a ``rows``-row step; the caller owns them."""
@@ -112,7 +121,7 @@ class TrainingStep:
         backend's loss kernels add into) the L2 term is added there and ``loss_acc`` returned.
         """
         net, settings = self.network, self.settings
-        backend = net.backend
+        backend = self.backend
         gather(buffers)
         rows = buffers.x.shape[0]
         weight_sum = float(rows) if weight_sum is None else weight_sum
@@ -127,8 +136,8 @@ class TrainingStep:
             loss = net.loss_and_gradients(
                 buffers.x, buffers.t, buffers.workspace, decay=decay,
                 dropout=settings.dropout, seed=settings.dropout_seed, step=step,
-                row_weights=row_weights, weight_sum=weight_sum)
-        self.optimizer.step(net.params, net.grads)
+                row_weights=row_weights, weight_sum=weight_sum, backend=backend)
+        self.optimizer.step(net.params, net.grads, backend=backend)
         if loss_acc is not None or not settings.alpha:
             return loss
         return loss + l2

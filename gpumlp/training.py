@@ -10,7 +10,10 @@ The step itself (gather a batch, forward, loss, backward, update) allocates noth
 waits for the device: the trainer owns its batch and work buffers, made once per batch size
 (at most the two sizes of the current epoch are kept, and none is pickled), and the epoch's
 loss is summed on the device and read once at the end of the epoch.  Everything that needs a host
-decision (schedules, early stopping, callbacks, divergence) happens at epoch granularity.
+decision (schedules, early stopping, callbacks, divergence) happens at epoch granularity.  An
+eager epoch runs its steps in a run of the backend's (:meth:`gpumlp.backends.base.Backend.
+open_run`: on a GPU its step scalars and split-K scratch), opened when the epoch starts and
+closed when it ends, so a finished fit leaves no device state behind.
 
 Examples
 --------
@@ -433,7 +436,14 @@ class Trainer:
         return runner
 
     def _train_one_epoch_eagerly(self, X: Any, T: Any, sample_weight: Any = None) -> float:
-        backend, net = self.network.backend, self.network
+        """One epoch of eager steps in a run of the backend's (its device state: step
+        scalars, scratch), opened here and given back when the epoch ends."""
+        with self.network.backend.open_run(self.network.dtype) as run:
+            return self._eager_epoch(X, T, sample_weight, run.backend)
+
+    def _eager_epoch(self, X: Any, T: Any, sample_weight: Any, backend: Any) -> float:
+        net = self.network
+        step = self.step.bound_to(net, self.optimizer, backend)  # on the run's backend
         n = X.shape[0]
         sparse, weighted = is_sparse(X), sample_weight is not None
         if sparse or weighted:  # rows and weight sums are chosen on the host
@@ -471,8 +481,8 @@ class Trainer:
                     backend.gather_rows(X, index, b.x)
                 backend.gather_rows(T, index, b.t)
 
-            loss = self.step(gather, buffers, step=self.step_count,
-                             weight_sum=weight_sum, row_weights=row_weights)
+            loss = step(gather, buffers, step=self.step_count,
+                        weight_sum=weight_sum, row_weights=row_weights)
             self.step_count += 1
             total = total + loss * rows  # stays on the device until epoch end
             for hook in batch_hooks:  # told the rows only: nothing that waits for the device

@@ -1,6 +1,8 @@
 """Device state is owned by the run that made it and given back: after many fits of
-different shapes and ``gpumlp.graph_pool.clear()``, the device pool holds no more bytes and
-no more cuBLAS/cuBLASLt handles live than before (emulated CuPy and cuBLAS)."""
+different shapes (captured and eager) with predictions, and ``gpumlp.graph_pool.clear()``,
+the device pool holds exactly the bytes, and exactly the cuBLAS/cuBLASLt handles live, that
+it held before (emulated CuPy and cuBLAS).  Nothing is kept on the shared backend: no
+per-thread eager scalars, split-K scratch or span tables."""
 
 from __future__ import annotations
 
@@ -30,35 +32,37 @@ def blas_api(cp, monkeypatch):
     return api
 
 
-def one_fit(cp, backend, shape, seed):
+def one_fit(cp, backend, shape, seed, cuda_graph):
     rows, hidden = shape
     rng = np.random.default_rng(seed)
     X = cp.asarray(rng.normal(size=(rows, 6)))
     T = cp.asarray(np.eye(3)[rng.integers(0, 3, rows)])
     net = Network([6, hidden, 3], backend=backend, seed=seed, dtype=np.float64)
     trainer = Trainer(net, Adam(backend, net.params, 1e-2), batch_size=8, alpha=1e-3,
-                      dropout=0.1, seed=seed, cuda_graph="on")
+                      dropout=0.1, seed=seed, cuda_graph=cuda_graph)
     trainer.fit(X, T, 2)
     for _ in range(2):  # the second prediction replays a captured forward
         net.predict_output(X)
+    net.predict_output(X[: rows // 2])  # a slice: predicted eagerly, never captured
 
 
 @pytest.mark.kernels
-def test_twenty_fits_give_back_their_device_memory_and_handles(cp, blas_api):
-    backend = CupyBackend(gemm_path="cublas")  # captured GEMMs on cuBLAS(Lt): handles made
+@pytest.mark.parametrize("cuda_graph, gemm_path", [
+    ("on", "cublas"),  # captured GEMMs on cuBLAS(Lt): handles and workspaces made per run
+    ("off", "fused"),  # eager steps on the fused GEMMs: split-K scratch, span tables, scalars
+])
+def test_twenty_fits_give_back_their_device_memory_and_handles(cp, blas_api, cuda_graph,
+                                                               gemm_path):
+    backend = CupyBackend(gemm_path=gemm_path)
     pool = cp.get_default_memory_pool()
     gc.collect()
     before = pool.used_bytes(), blas_api.live_handles()
     shapes = [(24 + 4 * (i % 5), 8 + 2 * (i % 4)) for i in range(20)]
     for i, shape in enumerate(shapes):
-        one_fit(cp, backend, shape, i)
+        one_fit(cp, backend, shape, i, cuda_graph)
     gc.collect()  # models of past fits: their captured forwards are collected
     gpumlp.graph_pool.clear()
     after = pool.used_bytes(), blas_api.live_handles()
-    # What stays is the shared backend's per-thread eager state (its step scalars), made
-    # once by the first eager launch, not per fit.
-    kept = backend.thread_state_nbytes()
-    assert (after[0] - kept, after[1]) == before, (
-        f"device pool bytes {before[0]} -> {after[0]} ({kept} of them the thread's eager "
-        f"state), live cuBLAS handles {before[1]} -> {after[1]} after 20 fits")
-    assert kept < 1024
+    assert after == before, (
+        f"device pool bytes {before[0]} -> {after[0]}, live cuBLAS handles {before[1]} -> "
+        f"{after[1]} after 20 fits (cuda_graph={cuda_graph!r}, gemm_path={gemm_path!r})")

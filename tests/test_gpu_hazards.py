@@ -192,7 +192,7 @@ def test_interleaved_epochs_of_two_models_equal_each_alone(emulated_gpu):
 N, K, M, ROWS = 6, 5, 4, 3
 
 
-def operations(gpu, state):
+def operations(gpu, run):
     """Every public operation: (call, {argument: (shape, dtype or None for the call's)})."""
     drop = Dropout(keep=0.8, seed=3, counter=1)
     loss_args = {"z": ((N, M), None), "t": ((N, M), None), "h_out": ((N, M), None)}
@@ -232,9 +232,9 @@ def operations(gpu, state):
                                                          a["out"]),
                            {"src": ((N, K), None), "perm": ((N,), np.int64),
                             "start": ((), np.int64), "out": ((ROWS, K), None)}),
-        "advance_step": (lambda a: advance(gpu, state, a["start"]),
+        "advance_step": (lambda a: advance(run, a["start"]),
                          {"start": ((), np.int64)}),
-        "gather_batch_at": (lambda a: gather_batch(gpu, state, a),
+        "gather_batch_at": (lambda a: gather_batch(run, a),
                             {"X": ((N, K), None), "T": ((N, M), None),
                              "perm": ((N,), np.int64), "start": ((), np.int64),
                              "xb": ((ROWS, K), None), "tb": ((ROWS, M), None),
@@ -242,15 +242,15 @@ def operations(gpu, state):
     }
 
 
-def gather_batch(gpu, state, a):
-    with gpu.recording(state, None):
-        gpu.gather_batch_at(a["X"], a["T"], a["perm"], a["start"], a["xb"], a["tb"], 3,
-                            a["blocks_done"])
+def gather_batch(run, a):
+    with run.recording(None):
+        run.backend.gather_batch_at(a["X"], a["T"], a["perm"], a["start"], a["xb"], a["tb"],
+                                    3, a["blocks_done"])
 
 
-def advance(gpu, state, start):
-    with gpu.recording(state, None):
-        gpu.advance_step(start, 4, 3)
+def advance(run, start):
+    with run.recording(None):
+        run.backend.advance_step(start, 4, 3)
 
 
 def valid_arguments(cp, spec, dtype):
@@ -293,8 +293,8 @@ OPERATIONS = ["affine_act", "softmax", "sigmoid", "act_grad", "backprop_hidden",
 def test_every_operation_checks_its_arrays_before_launch(emulated_gpu, op, dtype):
     cp, em = emulated_gpu
     gpu = gpu_backend("fused")
-    state = gpu.new_step_state(dtype)
-    call, spec = operations(gpu, state)[op]
+    run = gpu.open_run(dtype)
+    call, spec = operations(gpu, run)[op]
     call(valid_arguments(cp, spec, dtype))  # the valid call runs
     for name in spec:
         for how, error in CORRUPTIONS.items():
@@ -477,10 +477,10 @@ def test_a_host_synchronisation_during_capture_is_flagged(emulated_gpu, sync):
 
 def test_a_replay_into_memory_freed_after_capture_is_flagged(emulated_gpu):
     cp, em = emulated_gpu
-    gpu = gpu_backend("fused")
+    gpu = gpu_backend("fused").open_run().backend  # a run: its scalars outlive the capture
     a = cp.ones((4, 3))
     out = cp.empty((4, 3))
-    gpu.act_grad(a, a, "tanh", out)  # warm-up: kernels loaded, eager scalars made
+    gpu.act_grad(a, a, "tanh", out)  # warm-up: kernels loaded, the run's scalars made
     stream = capturing(cp)
     with stream:
         stream.begin_capture()
@@ -539,25 +539,31 @@ def test_capture_and_replays_leave_the_pool_unchanged(emulated_gpu):
 
 def test_split_k_scratch_is_never_shared_between_models_or_threads(emulated_gpu):
     """A split-K GEMM's workspace and tile counters are written by every launch: shared by
-    two runners (or threads, or streams) they would race.  Each recording runner's state and
-    each thread's eager state owns its own; the same owner gets the same buffers (captured
-    graphs keep their addresses)."""
+    two runners (or threads, or streams) they would race.  Each run (a recording runner's,
+    an eager epoch's in any thread) owns its own, recording or not; the same run gets the
+    same buffers (captured graphs keep their addresses), and closing it gives them back."""
     from gpumlp.backends.cuda import plan as gemm_plan
 
     gpu = gpu_backend()
     plan = gemm_plan.choose("gemm_bias_act", "float32", 256, 256, 784, splits=4)
-    states = [gpu.new_step_state(np.float32) for _ in range(2)]
+    runs = [gpu.open_run(np.float32) for _ in range(2)]
     owned = []
-    for state in states:
-        with gpu.recording(state, None):
-            owned.append(gpu._scratch(plan, np.float32))
-            assert gpu._scratch(plan, np.float32)[0] is owned[-1][0]
-    owned.append(gpu._scratch(plan, np.float32))  # eager, this thread
+    for run in runs:
+        with run.recording(None):
+            owned.append(run.backend._scratch(plan, np.float32))
+        assert run.backend._scratch(plan, np.float32)[0] is owned[-1][0]  # eager: the same
     other = []
-    thread = threading.Thread(target=lambda: other.append(gpu._scratch(plan, np.float32)))
+
+    def eager_epoch():
+        with gpu.open_run(np.float32) as run:
+            other.append(run.backend._scratch(plan, np.float32))
+            assert run.nbytes() > 0
+        assert run.nbytes() == 0
+
+    thread = threading.Thread(target=eager_epoch)
     thread.start()
     thread.join()
     owned += other
     workspaces = {id(workspace) for workspace, _ in owned}
     counters = {id(counter) for _, counter in owned}
-    assert len(workspaces) == len(counters) == 4
+    assert len(workspaces) == len(counters) == 3

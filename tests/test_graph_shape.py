@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpumlp.backends.cuda import kernels, plan as gemm_plan
-from gpumlp.backends.cuda import routes as capture_paths
+from gpumlp.backends.cuda.run import DeviceRun
 from gpumlp.backends.cuda.cublas import DirectBlas
 from gpumlp.network import Network
 from gpumlp.optim import Adam
@@ -68,8 +68,8 @@ def test_weight_gradients_run_beside_the_backward_chain(cp, monkeypatch):
             assert i not in one.launches.ancestors(frozenset({l2}))
     assert l2 in one.launches.ancestors(frozenset({names.index("adam_step")}))
     # The same step captured on one stream is a chain: every node on the critical path.
-    monkeypatch.setattr(capture_paths, "weight_grads_beside",
-                        lambda main, side: contextlib.nullcontext())
+    monkeypatch.setattr(DeviceRun, "weight_grads_beside",
+                        lambda run, main, side: contextlib.nullcontext())
     chain = captured_step(cp).graph_one
     assert len(chain.launches) == 11 and chain.critical_path() == 11
 
@@ -236,15 +236,14 @@ def test_weights_l2_loss_refuses_spans_outside_the_parameters(cp):
 def test_weights_l2_loss_table_is_made_before_a_capture(cp):
     """The device span table is made outside capture (the warm-up); a capture that would
     have to make it says so instead of allocating inside the graph."""
-    from gpumlp.backends.cuda import step_state
     from gpumlp.backends.cuda.backend import CupyBackend
 
-    backend = CupyBackend(gemm_path="fused")
     params, _, spans = l2_buffers(cp, np.float64)
-    state, acc = step_state.StepState(cp, np.float64), cp.zeros((), np.float64)
+    run = CupyBackend(gemm_path="fused").open_run(np.float64)
+    backend, acc = run.backend, cp.zeros((), np.float64)
     stream = cp.cuda.Stream(non_blocking=True)
     cp.cuda.Device().synchronize()
-    with stream, backend.recording(state, acc):
+    with stream, run.recording(acc):
         stream.begin_capture()
         with pytest.raises(RuntimeError, match="span table .* not made before the capture"):
             backend.add_weights_l2_loss(params, spans, 0.1, acc)

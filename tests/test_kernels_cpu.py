@@ -602,10 +602,7 @@ def test_gemm_plan_uses_the_sm_count_and_sizes_the_scratch():
     one = gemm_plan.choose("gemm_bias_act", np.float32, 100, 70, 300, tile=0, splits=1)
     assert (one.workspace_size, one.counter_size) == (0, 0)
 
-    class Owner:  # stands for a backend
-        pass
-
-    owner = Owner()
+    owner: dict = {}  # a run's scratch table
     assert gemm_plan.scratch(owner, np, one, np.float32) == (None, None)
     ws, counters = gemm_plan.scratch(owner, np, plan, np.float32)
     assert ws.size == plan.workspace_size and counters.dtype == np.int32 and not counters.any()

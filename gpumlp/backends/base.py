@@ -16,6 +16,13 @@ Conventions shared by all operations:
 A backend may also capture whole steps as graphs and replay them; :class:`Backend` documents
 that **capture protocol** (:meth:`Backend.graphs_unavailable_reason` and what follows it) and
 implements it as "nothing is captured", which is what the NumPy backend keeps.
+
+**Runs.**  Whatever executes operations for a while — the eager epochs of a fit, one
+prediction — opens a run (:meth:`Backend.open_run`), passes its :attr:`Run.backend` to the
+operations (the network's ``forward``, the optimizer's ``step``, the training step) and
+closes it when done.  A backend whose operations need device state of their own (the CUDA
+backend's step scalars, split-K scratch, span tables, library handles) keeps it in the run,
+never in itself, so a finished run leaves nothing behind; here a run holds nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +85,13 @@ class Backend:
         return {"name": self.name, "array_module": self.xp.__name__,
                 "version": getattr(self.xp, "__version__", "unknown")}
 
+    # ------------------------------------------------------------------------------ runs
+    def open_run(self, dtype: Any = None) -> "Run":
+        """A run of operations on parameters of ``dtype``: pass its :attr:`Run.backend` to
+        them and close it when done (``with``; see the module docstring).  Operations called
+        on the backend itself run as if each opened a run of its own."""
+        return Run(self)
+
     # ------------------------------------------------------------------ capture protocol
     # The trainer and the network reach captured graphs only through these methods: a
     # backend that cannot capture keeps the defaults below, and everything runs eagerly.
@@ -108,7 +122,8 @@ class Backend:
     def forward_replays(self) -> Any | None:
         """A new cache of captured forward passes for one network, with
         ``output(network, x, chunk, output_activation) -> array | None`` (``None``: run the
-        forward eagerly); ``None`` where this backend captures nothing."""
+        forward eagerly; ``output_activation(z, out, backend)``); ``None`` where this backend
+        captures nothing."""
         return None
 
     # ----------------------------------------------------------------------- data movement
@@ -294,6 +309,39 @@ class Backend:
         v += dt(1 - beta2) * grads * grads
         lr_t = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
         params -= dt(lr_t) * m / (xp.sqrt(v) + dt(eps))
+
+
+class Run:
+    """What :meth:`Backend.open_run` returns: the state one run of operations owns.
+
+    Here it holds nothing and :attr:`backend` is the backend itself; a backend with device
+    state returns a subclass that keeps it and gives it back in :meth:`close`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpumlp.backends import get_backend
+    >>> with get_backend("numpy").open_run(np.float32) as run:
+    ...     run.backend.name
+    'numpy'
+    """
+
+    def __init__(self, backend: Backend):
+        self._backend = backend
+
+    @property
+    def backend(self) -> Backend:
+        """The backend whose operations use this run's state."""
+        return self._backend
+
+    def close(self) -> None:
+        """Give back what the run holds (idempotent)."""
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def check_spans(op: str, spans: Any, size: int) -> tuple[tuple[int, int], ...]:

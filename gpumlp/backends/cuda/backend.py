@@ -15,16 +15,22 @@ CuPy implementation of the base class, with one warning.
 Every public operation checks its array arguments once, before launching anything
 (:mod:`gpumlp.backends.contracts`: device arrays of the call's dtype, C-contiguous, on the
 current device, of consistent shapes), and passes each scalar as the exact type the kernel
-declares.  The device scalars a captured step reads belong to the graph runner that recorded
-it (:mod:`gpumlp.backends.cuda.step_state`), never to this shared backend object.
+declares.
+
+The backend made by :func:`gpumlp.get_backend` is shared by every model of the process and
+keeps no device state of a run: the step scalars its kernels read, split-K scratch, span
+tables, library handles and masks belong to a :class:`~gpumlp.backends.cuda.run.DeviceRun`
+(:meth:`CupyBackend.open_run`), whose :attr:`~gpumlp.backends.cuda.run.DeviceRun.backend` —
+this backend bound to the run — is what the run's owner passes to the operations.  An
+operation called on the shared backend itself runs in a run of its own, opened and closed
+around the call.  Only the GEMM route verdicts (measurements, :attr:`CupyBackend.routes`) and
+the kernels dropped after a failure are kept here.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 import warnings
-import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -35,11 +41,9 @@ from .. import contracts
 from ..base import Backend, check_spans
 from . import forward, graph_pool, graphs, kernels, routes, step_state
 from . import plan as gemm_plan  # `plan` names each call's chosen tile
+from .run import DeviceRun
 
 GEMM_PATHS = config.GEMM_PATHS
-#: Device span tables of add_weights_l2_loss, per owning step state (see _span_table).
-_SPAN_TABLES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-_SPAN_TABLES_LOCK = threading.Lock()
 
 
 class KernelDropped(RuntimeError):
@@ -63,10 +67,15 @@ class _GuardedKernel:
 
 
 def _falls_back(operation: Callable) -> Callable:
-    """Run ``operation`` again (it then leaves the kernel out) when a kernel it launched was
-    dropped; each retry drops one more kernel, so this ends."""
+    """Run ``operation`` in a run: the backend's own when it is bound to one, else one
+    opened for this call and closed after it (so the shared backend keeps nothing); and run
+    it again (it then leaves the kernel out) when a kernel it launched was dropped: each
+    retry drops one more kernel, so this ends."""
     @functools.wraps(operation)
     def run(self: "CupyBackend", *args: Any, **kwargs: Any) -> Any:
+        if self.run is None:
+            with self.open_run() as device_run:
+                return run(device_run.backend, *args, **kwargs)
         while True:
             try:
                 return operation(self, *args, **kwargs)
@@ -80,6 +89,9 @@ class CupyBackend(Backend):
 
     name = "cupy"
     arrays_on_host = False
+    #: The run whose device state the operations use; ``None`` on the shared backend
+    #: (each operation then opens a run of its own), set on a view (:meth:`bound_to`).
+    run: DeviceRun | None = None
 
     def __init__(self, gemm_path: str | None = None) -> None:
         import cupy
@@ -93,42 +105,40 @@ class CupyBackend(Backend):
         #: Kernels that failed to compile, load or launch, by instantiation: each falls
         #: back alone (its operation takes another route or the generic CuPy path).
         self.dropped_kernels: dict[tuple, str] = {}
-        self._routes = routes.paths_of(self)
-        # Eager calls pass the learning rate and step count through device scalars too (the
-        # kernels read them from memory so that captured steps can); one set per thread and
-        # dtype, written on the caller's stream just before the launch that reads it.
-        self._eager = threading.local()
+        #: The GEMM route verdicts and cuBLASLt plans, shared by every run (measurements).
+        self.routes = routes.RouteChooser(cupy, self.gemm_path)
+        #: The backend every run is opened on (a view's is the one it was made from).
+        self.shared = self
 
-    # ------------------------------------------------------------------- step state
+    # ------------------------------------------------------------------------------ runs
+    def open_run(self, dtype: Any = None, streams: int = 0) -> DeviceRun:
+        """A run of this backend (:class:`~gpumlp.backends.cuda.run.DeviceRun`) with
+        ``streams`` streams of its own; close it when done."""
+        return DeviceRun(self.shared, dtype, streams)
+
+    def bound_to(self, device_run: DeviceRun) -> "CupyBackend":
+        """This backend with its operations using ``device_run``'s state (a view: the
+        kernels, dropped kernels and route verdicts stay shared)."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.shared.__dict__)
+        view.run = device_run
+        return view
+
+    def __repr__(self) -> str:
+        return "<gpumlp backend 'cupy'" + (" bound to a run>" if self.run else ">")
+
     @property
     def capturing(self) -> bool:
-        """Whether this thread is recording a captured step (see :func:`recording`)."""
-        return step_state.current() is not None
+        """Whether the operations record a step of the bound run (its warm-up or capture,
+        :meth:`DeviceRun.recording`)."""
+        return self.run is not None and self.run.recording_step
 
-    def new_step_state(self, dtype: Any) -> step_state.StepState:
-        """Device scalars for one graph runner's captured steps."""
-        return step_state.StepState(self.xp, dtype)
-
-    recording = staticmethod(step_state.recording)
-
-    def _eager_state(self, dtype: Any) -> step_state.StepState:
-        states = self._eager.__dict__.setdefault("states", {})
-        key = np.dtype(dtype).str
-        if key not in states:
-            states[key] = step_state.StepState(self.xp, dtype)
-        return states[key]
-
-    def thread_state_nbytes(self) -> int:
-        """Device bytes this thread's eager state holds on the shared backend: the step
-        scalars eager launches read, and their split-K scratch and span tables (kept for
-        the thread's life, one set per dtype and shape)."""
-        total = 0
-        for state in self._eager.__dict__.get("states", {}).values():
-            total += sum(a.nbytes for a in (state.counter_base, state.step, state.lr))
-            total += sum(a.nbytes for pair in gemm_plan.owned_scratch(state) for a in pair)
-            with _SPAN_TABLES_LOCK:
-                total += sum(t.nbytes for t in _SPAN_TABLES.get(state, {}).values())
-        return total
+    def _recorded_state(self) -> step_state.StepState:
+        """The step state of the run's recording (an error outside one)."""
+        if not self.capturing:
+            raise RuntimeError("this operation moves a graph runner's step state: call it "
+                               "on a run's backend inside DeviceRun.recording(...)")
+        return self.run.state
 
     def _check(self, op: str, dtype: Any, **arrays: Any) -> dict[str, int]:
         """The array contracts of one call (see :mod:`gpumlp.backends.contracts`)."""
@@ -243,24 +253,22 @@ class CupyBackend(Backend):
             capability = kernels.TF32_MIN_CAPABILITY
         if capability >= kernels.TF32_MIN_CAPABILITY:
             return "tf32"
-        if not getattr(self, "_tf32_warned", False):
-            self._tf32_warned = True
+        if not getattr(self.shared, "_tf32_warned", False):  # once, whatever the run
+            self.shared._tf32_warned = True
             warnings.warn(f"precision='tf32' needs TF32 tensor cores (compute capability 8.0 "
                           f"or later); this device is {capability // 10}.{capability % 10}: "
                           "computing in float32", RuntimeWarning, stacklevel=4)
         return "float32"
 
     def _scratch(self, plan: Any, dtype: Any) -> tuple[Any, Any]:
-        """Split-K scratch of a fused GEMM: owned by the recording runner's step state (its
-        graphs keep the addresses; two models never share it) or by this thread's eager
-        state, never by this shared backend."""
-        owner = step_state.current() or self._eager_state(dtype)
-        return gemm_plan.scratch(owner, self.xp, plan, dtype)
+        """Split-K scratch of a fused GEMM: the bound run's (its graphs keep the addresses;
+        two models never share it), never this shared backend's."""
+        return gemm_plan.scratch(self.run.scratch, self.xp, plan, dtype)
 
     def _dropout_args(self, dtype: Any, dropout: Dropout | None) -> tuple:
         # Eager: the counter is all in `dropout.counter` (the eager base stays 0); captured:
         # it is an offset from the recording runner's base, which the graph advances.
-        state = step_state.current() or self._eager_state(dtype)
+        state = self.run.state if self.capturing else self.run.eager_state(dtype)
         base = state.counter_base
         if dropout is None:
             return (dtype.type(1), np.uint64(0), base, np.int64(0))
@@ -270,7 +278,7 @@ class CupyBackend(Backend):
     def _choose(self, op: str, shape: tuple, dtype: Any, fused: Callable[[], None] | None,
                 cublas: Callable[[], None] | None, direct: Any = None,
                 precision: str = "float32") -> bool:
-        """Run ``op`` by the route the one chooser (:meth:`routes.CapturePaths.run`) picks
+        """Run ``op`` by the route the one chooser (:meth:`routes.RouteChooser.run`) picks
         for its shape; ``False`` where no route can run (the caller takes the generic path).
 
         Eager steps choose between ``fused`` and ``cublas``; a graph runner's step between
@@ -281,13 +289,13 @@ class CupyBackend(Backend):
         if precision != "float32":
             shape, cublas, direct = (*shape, precision), None, None
         if self.capturing:
-            return routes.run(self, op, shape, dtype, fused, direct) is not None
-        return self._routes.run("eager", op, shape, dtype,
-                                {"fused": fused, "cublas": cublas}) is not None
+            return routes.run(self, self.run, op, shape, dtype, fused, direct) is not None
+        return self.routes.run("eager", op, shape, dtype,
+                               {"fused": fused, "cublas": cublas}) is not None
 
     def path_choices(self) -> dict[tuple, str]:
         """The GEMM route measured for each eager (operation, shape, dtype) so far."""
-        return self._routes.choices("eager")
+        return self.routes.choices("eager")
 
     # ----------------------------------------------------------------------------- forward
     @_falls_back
@@ -428,8 +436,7 @@ class CupyBackend(Backend):
         fn = self._kernel(name, x.dtype)
         if fn is None:
             return getattr(super(), name)(x, t, h_out)
-        state = step_state.current()
-        loss = state.loss if state is not None else None
+        loss = self.run.state.loss if self.capturing else None
         if loss is None:
             loss = self.xp.zeros((), dtype=x.dtype)  # the kernel adds into it
         elif loss.dtype != x.dtype:
@@ -465,7 +472,7 @@ class CupyBackend(Backend):
         bias_fn = self._kernel("bias_act", x.dtype, act="identity", dropout=False)
         loss_fn = self._kernel("softmax_xent", x.dtype)
         epilogues = bias_fn is not None and loss_fn is not None
-        state = step_state.current()
+        state = self.run.state if self.capturing else None
         loss = self._loss_accumulator("affine_softmax_xent", state, x.dtype)
         # Eager: the loss is this call's own and starts at zero in each variant (timing the
         # two runs both); recorded: every variant adds into the runner's accumulator.
@@ -539,12 +546,10 @@ class CupyBackend(Backend):
 
     def _span_table(self, spans: tuple[tuple[int, int], ...], dtype: Any) -> Any:
         """The device int64 table ``[offset_0, size_0, offset_1, ...]`` of ``spans``, owned
-        like the split-K scratch (the recording runner's step state, else this thread's eager
-        state): made on first use, outside a capture (the runner's warm-up), and kept while
-        its owner lives, so captured graphs keep a valid address."""
-        owner = step_state.current() or self._eager_state(dtype)
-        with _SPAN_TABLES_LOCK:
-            tables = _SPAN_TABLES.setdefault(owner, {})
+        like the split-K scratch by the bound run: made on first use, outside a capture (the
+        runner's warm-up), and kept while the run is open, so captured graphs keep a valid
+        address."""
+        tables = self.run.span_tables
         table = tables.get(spans)
         if table is None:
             if routes.is_capturing(self.xp):
@@ -559,16 +564,16 @@ class CupyBackend(Backend):
 
     # --------------------------------------------------------------------------- optimizer
     def _step_scalars(self, dtype: Any, lr: float, step: int | None) -> step_state.StepState:
-        """The device learning rate and step count a launch reads: the recording runner's
-        (written by the runner once per epoch, moved on by the graph), or this thread's eager
+        """The device learning rate and step count a launch reads: the recording run's
+        (written by the runner once per epoch, moved on by the graph), or the run's eager
         scalars, written here on the current stream."""
-        state = step_state.current()
-        if state is not None:
+        if self.capturing:
+            state = self.run.state
             if state.dtype != np.dtype(dtype):
                 raise TypeError(f"the recording step state is {state.dtype}, the parameters "
                                 f"{np.dtype(dtype)}")
             return state
-        state = self._eager_state(dtype)
+        state = self.run.eager_state(dtype)
         state.lr.fill(state.dtype.type(lr))
         if step is not None:
             state.step.fill(np.int32(step))
@@ -629,10 +634,7 @@ class CupyBackend(Backend):
     def advance_step(self, start, rows: int, counters_per_step: int) -> None:
         """Move the recording runner's step state on: batch start, dropout counter base,
         step count (inside a captured step only)."""
-        state = step_state.current()
-        if state is None:
-            raise RuntimeError("advance_step moves a graph runner's step state: call it "
-                               "inside backend.recording(state, ...)")
+        state = self._recorded_state()
         self._check("advance_step", np.int64, start=(start, ""))
         fn = kernels.get_kernel("advance_step")
         grid, block = kernels.launch_config("advance_step", 1)
@@ -644,10 +646,7 @@ class CupyBackend(Backend):
         """``xb[i] = X[perm[start + i]]`` and ``tb[i] = T[perm[start + i]]`` in one launch,
         which then moves the recording runner's step state on as :meth:`advance_step` does
         (``blocks_done``: an int32 device counter at 0, left at 0)."""
-        state = step_state.current()
-        if state is None:
-            raise RuntimeError("gather_batch_at moves a graph runner's step state: call it "
-                               "inside backend.recording(state, ...)")
+        state = self._recorded_state()
         dtype = contracts.float_dtype("gather_batch_at", "X", X)
         size = self._check("gather_batch_at", dtype, X=(X, "total c"), T=(T, "total d"),
                            perm=(perm, "total", np.int64), start=(start, "", np.int64),

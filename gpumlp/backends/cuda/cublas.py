@@ -350,17 +350,21 @@ class DirectBlas:
         The library entry points; :class:`CtypesBlas` by default.
     workspace_bytes : int
         Workspace per stream for both libraries.
+    plans : dict, optional
+        Where the cuBLASLt plans are kept (host-side, usable with any handle of the device:
+        a backend shares one table between its runs); a table of its own by default.
     """
 
     def __init__(self, cupy: Any, api: BlasApi | None = None,
-                 workspace_bytes: int = WORKSPACE_BYTES):
+                 workspace_bytes: int = WORKSPACE_BYTES, plans: dict | None = None):
         self.cupy = cupy
         self.api = api if api is not None else CtypesBlas()
         self.workspace_bytes = int(workspace_bytes)
         # stream -> (cuBLAS handle, cuBLASLt handle, cuBLASLt workspace, cuBLAS workspace):
         # both workspaces stay referenced here while the handles may use them.
         self._streams: dict[int, tuple[int, int, Any, Any]] = {}
-        self._plans: dict[tuple, Any] = {}
+        self._stream_objects: dict[int, Any] = {}  # to wait for before releasing
+        self._plans: dict[tuple, Any] = {} if plans is None else plans
 
     # -------------------------------------------------------------------------- set-up
     def prepare(self, stream: Any) -> None:
@@ -375,18 +379,29 @@ class DirectBlas:
         # stream never share scratch memory.
         lt_workspace = self.cupy.empty(self.workspace_bytes, dtype=np.uint8)
         self._streams[key] = (handle, self.api.lt_create(), lt_workspace, workspace)
+        self._stream_objects[key] = stream
 
     def release(self, stream: Any) -> None:
         """Destroy the handles bound to ``stream`` and drop its workspaces (outside capture;
         the stream's queued work is waited for first).  A later stream that reuses the
         address is then prepared afresh instead of finding handles bound to a dead one."""
         entry = self._streams.pop(stream_pointer(stream), None)
+        self._stream_objects.pop(stream_pointer(stream), None)
         if entry is None:
             return
         stream.synchronize()
         handle, lt_handle, _, _ = entry
         self.api.destroy_handle(handle)
         self.api.lt_destroy(lt_handle)
+
+    def release_all(self) -> None:
+        """:meth:`release` every stream prepared so far."""
+        for stream in list(self._stream_objects.values()):
+            self.release(stream)
+
+    def workspace_nbytes(self) -> int:
+        """Device bytes of the workspaces of the streams prepared."""
+        return sum(lt.nbytes + ws.nbytes for _, _, lt, ws in self._streams.values())
 
     def live_streams(self) -> int:
         """Streams with handles bound (each holds two handles and two workspaces)."""

@@ -46,32 +46,39 @@ class CapturedForward:
     captured as a CUDA graph into an output buffer of its own."""
 
     def __init__(self, network: Any, x: Any, chunk: int,
-                 output_activation: Callable[[Any, Any], None]):
+                 output_activation: Callable[..., None]):
         backend = network.backend
         cupy = backend.xp
         self.cupy = cupy
         self.input = x  # kept alive: the graph reads its address
         self.out = backend.empty((x.shape[0], network.sizes[-1]), network.dtype)
         self.workspace = network.new_workspace(min(x.shape[0], chunk))
-        # Its stream and step state (which owns the split-K scratch), given back by close().
+        # Its stream, step state, split-K scratch and the direct route's handles, given back
+        # by close(); the forward's operations run on the backend bound to it.
         self.device_run = DeviceRun(backend, network.dtype, streams=1)
-        self.state, (self.stream,) = self.device_run.state, self.device_run.streams
+        (self.stream,) = self.device_run.streams
         self.close = self.device_run.close
+        ops = self.device_run.backend
 
         def forward() -> None:
             for start in range(0, x.shape[0], chunk):
                 rows = x[start:start + chunk]
-                logits = network.forward(rows, self.workspace.rows(rows.shape[0]))
-                output_activation(logits, self.out[start:start + rows.shape[0]])
+                logits = network.forward(rows, self.workspace.rows(rows.shape[0]),
+                                         backend=ops)
+                output_activation(logits, self.out[start:start + rows.shape[0]], ops)
 
-        with joined(cupy, self.stream), backend.recording(self.state, None):
-            forward()  # warm-up: loads the kernels and chooses each GEMM's route
-            self.stream.begin_capture()
-            try:
-                forward()
-            finally:
-                self.graph = self.stream.end_capture()
-            self.graph.upload(self.stream)
+        try:
+            with joined(cupy, self.stream), self.device_run.recording(None):
+                forward()  # warm-up: loads the kernels and chooses each GEMM's route
+                self.stream.begin_capture()
+                try:
+                    forward()
+                finally:
+                    self.graph = self.stream.end_capture()
+                self.graph.upload(self.stream)
+        except BaseException:
+            self.close()  # nothing will replay: give its handles and memory back now
+            raise
 
     def run(self, result: Any) -> Any:
         """Replay into :attr:`out` and copy it to ``result`` (made by the caller on its
@@ -97,7 +104,7 @@ class ForwardGraphs:
         self._seen: OrderedDict[tuple, None] = OrderedDict()
 
     def output(self, network: Any, x: Any, chunk: int,
-               output_activation: Callable[[Any, Any], None]) -> Any | None:
+               output_activation: Callable[..., None]) -> Any | None:
         """``network``'s output for device array ``x`` from a replay, or ``None`` where the
         caller should run the forward eagerly (first sight of ``x``, no graphs, a sigmoid
         output, another thread replaying)."""
@@ -133,7 +140,7 @@ def capturable(network: Any, x: Any) -> bool:
 
 
 def _capture(network: Any, x: Any, chunk: int,
-             output_activation: Callable[[Any, Any], None]) -> CapturedForward | None:
+             output_activation: Callable[..., None]) -> CapturedForward | None:
     try:
         return CapturedForward(network, x, chunk, output_activation)
     except Exception as exc:  # a capture the driver refuses: this input predicts eagerly

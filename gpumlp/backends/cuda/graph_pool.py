@@ -85,7 +85,7 @@ class IdleRunners:
             self._runners.clear()
         for runner in runners:
             runner.close()
-        routes.release_pending()  # and what runs collected without close() left
+        routes.release_orphans()  # and what runs collected without close() left
 
 
 #: The process-wide pool the trainers use.

@@ -58,23 +58,23 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import graph_auto, routes
+from . import graph_auto
 from .run import DeviceRun
 
 
 class SideBranch:
     """Where a captured step's launches go: the weight gradients and the L2 term on ``side``,
     forked from the runner's stream and joined before the update
-    (:func:`routes.weight_grads_beside`); the rest in order on the runner's stream."""
+    (:meth:`DeviceRun.weight_grads_beside`); the rest in order on the runner's stream."""
 
-    def __init__(self, backend: Any, main: Any, side: Any):
-        self.backend, self.main, self.side = backend, main, side
+    def __init__(self, device_run: DeviceRun, main: Any, side: Any):
+        self.device_run, self.main, self.side = device_run, main, side
 
     def weight_grads_beside(self) -> contextlib.AbstractContextManager:
-        return routes.weight_grads_beside(self.main, self.side)
+        return self.device_run.weight_grads_beside(self.main, self.side)
 
     def beside(self, launch: Any) -> None:
-        routes.beside(self.backend, launch)
+        self.device_run.beside(launch)
 
 
 class GraphStepRunner:
@@ -98,9 +98,19 @@ class GraphStepRunner:
         # The twins the graphs train: the trainer's values are copied in and out each epoch.
         self.net = trainer.network.copy()
         self.optimizer = trainer.optimizer.copy()
-        # The trainer's step on the twins; its settings are kernel arguments, fixed for the
-        # runner's life (part of the key).
-        self.step = trainer.step.bound_to(self.net, self.optimizer)
+        dtype = self.net.dtype
+        # The runner's device state: its stream, the weight gradients' branch of each
+        # captured step (DeviceRun.weight_grads_beside), its step state, split-K scratch and
+        # span tables, and what the direct cuBLAS route makes for those streams; given back
+        # by close().  Every operation of the runner runs on `ops`, the backend bound to it.
+        self.device_run = DeviceRun(self.backend, dtype, streams=2)
+        self.ops = self.device_run.backend
+        self.stream, self.side = self.device_run.streams
+        self.state = self.device_run.state
+        self.placement = SideBranch(self.device_run, self.stream, self.side)
+        # The trainer's step on the twins and the run; its settings are kernel arguments,
+        # fixed for the runner's life (part of the key).
+        self.step = trainer.step.bound_to(self.net, self.optimizer, self.ops)
         self.settings = self.step.settings
         self.data_key = data_key(X, T)
         # The graphs read these buffers; load() copies new data of the same shape into them.
@@ -110,20 +120,12 @@ class GraphStepRunner:
         self.batch = min(trainer.batch_size, self.n)
         self.full_steps, self.rest = divmod(self.n, self.batch)
         self._buffers: dict[int, Any] = {}
-        dtype = self.net.dtype
         # Made on the caller's stream; the first entry to the runner's stream waits for it.
         self.perm = cupy.arange(self.n, dtype=cupy.int64)
         self.start = cupy.zeros((), dtype=cupy.int64)
         self.blocks_done = cupy.zeros((), dtype=cupy.int32)  # gather_batch's block count
         self.loss_full = cupy.zeros((), dtype=dtype)
         self.loss_rest = cupy.zeros((), dtype=dtype)
-        # The runner's device state: its stream, the weight gradients' branch of each
-        # captured step (routes.weight_grads_beside), its step state, and what the direct
-        # cuBLAS route makes for those streams; given back by close().
-        self.device_run = DeviceRun(self.backend, dtype, streams=2)
-        self.stream, self.side = self.device_run.streams
-        self.state = self.device_run.state
-        self.placement = SideBranch(self.backend, self.stream, self.side)
         self.steps_per_graph = max(1, min(steps_per_graph, self.full_steps))
         with self.on_stream():
             self._copy_in(X, T)
@@ -211,7 +213,7 @@ class GraphStepRunner:
         start, dropout counter base, optimizer step count): the kernels after it read the
         advanced state, so the dropout counters are offsets from the next step's base
         (step=-1) and the optimizer reads the count of the step it makes."""
-        self.backend.gather_batch_at(self.X, self.T, self.perm, self.start, buffers.x,
+        self.ops.gather_batch_at(self.X, self.T, self.perm, self.start, buffers.x,
                                      buffers.t, self.net.n_layers, self.blocks_done)
 
     def _step_ops(self, rows: int) -> None:
@@ -226,13 +228,13 @@ class GraphStepRunner:
         """Run each step shape once eagerly (loads every kernel, makes every buffer, chooses
         each GEMM's route) on the twins, whose values are scratch until the next epoch."""
         self._set_device_state(0)
-        with self.backend.recording(self.state, self.loss_full):
+        with self.device_run.recording(self.loss_full):
             for rows in sorted({self.batch, self.rest} - {0}):
                 self._step_ops(rows)
         self.loss_full.fill(0)
 
     def _capture(self, rows: int, steps: int, loss_acc: Any) -> Any:
-        with self.backend.recording(self.state, loss_acc):
+        with self.device_run.recording(loss_acc):
             self.stream.begin_capture()
             try:
                 for _ in range(steps):
@@ -324,7 +326,7 @@ class GraphStepRunner:
         """``steps`` full-batch steps launched one kernel at a time, the step the trainer's
         eager loop runs (on the twins); returns their summed loss times the batch rows (on
         the device), as the eager loop sums it."""
-        backend, batch = self.backend, self.batch
+        backend, batch = self.ops, self.batch
         buffers = self._step_buffers(batch)
         total = 0.0
         for i in range(steps):

@@ -25,15 +25,15 @@ The choice is deterministic for a given (shape, dtype, SM count): split-K sums i
 order, so a given device always produces the same bits.
 
 Split-K launches need a workspace and zeroed per-tile counters (the kernels leave them
-zeroed); :func:`scratch` keeps one pair per backend and plan, allocated once and never
-freed or resized, so a CUDA graph that captured their addresses stays valid.
+zeroed); :func:`scratch` keeps one pair per plan in a table its caller owns (a run's,
+:class:`gpumlp.backends.cuda.run.DeviceRun`), allocated once and never freed or resized
+while that table lives, so a CUDA graph that captured their addresses stays valid.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,26 +310,17 @@ def device_sm_count(xp: Any) -> int:
         return DEFAULT_SM_COUNT
 
 
-_SCRATCH: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-def owned_scratch(owner: Any) -> list[tuple[Any, Any]]:
-    """The ``(workspace, tile_counters)`` pairs kept for ``owner``."""
-    return list(_SCRATCH.get(owner, {}).values())
-
-
-def scratch(owner: Any, xp: Any, plan: GemmPlan, dtype: Any) -> tuple[Any, Any]:
+def scratch(buffers: dict, xp: Any, plan: GemmPlan, dtype: Any) -> tuple[Any, Any]:
     """``(workspace, tile_counters)`` for ``plan``: ``(None, None)`` (null pointers) with one
-    split, else device arrays kept for ``owner`` (a backend) and this plan.
+    split, else device arrays kept in ``buffers`` (the table of the run that launches it).
 
     The arrays are made on first use (outside a capture: the eager warm-up step) and never
-    freed or resized while ``owner`` lives, so captured graphs keep valid addresses.  The
-    counters start at zero and every launch leaves them at zero.  Launches that share a
+    freed or resized while ``buffers`` holds them, so captured graphs keep valid addresses.
+    The counters start at zero and every launch leaves them at zero.  Launches that share a
     plan must not run concurrently (they are on one stream in gpumlp).
     """
     if plan.splits == 1:
         return None, None
-    buffers = _SCRATCH.setdefault(owner, {})
     key = (plan.kernel, plan.M, plan.N, plan.K, plan.tile, plan.splits, np.dtype(dtype).str)
     if key not in buffers:
         buffers[key] = (xp.empty(plan.workspace_size, dtype=dtype),

@@ -1,6 +1,6 @@
 """Which route each GEMM takes: our fused kernel, cuBLAS + our epilogue, or cuBLAS(Lt).
 
-One chooser (:meth:`CapturePaths.run`) serves eager and captured steps alike: per
+One chooser (:meth:`RouteChooser.run`) serves eager and captured steps alike: per
 (operation, shape, dtype) it launches every candidate that can run, times each with CUDA
 events (:func:`fastest`), keeps the verdict and launches the winner from then on;
 ``GPUMLP_GEMM=fused|cublas`` forces a route where it can run.  The candidates differ:
@@ -19,16 +19,18 @@ events (:func:`fastest`), keeps the verdict and launches the winner from then on
   stream not prepared in the warm-up) the fused kernel is used.
 
 A candidate whose kernel was dropped (it failed to compile or launch) is not offered.
+
+The verdicts and cuBLASLt plans are the backend's (:class:`RouteChooser`, a cache of
+measurements); the handles, workspaces and masks of the direct route are the run's
+(:class:`LibraryRoute`, held by :class:`gpumlp.backends.cuda.run.DeviceRun`), made for its
+streams and given back when it closes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import threading
 import warnings
-import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,9 +45,19 @@ def new_api() -> cublas.BlasApi:
     return cublas.CtypesBlas()
 
 
-class CapturePaths:
-    """Per-backend state: the GEMM route chooser's verdicts, the direct-BLAS object and its
-    prepared streams, and the ReLU masks kept by cuBLASLt forwards."""
+class RouteChooser:
+    """The GEMM route chooser of one backend: the verdict of each (mode, operation, shape,
+    dtype), and the library's entry points and cuBLASLt plans.
+
+    Shared by every run of the backend on purpose: a verdict is a measurement of the device
+    (which route is faster for a GEMM of this shape), not a resource — timing it again per
+    fit would cost each fit of a grid search its warm-up launches and could only reach the
+    same answer.  Likewise a cuBLASLt plan (descriptors and the heuristic's algorithm) is
+    host-side and usable with any handle of the device.  Everything that holds device
+    memory or a library handle — the handles bound to a run's streams, their workspaces, the
+    ReLU masks — belongs to the run (:class:`LibraryRoute`, owned by
+    :class:`gpumlp.backends.cuda.run.DeviceRun`).
+    """
 
     def __init__(self, cupy: Any, preference: str = "auto"):
         self.cupy = cupy
@@ -53,37 +65,25 @@ class CapturePaths:
         self.preference = preference
         #: The route of each (mode, operation, shape, dtype), eager and captured alike.
         self.verdicts: dict[tuple, str] = {}
-        self._blas: cublas.DirectBlas | None = None
+        #: cuBLASLt plans by (operation, dtype, GEMM, alignments) (:meth:`DirectBlas.plan`).
+        self.plans: dict[tuple, Any] = {}
+        #: Why the direct route is unavailable (no cuBLAS library), once found.
         self.unavailable: str | None = None
+        self._api: cublas.BlasApi | None = None
         self._lock = threading.Lock()
-        #: ReLU bit-masks kept by cuBLASLt forwards, by (address, shape) of the activations.
-        self.masks: dict[tuple, Any] = {}
-        #: The activations whose latest recorded forward wrote its mask (see ForwardRelu).
-        self.live_masks: set[tuple] = set()
-        #: The stream each mask was made on (the runner that owns it releases them).
-        self.mask_streams: dict[tuple, int] = {}
-        #: Streams of runs collected without close(), released at the next safe point.
-        self.pending: list[Any] = []
 
-    def defer_release(self, streams: Any) -> None:
-        """Release ``streams`` later (a finalizer may run inside another run's capture,
-        where destroying a handle or freeing memory is not allowed)."""
+    def api(self) -> cublas.BlasApi | None:
+        """The library's entry points (loaded once), or ``None`` with :attr:`unavailable`
+        saying why (warned once)."""
         with self._lock:
-            self.pending.extend(streams)
-
-    def release(self, streams: Any = ()) -> None:
-        """Give back what was made for ``streams`` (a closed runner's or captured
-        forward's), and for any whose run was collected unclosed: their cuBLAS(Lt) handles
-        and workspaces, and the ReLU masks made there.  Call outside any capture."""
-        with self._lock:
-            streams, self.pending = [*streams, *self.pending], []
-            pointers = {cublas.stream_pointer(stream) for stream in streams}
-            for key in [k for k, p in self.mask_streams.items() if p in pointers]:
-                del self.masks[key], self.mask_streams[key]
-                self.live_masks.discard(key)
-            if self._blas is not None:
-                for stream in streams:
-                    self._blas.release(stream)
+            if self._api is None and self.unavailable is None:
+                try:
+                    self._api = new_api()
+                except cublas.BlasError as exc:
+                    self.unavailable = str(exc)
+                    warnings.warn(f"captured steps use the fused GEMMs only: {exc}",
+                                  RuntimeWarning, stacklevel=4)
+            return self._api
 
     def run(self, mode: str, op: str, shape: tuple, dtype: Any,
             candidates: dict[str, Callable[[], None] | None]) -> str | None:
@@ -132,20 +132,33 @@ class CapturePaths:
         """The route chosen for each (operation, shape, dtype) of ``mode`` so far."""
         return {key[1:]: route for key, route in self.verdicts.items() if key[0] == mode}
 
+
+class LibraryRoute:
+    """One run's direct cuBLAS(Lt) route: handles bound to the run's streams with a
+    workspace each, and the ReLU masks its cuBLASLt forwards keep; :meth:`release` gives
+    them back."""
+
+    def __init__(self, chooser: RouteChooser):
+        self.chooser = chooser
+        self._blas: cublas.DirectBlas | None = None
+        #: ReLU bit-masks kept by cuBLASLt forwards, by (address, shape) of the activations.
+        self.masks: dict[tuple, Any] = {}
+        #: The activations whose latest recorded forward wrote its mask (see ForwardRelu).
+        self.live_masks: set[tuple] = set()
+
     def blas(self, stream: Any) -> cublas.DirectBlas | None:
         """The direct route bound to ``stream`` (binding it now: call outside capture), or
-        ``None`` with :attr:`unavailable` saying why."""
-        if self.unavailable is not None:
-            return None
-        if self.pending:  # outside capture here: a good moment to free collected runs
-            self.release()
+        ``None`` where the library is unavailable (:attr:`RouteChooser.unavailable`)."""
+        release_orphans()  # outside capture here: a good moment to free collected runs
+        if self._blas is None:
+            api = self.chooser.api()
+            if api is None:
+                return None
+            self._blas = cublas.DirectBlas(self.chooser.cupy, api, plans=self.chooser.plans)
         try:
-            with self._lock:
-                if self._blas is None:
-                    self._blas = cublas.DirectBlas(self.cupy, new_api())
-                self._blas.prepare(stream)
+            self._blas.prepare(stream)
         except cublas.BlasError as exc:
-            self.unavailable = str(exc)
+            self.chooser.unavailable = str(exc)
             warnings.warn(f"captured steps use the fused GEMMs only: {exc}", RuntimeWarning,
                           stacklevel=2)
             return None
@@ -158,25 +171,39 @@ class CapturePaths:
             return None
         return blas
 
+    def workspace_nbytes(self) -> int:
+        """Device bytes of the workspaces bound to the run's streams."""
+        return 0 if self._blas is None else self._blas.workspace_nbytes()
 
-_PATHS: "weakref.WeakKeyDictionary[Any, CapturePaths]" = weakref.WeakKeyDictionary()
-_PATHS_LOCK = threading.Lock()
+    def release(self) -> None:
+        """Destroy the handles (after their streams' queued work), drop the workspaces and
+        the masks.  Call outside any capture."""
+        self.masks.clear()
+        self.live_masks.clear()
+        if self._blas is not None:
+            self._blas.release_all()
 
 
-def paths_of(backend: Any) -> CapturePaths:
-    with _PATHS_LOCK:
-        paths = _PATHS.get(backend)
-        if paths is None:
-            paths = _PATHS[backend] = CapturePaths(backend.xp, backend.gemm_path)
-        return paths
+#: Library routes of runs collected without ``close()``: a finalizer may run inside another
+#: run's capture, where destroying a handle or freeing memory is not allowed, so they wait
+#: here for the next safe point (:func:`release_orphans`).  Nothing else is kept here.
+_ORPHANS: list[LibraryRoute] = []
+_ORPHANS_LOCK = threading.Lock()
 
 
-def release_pending() -> None:
-    """Release the streams of every run collected without ``close()`` (outside capture)."""
-    with _PATHS_LOCK:
-        every = list(_PATHS.values())
-    for paths in every:
-        paths.release()
+def orphan(library: LibraryRoute) -> None:
+    """Release ``library`` (a collected run's) at the next safe point."""
+    with _ORPHANS_LOCK:
+        _ORPHANS.append(library)
+
+
+def release_orphans() -> None:
+    """Release the library routes of every run collected without ``close()`` (call outside
+    any capture)."""
+    with _ORPHANS_LOCK:
+        orphans, _ORPHANS[:] = list(_ORPHANS), []
+    for library in orphans:
+        library.release()
 
 
 def is_capturing(cupy: Any) -> bool:
@@ -184,82 +211,53 @@ def is_capturing(cupy: Any) -> bool:
     return bool(cupy.cuda.get_current_stream().is_capturing())
 
 
-_side_stream: contextvars.ContextVar = contextvars.ContextVar("gpumlp_weight_grads_stream",
-                                                              default=None)
-
-
-@contextlib.contextmanager
-def weight_grads_beside(main: Any, side: Any) -> Iterator[None]:
-    """Inside, each weight-gradient GEMM of a recorded step runs on ``side``, forked from
-    ``main`` (the current stream) by an event just after its input delta is written; at the
-    end ``main`` waits for ``side``.  In a capture the weight gradients thus become a parallel
-    branch beside the backward chain (nothing on ``main`` reads what they write before the
-    join), which shortens the graph's critical path."""
-    token = _side_stream.set(side)
-    try:
-        yield
-    finally:
-        _side_stream.reset(token)
-        main.wait_event(side.record())
-
-
-def beside(backend: Any, launch: Callable[[], Any]) -> None:
-    """Run ``launch`` on the side stream of the enclosing :func:`weight_grads_beside`, forked
-    from the current stream now (it sees what is queued before) and joined with the weight
-    gradients before the update; outside one, on the current stream.  For work nothing on the
-    main stream waits for until the join (a step's L2 term)."""
-    side = _side_stream.get()
-    if side is None:
-        launch()
-        return
-    side.wait_event(backend.xp.cuda.get_current_stream().record())
-    with side:
-        launch()
-
-
-def run(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None] | None,
+def run(backend: Any, device_run: Any, op: str, shape: tuple, dtype: Any,
+        fused: Callable[[], None] | None,
         direct: Callable[[Any], Callable[[], None] | None] | None) -> str | None:
-    """Run one GEMM of a recorded step by the route chosen for it (:meth:`CapturePaths.run`,
-    the chooser eager GEMMs use too); returns the route, ``None`` where none can run.
+    """Run one GEMM of a step recorded by ``device_run`` by the route chosen for it
+    (:meth:`RouteChooser.run`, the chooser eager GEMMs use too); returns the route, ``None``
+    where none can run.
 
-    ``direct(blas, paths)`` prepares the direct variant (cuBLASLt plans and masks outside
+    ``direct(blas, library)`` prepares the direct variant (cuBLASLt plans and masks outside
     capture) and returns its launch, or ``None`` when it cannot run this operation.
-    Inside :func:`weight_grads_beside`, a weight gradient runs on the side stream.
+    Inside the run's :meth:`~gpumlp.backends.cuda.run.DeviceRun.weight_grads_beside`, a
+    weight gradient runs on the side stream.
     """
-    side = _side_stream.get()
+    side = device_run.side_stream
     if op == "weight_grads" and side is not None:
         side.wait_event(backend.xp.cuda.get_current_stream().record())
         with side:
-            return _route(backend, op, shape, dtype, fused, direct)
-    return _route(backend, op, shape, dtype, fused, direct)
+            return _route(backend, device_run.library, op, shape, dtype, fused, direct)
+    return _route(backend, device_run.library, op, shape, dtype, fused, direct)
 
 
-def _route(backend: Any, op: str, shape: tuple, dtype: Any, fused: Callable[[], None] | None,
+def _route(backend: Any, library: LibraryRoute, op: str, shape: tuple, dtype: Any,
+           fused: Callable[[], None] | None,
            direct: Callable[[Any], Callable[[], None] | None] | None) -> str | None:
     cupy = backend.xp
-    paths = paths_of(backend)
+    chooser = library.chooser
     stream = cupy.cuda.get_current_stream()
     # A forward overwrites its activations: a mask kept for them is stale unless this very
     # forward (a cuBLASLt ReLU variant) writes it again.
-    paths.live_masks.discard(getattr(direct, "activations_key", None))
+    library.live_masks.discard(getattr(direct, "activations_key", None))
     variant = None
     if direct is not None and backend.gemm_path != "fused":
         if is_capturing(cupy):  # only what the warm-up chose and prepared
-            blas = paths.prepared(stream)
-            if blas is not None and paths.verdicts.get(
+            blas = library.prepared(stream)
+            if blas is not None and chooser.verdicts.get(
                     ("captured", op, tuple(shape), np.dtype(dtype).str)) == "direct":
-                variant = direct(blas, paths)
+                variant = direct(blas, library)
         else:  # the warm-up: bind the stream, make plans and masks
-            blas = paths.blas(stream)
+            blas = library.blas(stream)
             if blas is not None:
                 try:
-                    variant = direct(blas, paths)
+                    variant = direct(blas, library)
                 except cublas.BlasUnsupported:
                     variant = None
                 except cublas.BlasError as exc:
                     fall_back(op, shape, exc)
                     variant = None
-    return paths.run("captured", op, shape, dtype, {"fused": fused, "direct": variant})
+    return chooser.run("captured", op, shape, dtype, {"fused": fused, "direct": variant})
 
 
 def fall_back(op: str, shape: tuple, error: Exception) -> None:
@@ -281,11 +279,11 @@ def fastest(cupy: Any, candidates: dict[str, Callable[[], None]]) -> str:
 
 def choices(backend: Any) -> dict[tuple, str]:
     """The route measured for each captured (operation, shape, dtype) so far."""
-    return paths_of(backend).choices("captured")
+    return backend.routes.choices("captured")
 
 
 # ---------------------------------------------------------------- the direct variants
-# Each returns ``make(blas, paths)``, which prepares the variant (outside capture: plans and
+# Each returns ``make(blas, library)``, which prepares the variant (outside capture: plans and
 # masks) and returns the launch, or ``None`` where the variant cannot run.
 
 def _key(array: Any) -> tuple:
@@ -298,14 +296,14 @@ class _Variant:
 
     activations_key: tuple | None = None
 
-    def __init__(self, make: Callable[[Any, CapturePaths], Callable[[], None] | None],
+    def __init__(self, make: Callable[[Any, LibraryRoute], Callable[[], None] | None],
                  activations: Any = None):
         self.make = make
         if activations is not None:
             self.activations_key = _key(activations)
 
-    def __call__(self, blas: Any, paths: CapturePaths) -> Callable[[], None] | None:
-        return self.make(blas, paths)
+    def __call__(self, blas: Any, library: LibraryRoute) -> Callable[[], None] | None:
+        return self.make(blas, library)
 
 
 def forward(x: Any, w: Any, out: Any, epilogue: Callable[[], None],
@@ -313,24 +311,23 @@ def forward(x: Any, w: Any, out: Any, epilogue: Callable[[], None],
     """``out = x w`` on cuBLAS, then our bias + activation (+ dropout) epilogue kernel; or,
     with ``relu_mask`` (a ReLU layer without dropout), ``out = relu(x w + b)`` in one
     cuBLASLt call that also keeps the ReLU bit-mask for :func:`backward`."""
-    def make(blas: Any, paths: CapturePaths) -> Callable[[], None] | None:
+    def make(blas: Any, library: LibraryRoute) -> Callable[[], None] | None:
         stream = blas.cupy.cuda.get_current_stream()
         if relu_mask:
             key = _key(out)
-            mask = paths.masks.get(key)
+            mask = library.masks.get(key)
             if mask is None:
                 if is_capturing(blas.cupy):
                     return None  # never made in the warm-up: not this route
                 n, m = out.shape
-                paths.mask_streams[key] = cublas.stream_pointer(stream)
-                mask = paths.masks[key] = blas.cupy.zeros(cublas.aux_bytes(m, n),
-                                                          dtype=np.uint8)
+                mask = library.masks[key] = blas.cupy.zeros(cublas.aux_bytes(m, n),
+                                                            dtype=np.uint8)
             if not is_capturing(blas.cupy):
                 blas.fused_gemms("forward_relu", x, w, out, stream)
 
             def launch_relu() -> None:
                 blas.affine_relu(x, w, b, out, mask, stream)
-                paths.live_masks.add(key)
+                library.live_masks.add(key)
             return launch_relu
 
         def launch() -> None:
@@ -344,10 +341,10 @@ def backward(h_next: Any, w_next: Any, out: Any, epilogue: Callable[[], None],
              a: Any = None, relu: bool = False) -> _Variant:
     """``out = h_next w_next^T`` on cuBLAS, then our ``⊙ phi'`` (+ dropout) kernel; or, for a
     ReLU layer whose forward kept its mask in this step, ``DRELU`` in one cuBLASLt call."""
-    def make(blas: Any, paths: CapturePaths) -> Callable[[], None] | None:
+    def make(blas: Any, library: LibraryRoute) -> Callable[[], None] | None:
         stream = blas.cupy.cuda.get_current_stream()
-        if relu and a is not None and _key(a) in paths.live_masks:
-            mask = paths.masks[_key(a)]
+        if relu and a is not None and _key(a) in library.live_masks:
+            mask = library.masks[_key(a)]
             if not is_capturing(blas.cupy):
                 blas.fused_gemms("backward_drelu", h_next, w_next, out, stream)
 
@@ -364,7 +361,7 @@ def backward(h_next: Any, w_next: Any, out: Any, epilogue: Callable[[], None],
 
 def weight_grads(a_prev: Any, h: Any, dw: Any, db: Any, w: Any, decay: float) -> _Variant:
     """``dw = a_prev^T h + decay w`` and ``db = sum_rows h`` in one cuBLASLt call."""
-    def make(blas: Any, paths: CapturePaths) -> Callable[[], None]:
+    def make(blas: Any, library: LibraryRoute) -> Callable[[], None]:
         stream = blas.cupy.cuda.get_current_stream()
         if not is_capturing(blas.cupy):  # the plan (heuristic) is made in the warm-up
             blas.fused_gemms("weight_grads", a_prev, h, dw, stream, c=w if decay else None)

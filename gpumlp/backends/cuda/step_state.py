@@ -1,34 +1,29 @@
-"""Device-side step state of captured training steps, owned by each graph runner.
+"""The device scalars a step's kernels read: step count, learning rate, dropout counter, loss.
 
 A captured CUDA graph replays its kernels with the pointers fixed at capture, so what changes
 from step to step (the dropout counter, Adam's step count, the learning rate, the loss being
-summed) lives in device scalars that the graph reads and moves on.  Each
-:class:`~gpumlp.backends.cuda.graphs.GraphStepRunner` owns its own :class:`StepState`: two models trained in
-the same process (threads, interleaved epochs, a grid search) never share one.  While a runner
-records its steps, :func:`recording` makes its state the current one for the calling thread
-(a context variable), and the backend's operations read it from there; outside a recording
-the backend uses per-thread eager scalars and the host values passed to each call.
+summed) lives in device scalars that the graph reads and moves on.  Eager launches read the
+same kernels' arguments from device scalars too (written just before the launch), so one
+kernel serves both.  Each :class:`~gpumlp.backends.cuda.run.DeviceRun` owns its
+:class:`StepState` objects: two models trained in the same process (threads, interleaved
+epochs, a grid search) never share one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-_current: contextvars.ContextVar["StepState | None"] = contextvars.ContextVar(
-    "gpumlp_step_state", default=None)
-
 
 class StepState:
-    """The device scalars one runner's captured steps read.
+    """The device scalars one run's steps read.
 
     ``counter_base`` (int64) is the dropout counter of the step's first layer, ``step``
     (int32) the optimizer's step count, both moved on by the ``advance_step`` kernel inside
-    the graph; ``lr`` (the parameter dtype) is written once per epoch; ``loss`` is the
-    accumulator the loss kernels add into while recording.
+    a captured graph (eager launches leave the base at zero); ``lr`` (the parameter dtype)
+    is written once per epoch, or before each eager launch; ``loss`` is the accumulator the
+    loss kernels add into while a step is recorded (``None`` otherwise).
     """
 
     def __init__(self, xp: Any, dtype: Any):
@@ -44,20 +39,6 @@ class StepState:
         self.step.fill(np.int32(step))
         self.lr.fill(self.dtype.type(learning_rate))
 
-
-def current() -> StepState | None:
-    """The state being recorded into by this thread, or ``None`` (eager execution)."""
-    return _current.get()
-
-
-@contextlib.contextmanager
-def recording(state: StepState, loss_accumulator: Any) -> Iterator[StepState]:
-    """Record steps against ``state``, the loss kernels adding into ``loss_accumulator``."""
-    previous_loss = state.loss
-    state.loss = loss_accumulator
-    token = _current.set(state)
-    try:
-        yield state
-    finally:
-        _current.reset(token)
-        state.loss = previous_loss
+    def nbytes(self) -> int:
+        """Device bytes of the scalars."""
+        return sum(a.nbytes for a in (self.counter_base, self.step, self.lr))
