@@ -66,3 +66,31 @@ def test_twenty_fits_give_back_their_device_memory_and_handles(cp, blas_api, cud
     assert after == before, (
         f"device pool bytes {before[0]} -> {after[0]}, live cuBLAS handles {before[1]} -> "
         f"{after[1]} after 20 fits (cuda_graph={cuda_graph!r}, gemm_path={gemm_path!r})")
+
+
+@pytest.mark.kernels
+def test_operations_on_the_shared_backend_keep_nothing_on_it(cp):
+    """An operation called on the shared backend itself (no run) runs in a run of its own,
+    closed after the call: the step scalars and split-K scratch it needed are given back;
+    a run keeps them until it closes."""
+    backend = CupyBackend(gemm_path="fused")
+    rng = np.random.default_rng(0)
+    x, w, b = (cp.asarray(rng.normal(size=s)) for s in [(8, 512), (512, 8), (8,)])
+    out = cp.empty((8, 8))
+    p, g, m, v = (cp.asarray(rng.normal(size=100)) for _ in range(4))
+    pool = cp.get_default_memory_pool()
+
+    def operations(ops):
+        ops.affine_act(x, w, b, "relu", out)  # K = 512 over one 8 x 8 tile: split-K
+        ops.adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1)
+
+    gc.collect()
+    before = pool.used_bytes()
+    operations(backend)
+    assert pool.used_bytes() == before, (
+        f"device pool bytes {before} -> {pool.used_bytes()} after two operations on the "
+        "shared backend")
+    with backend.open_run(np.float64) as run:
+        operations(run.backend)
+        assert run.nbytes() > 0 and pool.used_bytes() == before + run.nbytes()
+    assert pool.used_bytes() == before
