@@ -94,3 +94,28 @@ def test_operations_on_the_shared_backend_keep_nothing_on_it(cp):
         operations(run.backend)
         assert run.nbytes() > 0 and pool.used_bytes() == before + run.nbytes()
     assert pool.used_bytes() == before
+
+
+@pytest.mark.kernels
+def test_a_run_collected_unclosed_gives_its_handles_back_outside_any_capture(cp, blas_api):
+    """The finalizer is a safety net: a run nobody closed, collected while another stream
+    captures (where destroying a handle is not allowed), destroys its handles at the next
+    point outside a capture (another run's close, or graph_pool.clear())."""
+    backend = CupyBackend(gemm_path="cublas")
+    pool = cp.get_default_memory_pool()
+    gc.collect()
+    before = pool.used_bytes()
+    run = backend.open_run(np.float64, streams=1)
+    with run.streams[0]:
+        assert run.library.blas(run.streams[0]) is not None  # handles bound, workspaces made
+    assert blas_api.live_handles() == 2
+    capturing = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()
+    with capturing:
+        capturing.begin_capture()
+        del run
+        gc.collect()  # the finalizer runs here, inside the capture: it only queues
+        capturing.end_capture()
+    assert blas_api.live_handles() == 2
+    backend.open_run().close()
+    assert (blas_api.live_handles(), pool.used_bytes()) == (0, before)

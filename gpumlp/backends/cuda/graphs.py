@@ -43,12 +43,15 @@ Two rules keep the replays correct on a real device:
   finished before a replay reads or overwrites it, and the caller's later work sees the
   replays' results, whatever streams the two are.
 * **State of its own.**  The device scalars baked into the captured graphs (dropout counter
-  base, optimizer step, learning rate, loss accumulators) belong to the runner
-  (:class:`~gpumlp.backends.cuda.step_state.StepState`), never to the process-wide backend, so two
-  models trained in one process cannot overwrite each other's step count or learning rate;
-  and every buffer a graph reads or writes is held by the runner for as long as the graphs
-  live, so no buffer a graph still uses can be freed and handed to another array (a trainer
-  drops its own step buffers whenever the batch shapes change).
+  base, optimizer step, learning rate, loss accumulators), the split-K scratch and span
+  tables they address and the cuBLAS(Lt) handles bound to the runner's streams belong to the
+  runner's :class:`~gpumlp.backends.cuda.run.DeviceRun`, never to the process-wide backend,
+  so two models trained in one process cannot overwrite each other's step count or learning
+  rate; every operation of the runner runs on the backend bound to that run
+  (:attr:`GraphStepRunner.ops`).  Every buffer a graph reads or writes is held by the runner
+  for as long as the graphs live, so no buffer a graph still uses can be freed and handed to
+  another array (a trainer drops its own step buffers whenever the batch shapes change), and
+  :meth:`GraphStepRunner.close` gives all of it back.
 """
 
 from __future__ import annotations
