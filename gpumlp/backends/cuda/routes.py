@@ -143,7 +143,7 @@ class LibraryRoute:
         self._blas: cublas.DirectBlas | None = None
         #: ReLU bit-masks kept by cuBLASLt forwards, by (address, shape) of the activations.
         self.masks: dict[tuple, Any] = {}
-        #: The activations whose latest recorded forward wrote its mask (see ForwardRelu).
+        #: The activations whose latest recorded forward wrote its mask (see :func:`forward`).
         self.live_masks: set[tuple] = set()
 
     def blas(self, stream: Any) -> cublas.DirectBlas | None:
