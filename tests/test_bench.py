@@ -1,7 +1,10 @@
 """The benchmark runner: records, outputs and arguments (speed itself is not asserted)."""
 
+import io
 import json
+import math
 
+import numpy as np
 import pytest
 
 from gpumlp.backends import available_backends
@@ -9,6 +12,7 @@ from gpumlp.bench.protocol import CONFIGS, inference_flops_per_sample, train_flo
 from gpumlp.bench.report import reserve_stem, write_outputs
 from gpumlp.bench.runner import Plan, run_plan
 from gpumlp.cli import main
+from gpumlp.data import synthetic_mnist
 
 
 def test_flop_counts():
@@ -30,7 +34,10 @@ def test_run_plan_records_every_subject_with_repeats():
         assert r["ms_per_epoch"] == pytest.approx(60000 * 1e3 / r["train_samples_per_s"])
         assert r["train_gflops"] == pytest.approx(
             r["train_samples_per_s"] * train_flops_per_sample(CONFIGS["mlp-256"]) / 1e9)
-    assert 0 <= results[0]["outside_matmul_fraction"] < 1
+    assert all(math.isfinite(r["train_loss"]) for r in results)
+    share = results[0]
+    assert math.isfinite(share["outside_matmul_fraction"]), share
+    assert share["step_ms"] > 0 and share["matmul_ms"] > 0
 
 
 def test_bench_command_writes_json_and_markdown(tmp_path, capsys):
@@ -42,7 +49,8 @@ def test_bench_command_writes_json_and_markdown(tmp_path, capsys):
     [json_path] = tmp_path.glob("bench-*.json")
     document = json.loads(json_path.read_text())
     env = document["environment"]
-    for key in ("cpu", "cpu_cores", "numpy", "blas", "commit", "date", "threads"):
+    for key in ("cpu", "cpu_cores", "numpy", "blas", "commit", "date", "threads",
+                "load_average", "load_average_after"):
         assert key in env
     assert document["results"][0]["subject"] == "gpumlp-numpy"
     assert list(tmp_path.glob("bench-*.md"))
@@ -150,3 +158,58 @@ def test_a_failing_subject_is_explained_once(monkeypatch):
     assert [r["error"] for r in results] == ["RuntimeError: no device memory left"] * 2
     assert out.getvalue().count("no device memory left") == 1
     assert "failed again (same error)" in out.getvalue()
+
+
+def _poisoned_empty(shape, dtype):
+    """What ``empty`` may hand out: old memory, here the largest float, so that a product
+    reading a buffer nobody wrote overflows (denormals there slow BLAS down a hundredfold)."""
+    dtype = np.dtype(dtype)
+    return np.full(shape, np.finfo(dtype).max if dtype.kind == "f" else 0, dtype)
+
+
+@pytest.mark.parametrize("cpu_kernels", ["on", "off"])
+def test_outside_matmul_share_counts_every_pass_on_real_operands(cpu_kernels, monkeypatch):
+    from gpumlp.backends.numpy_backend import NumpyBackend
+    from gpumlp.bench import subjects
+
+    backend = NumpyBackend(cpu_kernels=cpu_kernels)
+    monkeypatch.setattr(backend, "empty", _poisoned_empty)
+    monkeypatch.setattr(subjects, "get_backend", lambda name: backend)
+    plan = Plan(["mlp-256"], [1024], ["numpy"], repeats=5, min_time=0.05)
+    with np.errstate(over="raise", invalid="raise"):
+        [record] = run_plan(plan)
+    assert (backend.cpu_path.kernels is not None) == (cpu_kernels == "on")
+    share = record["outside_matmul_fraction"]
+    # Bias, activations, loss, bias gradients and Adam over 270k parameters: some of the
+    # step, never all of it (wide bounds: the test shares the machine).
+    assert 0 < share < 1, record
+    assert record["matmul_ms"] > 0 and record["step_ms"] > 0
+
+
+def test_a_diverging_subject_is_reported_not_timed(monkeypatch):
+    from gpumlp.bench import subjects
+
+    monkeypatch.setattr(subjects, "LEARNING_RATE", 1e30)  # weights overflow after a step
+    plan = Plan(["mlp-256"], [1024], ["numpy"], repeats=1, min_time=0.01)
+    with np.errstate(all="ignore"):
+        [record] = run_plan(plan)
+    assert record["error"].startswith("training diverged (loss nan after the timed steps): "
+                                      "its timing would be of inf/NaN arithmetic"), record
+    assert "train_samples_per_s" not in record
+
+
+def test_every_subject_keeps_learning_at_the_smallest_full_batch():
+    """The protocol's subjects train on the same synthetic data at the same learning rate;
+    at batch 64 they take the most steps per sample, and their loss must stay finite (a
+    diverged run times inf/NaN arithmetic) and fall."""
+    from gpumlp.bench.runner import make_subjects
+
+    X, y = synthetic_mnist(64 * 200, seed=0)
+    plan = Plan(["mlp-512"], [64], ["numpy"], ["torch", "sklearn"])
+    for factory in make_subjects(plan, io.StringIO()):
+        subject = factory()
+        subject.prepare(CONFIGS["mlp-512"], 64, X, y)
+        subject.train(200)
+        subject.train(200)
+        loss = subject.train_loss()
+        assert math.isfinite(loss) and loss < 0.5 * math.log(10), (subject.name, loss)

@@ -11,7 +11,7 @@ from ..backends.cuda.kernel_bench import (BATCHES, SGEMM_SIZE, markdown, run_ker
 from ..cli_args import (HelpFormatter, OptionError, check_writable_dir, integer, integers, names,
                         real)
 from ..data import DATASETS
-from .environment import environment
+from .environment import environment, load_average
 from .protocol import CONFIGS, FULL_BATCHES, QUICK_BATCHES
 from .report import (markdown_table, percent_of_peak, ratios, reserve_stem, write_outputs,
                      write_text)
@@ -108,6 +108,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             pass
     env = environment(peer_modules)  # before the run: the commit and tree it measures
     results = runner.run_plan(plan)
+    env["load_average_after"] = load_average()
     ratios(results)
     percent_of_peak(results, env)
     print()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from .. import config
 from ..info import collect_info
-
-
 
 
 def environment(peers: dict[str, Any]) -> dict[str, Any]:
@@ -20,6 +19,7 @@ def environment(peers: dict[str, Any]) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),
         "threads": thread_counts(),
+        "load_average": load_average(),
     }
     env.update({k: v for k, v in collect_info().items() if k != "datasets"})
     for name, module in peers.items():
@@ -38,6 +38,14 @@ def git_commit() -> str:
         return out + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other work on the machine slows a CPU run."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return None
 
 
 def thread_counts() -> dict[str, Any]:

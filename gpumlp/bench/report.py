@@ -34,7 +34,7 @@ def markdown_table(results: list[dict[str, Any]], environment: dict[str, Any]) -
     gpu = environment.get("gpu", {}).get("device_name")
     lines = [f"Device: {gpu or 'no GPU'}; CPU: {environment['cpu']} "
              f"({environment['cpu_cores']} cores); {environment['date']}; "
-             f"commit {environment['commit'][:12]}", "",
+             f"commit {environment['commit'][:12]}{_load(environment)}", "",
              "| config | batch | subject | train samples/s | infer samples/s | "
              "train GFLOP/s | % FP32 peak | ms/epoch | host µs/step | vs gpumlp-numpy |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -56,8 +56,17 @@ def markdown_table(results: list[dict[str, Any]], environment: dict[str, Any]) -
         lines.append("")
         lines += [f"gpumlp-numpy {r['config']} batch {r['batch']}: "
                   f"{100 * r['outside_matmul_fraction']:.1f} % of the step outside matrix "
-                  "products" for r in shares]
+                  f"products (step {r['step_ms']:.2f} ms, its matrix products alone "
+                  f"{r['matmul_ms']:.2f} ms; medians of interleaved repeats)" for r in shares]
     return "\n".join(lines) + "\n"
+
+
+def _load(environment: dict[str, Any]) -> str:
+    before, after = environment.get("load_average"), environment.get("load_average_after")
+    if not before:
+        return ""
+    text = f"; load average {before[0]:.2f} before"
+    return text + (f", {after[0]:.2f} after" if after else "")
 
 
 def write_outputs(results: list[dict[str, Any]], environment: dict[str, Any],

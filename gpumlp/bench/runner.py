@@ -100,14 +100,6 @@ def time_once(run: Callable[[int], None], sync: Callable[[], None], steps: int,
     return steps * batch / (time.perf_counter() - start), 1e6 * (queued - start) / steps
 
 
-def measure(run: Callable[[int], None], sync: Callable[[], None], batch: int,
-            max_steps: int, repeats: int, min_time: float) -> Timing:
-    """Calibrate, then time ``repeats`` repeats of ``run`` on its own."""
-    steps = calibrate(run, sync, max_steps, min_time)
-    timings = [time_once(run, sync, steps, batch) for _ in range(repeats)]
-    return _timing([t[0] for t in timings], [t[1] for t in timings], steps)
-
-
 def _timing(rates: list[float], host: list[float], steps: int) -> Timing:
     return Timing(statistics.median(rates), rates, steps, statistics.median(host))
 
@@ -175,12 +167,21 @@ def run_cell(factories: list[Callable[[], Subject]], sizes: list[int], batch: in
             rates, host = zip(*samples[subject.name])
             timings[(subject.name, phase)] = _timing(list(rates), list(host),
                                                      steps[subject.name])
-    return [_record(s, sizes, batch, timings[(s.name, "train")], timings[(s.name, "infer")],
-                    plan) for s in subjects] + failed
+    records = []
+    for subject in subjects:
+        loss = subject.train_loss()
+        if loss is not None and not math.isfinite(loss):
+            failed.append({"subject": subject.name, "error": (
+                f"training diverged (loss {loss} after the timed steps): its timing would be "
+                "of inf/NaN arithmetic, not of training")})
+            continue
+        records.append(_record(subject, sizes, batch, timings[(subject.name, "train")],
+                               timings[(subject.name, "infer")], loss, plan))
+    return records + failed
 
 
 def _record(subject: Subject, sizes: list[int], batch: int, train: Timing, infer: Timing,
-            plan: Plan) -> dict[str, Any]:
+            loss: float | None, plan: Plan) -> dict[str, Any]:
     record = {
         "subject": subject.name, "device": subject.device, "settings": subject.settings(),
         "train_samples_per_s": train.rate, "train_repeats": train.rates,
@@ -189,37 +190,62 @@ def _record(subject: Subject, sizes: list[int], batch: int, train: Timing, infer
         "train_gflops": train.rate * train_flops_per_sample(sizes) / 1e9,
         "infer_gflops": infer.rate * inference_flops_per_sample(sizes) / 1e9,
         "ms_per_epoch": 1e3 * EPOCH_SAMPLES / train.rate,
+        "train_loss": loss,
     }
     if subject.name == "gpumlp-numpy" and batch >= 1024:
-        record["outside_matmul_fraction"] = outside_matmul_fraction(subject, train.rate, plan)
+        record.update(outside_matmul_share(subject, plan))
     return record
 
 
-def outside_matmul_fraction(subject: GpumlpSubject, train_rate: float, plan: Plan) -> float:
+def outside_matmul_share(subject: GpumlpSubject, plan: Plan) -> dict[str, float]:
     """Share of a NumPy training step spent outside its matrix products.
 
-    Times the step's products alone (the same shapes and output buffers: ``A W`` per layer,
-    ``A^T H`` per layer, ``H W^T`` for every layer but the first) and compares with the step.
+    The step and its matrix products alone are timed in alternation, ``plan.repeats`` times
+    each, so that drift in the machine's speed touches both alike; the share is the median
+    over repeats of ``1 - products / step``.  Everything but the products counts, whichever
+    path runs it (compiled or NumPy): gather, bias, activations, loss, bias gradients,
+    optimizer update.  Returns the share and both medians (ms per step).  A negative share
+    is reported as measured: it says the products alone ran slower than the step.
     """
-    net, ws = subject.net, subject.workspace
-    x, _ = subject.batches[0]
+    products = step_products(subject)
+    batch = subject.buffers.x.shape[0]
+    max_steps = len(subject.indices)
+    step_count = calibrate(subject.train, subject.sync, max_steps, plan.min_time)
+    product_count = calibrate(products, subject.sync, max_steps, plan.min_time)
+    step_s, products_s = [], []
+    for _ in range(plan.repeats):
+        step_s.append(batch / time_once(subject.train, subject.sync, step_count, batch)[0])
+        products_s.append(batch / time_once(products, subject.sync, product_count, batch)[0])
+    shares = [1.0 - p / s for s, p in zip(step_s, products_s)]
+    return {"outside_matmul_fraction": statistics.median(shares),
+            "step_ms": 1e3 * statistics.median(step_s),
+            "matmul_ms": 1e3 * statistics.median(products_s)}
 
-    def products(steps: int) -> None:
+
+def step_products(subject: GpumlpSubject) -> Callable[[int], None]:
+    """``run(steps)``: the matrix products of ``subject``'s training step, alone.
+
+    The same products, shapes and order as the step's (per layer ``A W`` forward; backward
+    from the last layer ``A^T H`` and, but for the first layer, ``H W^T``), on the operands
+    the step itself last wrote (its gathered batch, activations and deltas), into outputs of
+    their own.  Never on buffers the step does not write: freshly allocated memory holds
+    whatever was there, and denormal floats in it slow a product down a hundredfold.
+    """
+    net, ws, xp = subject.net, subject.buffers.workspace, subject.backend.xp
+    inputs = [subject.buffers.x] + ws.a[1:net.n_layers]  # each layer's input
+    calls = [(inputs[layer], w, xp.empty_like(ws.a[layer + 1]))
+             for layer, w in enumerate(net.weights)]
+    for layer in range(net.n_layers - 1, -1, -1):
+        w, h = net.weights[layer], ws.h[layer + 1]
+        calls.append((inputs[layer].T, h, xp.empty_like(w)))
+        if layer > 0:
+            calls.append((h, w.T, xp.empty_like(ws.h[layer])))
+
+    def run(steps: int) -> None:
         for _ in range(steps):
-            a = x
-            for layer, w in enumerate(net.weights):
-                np.matmul(a, w, out=ws.a[layer + 1])
-                a = ws.a[layer + 1]
-            for layer in range(net.n_layers - 1, -1, -1):
-                a_prev = x if layer == 0 else ws.a[layer]
-                np.matmul(a_prev.T, ws.h[layer + 1], out=net.weight_grads[layer])
-                if layer > 0:
-                    np.matmul(ws.h[layer + 1], net.weights[layer].T, out=ws.h[layer])
-
-    batch = x.shape[0]
-    products_only = measure(products, subject.sync, batch, len(subject.batches), plan.repeats,
-                            plan.min_time)
-    return max(0.0, 1.0 - train_rate / products_only.rate)
+            for a, b, out in calls:
+                xp.matmul(a, b, out=out)
+    return run
 
 
 def load_pool(dataset: str | None) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ steps (forward, loss, backward, update) over consecutive batches of the pool;
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,11 @@ class Subject:
 
     def sync(self) -> None:
         """Wait for queued device work, so a timer around a call measures all of it."""
+
+    def train_loss(self) -> float | None:
+        """The last training step's loss (``nan`` where the parameters are no longer finite),
+        or ``None`` where the subject cannot tell: a diverged run is not a timing to keep."""
+        return None
 
     def settings(self) -> dict[str, Any]:
         """How this subject is configured (recorded in the results)."""
@@ -93,7 +99,7 @@ class GpumlpSubject(Subject):
                 backend.gather_rows(self.X, index, b.x)
                 backend.gather_rows(self.T, index, b.t)
 
-            step(gather, self.buffers, step=i)
+            self.last_loss = step(gather, self.buffers, step=i)  # no host sync
 
     def infer(self, steps):
         for i in range(steps):
@@ -103,6 +109,12 @@ class GpumlpSubject(Subject):
 
     def sync(self):
         self.backend.synchronize()
+
+    def train_loss(self):
+        if not bool(self.backend.xp.isfinite(self.net.params).all()):
+            return math.nan
+        loss = getattr(self, "last_loss", None)  # a replayed graph's loss stays on the device
+        return None if loss is None else float(loss)
 
 
 class GpumlpGraphSubject(GpumlpSubject):
@@ -183,7 +195,8 @@ class TorchSubject(TorchRuntime, Subject):
         for i in range(steps):
             x, y = self.batches[i % len(self.batches)]
             self.optimizer.zero_grad(set_to_none=True)
-            self.loss_fn(self.forward(x), y).backward()
+            self.last_loss = self.loss_fn(self.forward(x), y)
+            self.last_loss.backward()
             self.optimizer.step()
 
     def infer(self, steps):
@@ -192,6 +205,8 @@ class TorchSubject(TorchRuntime, Subject):
                 x, _ = self.batches[i % len(self.batches)]
                 self.model(x).softmax(dim=1)
 
+    def train_loss(self):
+        return float(self.last_loss.detach())
 
 
 class SklearnSubject(Subject):
@@ -217,6 +232,9 @@ class SklearnSubject(Subject):
     def infer(self, steps):
         for i in range(steps):
             self.model.predict_proba(self.X[i * self.batch % len(self.X):][:self.batch])
+
+    def train_loss(self):
+        return float(self.model.loss_)  # the mean over the last call's minibatches
 
     def settings(self):
         return {"driven_by": "partial_fit"}
