@@ -50,7 +50,7 @@ def test_bench_command_writes_json_and_markdown(tmp_path, capsys):
     document = json.loads(json_path.read_text())
     env = document["environment"]
     for key in ("cpu", "cpu_cores", "numpy", "blas", "commit", "date", "threads",
-                "load_average", "load_average_after"):
+                "load_average", "load_average_after", "run_seconds"):
         assert key in env
     assert document["results"][0]["subject"] == "gpumlp-numpy"
     assert list(tmp_path.glob("bench-*.md"))

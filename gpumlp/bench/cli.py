@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 
 from ..backends import available_backends, cupy_unavailable_reason
 from ..backends.cuda.kernel_bench import (BATCHES, SGEMM_SIZE, markdown, run_kernel_bench,
@@ -107,7 +108,9 @@ def _run_bench(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     env = environment(peer_modules)  # before the run: the commit and tree it measures
+    started = time.monotonic()
     results = runner.run_plan(plan)
+    env["run_seconds"] = round(time.monotonic() - started, 1)
     env["load_average_after"] = load_average()
     ratios(results)
     percent_of_peak(results, env)
@@ -119,6 +122,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     paths = write_outputs(results, env, dataclasses.asdict(plan), args.out)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    print(f"measured in {env['run_seconds']:.0f} s")
     if "plot" not in paths:
         print("plot: skipped (pip install matplotlib, or gpumlp[plot])")
     failed = sum("error" in r for r in results)
