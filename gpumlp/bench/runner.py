@@ -207,7 +207,13 @@ def outside_matmul_share(subject: GpumlpSubject, plan: Plan) -> dict[str, float]
     optimizer update.  Returns the share and both medians (ms per step).  A negative share
     is reported as measured: it says the products alone ran slower than the step.
     """
-    products = step_products(subject)
+    calls, xp = step_products(subject), subject.backend.xp
+
+    def products(steps: int) -> None:
+        for _ in range(steps):
+            for a, b, out in calls:
+                xp.matmul(a, b, out=out)
+
     batch = subject.buffers.x.shape[0]
     max_steps = len(subject.indices)
     step_count = calibrate(subject.train, subject.sync, max_steps, plan.min_time)
@@ -222,8 +228,8 @@ def outside_matmul_share(subject: GpumlpSubject, plan: Plan) -> dict[str, float]
             "matmul_ms": 1e3 * statistics.median(products_s)}
 
 
-def step_products(subject: GpumlpSubject) -> Callable[[int], None]:
-    """``run(steps)``: the matrix products of ``subject``'s training step, alone.
+def step_products(subject: GpumlpSubject) -> list[tuple[Any, Any, Any]]:
+    """``(A, B, out)`` of each matrix product of ``subject``'s training step.
 
     The same products, shapes and order as the step's (per layer ``A W`` forward; backward
     from the last layer ``A^T H`` and, but for the first layer, ``H W^T``), on the operands
@@ -240,12 +246,7 @@ def step_products(subject: GpumlpSubject) -> Callable[[int], None]:
         calls.append((inputs[layer].T, h, xp.empty_like(w)))
         if layer > 0:
             calls.append((h, w.T, xp.empty_like(ws.h[layer])))
-
-    def run(steps: int) -> None:
-        for _ in range(steps):
-            for a, b, out in calls:
-                xp.matmul(a, b, out=out)
-    return run
+    return calls
 
 
 def load_pool(dataset: str | None) -> tuple[np.ndarray, np.ndarray]:
