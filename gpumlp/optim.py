@@ -13,7 +13,7 @@ import copy as _copy
 import math
 from typing import Any
 
-from .backends import Backend
+from .backends import Backend, L2Term
 
 SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
 #: ``adaptive`` divides the step by this factor on a plateau and stops below MIN_ADAPTIVE_LR.
@@ -142,10 +142,14 @@ class SGD(Optimizer):
     def constants(self) -> tuple:
         return (float(self.momentum), bool(self.nesterov))
 
-    def step(self, params: Any, grads: Any, backend: Backend | None = None) -> None:
-        """One update; ``backend`` is the run's (default: the optimizer's)."""
+    def step(self, params: Any, grads: Any, backend: Backend | None = None,
+             l2: L2Term | None = None) -> None:
+        """One update; ``backend`` is the run's (default: the optimizer's); ``l2``: the
+        step's L2 term, folded into the update (given only where the backend folds it:
+        :class:`~gpumlp.backends.L2Term`)."""
+        extra = {} if l2 is None else {"l2": l2}
         (backend or self.backend).sgd_step(params, grads, self.velocity, self.learning_rate,
-                                           self.momentum, self.nesterov)
+                                           self.momentum, self.nesterov, **extra)
 
 
 class Adam(Optimizer):
@@ -174,11 +178,14 @@ class Adam(Optimizer):
     def advance(self, steps: int) -> None:
         self.t += steps
 
-    def step(self, params: Any, grads: Any, backend: Backend | None = None) -> None:
-        """One update; ``backend`` is the run's (default: the optimizer's)."""
+    def step(self, params: Any, grads: Any, backend: Backend | None = None,
+             l2: L2Term | None = None) -> None:
+        """One update; ``backend`` and ``l2`` as :meth:`SGD.step` takes them."""
         self.t += 1
+        extra = {} if l2 is None else {"l2": l2}
         (backend or self.backend).adam_step(params, grads, self.m, self.v, self.learning_rate,
-                                            self.beta_1, self.beta_2, self.epsilon, self.t)
+                                            self.beta_1, self.beta_2, self.epsilon, self.t,
+                                            **extra)
 
 
 def make_optimizer(solver: str, backend: Backend, params: Any, learning_rate_init: float,

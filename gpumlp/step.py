@@ -21,7 +21,13 @@ the run that executes it (:meth:`gpumlp.backends.base.Backend.open_run`), bound 
 :meth:`TrainingStep.bound_to` — the eager epoch's run, or a graph runner's.
 
 The L2 term of a batch is ``0.5 * alpha * sum_l ||W_l||^2 / weight_sum``, from the weights
-the batch starts with, as scikit-learn's ``loss_curve_`` counts it.
+the batch starts with, as scikit-learn's ``loss_curve_`` counts it.  A backend whose
+optimizer update can take it (:meth:`Backend.folds_l2_into_update
+<gpumlp.backends.base.Backend.folds_l2_into_update>`, the NumPy backend's compiled path) gets
+the whole term there: the update adds ``decay * W`` to the weight gradients and sums
+``W * W`` for the loss in its one pass over the weights, so the gradients stay without it (the
+update reads them plus the term); elsewhere the weight gradients include it and the loss term is
+its own launch.
 
 Examples
 --------
@@ -46,7 +52,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
-from .backends.base import Backend
+from .backends.base import Backend, L2Term
 from .network import Network, Workspace
 
 
@@ -129,15 +135,22 @@ class TrainingStep:
         l2 = loss_acc
         if settings.alpha and l2 is None:
             l2 = backend.zeros((), net.dtype)
+        # Where the backend's update reads every weight anyway, the L2 term rides on it.
+        folded = (L2Term(net.weight_spans(), decay, 0.5 * decay, l2)
+                  if settings.alpha and backend.folds_l2_into_update(net.params) else None)
         with placement.weight_grads_beside():
-            if settings.alpha:  # from the weights the batch starts with
+            if settings.alpha and folded is None:  # from the weights the batch starts with
                 placement.beside(lambda: backend.add_weights_l2_loss(
                     net.params, net.weight_spans(), 0.5 * decay, l2))
             loss = net.loss_and_gradients(
-                buffers.x, buffers.t, buffers.workspace, decay=decay,
+                buffers.x, buffers.t, buffers.workspace,
+                decay=decay if folded is None else 0.0,
                 dropout=settings.dropout, seed=settings.dropout_seed, step=step,
                 row_weights=row_weights, weight_sum=weight_sum, backend=backend)
-        self.optimizer.step(net.params, net.grads, backend=backend)
+        if folded is None:
+            self.optimizer.step(net.params, net.grads, backend=backend)
+        else:
+            self.optimizer.step(net.params, net.grads, backend=backend, l2=folded)
         if loss_acc is not None or not settings.alpha:
             return loss
         return loss + l2

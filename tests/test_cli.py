@@ -339,11 +339,11 @@ def _fail_at_step(monkeypatch, step: int, exc: BaseException) -> None:
     calls = {"n": 0}
     original = optim.Adam.step
 
-    def step_or_fail(self, params, grads, backend=None):
+    def step_or_fail(self, params, grads, backend=None, **options):
         calls["n"] += 1
         if calls["n"] == step:
             raise exc
-        return original(self, params, grads, backend)
+        return original(self, params, grads, backend, **options)
 
     monkeypatch.setattr(optim.Adam, "step", step_or_fail)
 
@@ -522,8 +522,8 @@ def test_warnings_are_one_line_each(tiny_dataset, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = optim.Adam.step
 
-    def step_then_blow_up(self, params, grads, backend=None):
-        original(self, params, grads, backend)
+    def step_then_blow_up(self, params, grads, backend=None, **options):
+        original(self, params, grads, backend, **options)
         calls["n"] += 1
         if calls["n"] == 5:
             params[...] = np.nan

@@ -7,6 +7,7 @@ Stated tolerances where they cannot be: sigmoid and tanh call the C library's ``
 in another order.
 """
 
+import math
 import platform
 import re
 import sys
@@ -189,6 +190,128 @@ def test_sgd_update_matches_numpy_exactly(dtype, nesterov, size):
             np.testing.assert_array_equal(got, expected)
 
 
+#: Weight spans of a flat buffer: odd sizes, gaps between them (biases, alignment), one
+#: span larger than the update's block (cpu_kernels.L2_BLOCK) and one given out of order.
+FOLD_LAYOUTS = [((0, 1),), ((0, 7), (9, 3)), ((20001, 5000), (3, 11), (40, 9999)),
+                ((0, 70001),)]
+#: The L2 loss term sums squares in another order than the reference's dot products.
+L2_SUM_RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+def _run_update(backend, solver, state, grads, step, l2):
+    p, s1, s2 = state
+    if solver == "adam":
+        backend.adam_step(p, grads, s1, s2, 1e-3, 0.9, 0.999, 1e-8, step, l2=l2)
+    else:
+        backend.sgd_step(p, grads, s1, 0.05, 0.9, solver == "nesterov", l2=l2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", ["adam", "sgd", "nesterov"])
+@pytest.mark.parametrize("spans", FOLD_LAYOUTS)
+def test_update_with_the_l2_term_folded_in_matches_numpy(dtype, solver, spans):
+    """The compiled update adds ``decay * W`` to the weights' gradients (not the biases' or
+    the gaps') and sums ``W * W`` of the weights it starts from, in its one pass: the
+    parameters and optimizer state bit for bit the reference's separate passes, the loss
+    term within :data:`L2_SUM_RTOL` of the exact sum (another summation order)."""
+    from gpumlp.backends import L2Term
+
+    rng = np.random.default_rng(11)
+    size = 70001
+    start = [rand(rng, size, dtype=dtype), rand(rng, size, dtype=dtype),
+             np.abs(rand(rng, size, dtype=dtype))]
+    states = [[s.copy() for s in start] for _ in range(3)]
+    accs = [np.zeros((), dtype) for _ in range(3)]
+    expected_sum = 0.0
+    decay, scale = 3e-2, 0.25
+    for step in range(1, 4):
+        grads = rand(rng, size, dtype=dtype)
+        weights = states[0][0]
+        expected_sum += scale * math.fsum(float(x) ** 2 for offset, length in spans
+                                          for x in weights[offset:offset + length])
+        for backend, state, acc in zip((REF, FAST, SPLIT), states, accs):
+            g = grads.copy()
+            _run_update(backend, solver, state, g, step, L2Term(spans, decay, scale, acc))
+    assert FAST.folds_l2_into_update(states[1][0]) and not REF.folds_l2_into_update(
+        states[0][0])
+    for state in states[1:]:
+        for got, expected in zip(state, states[0]):
+            np.testing.assert_array_equal(got, expected)
+    for acc in accs:
+        assert acc.dtype == dtype
+        assert float(acc) == pytest.approx(expected_sum, rel=L2_SUM_RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", ["adam", "sgd", "nesterov"])
+def test_update_without_an_l2_term_leaves_the_gradient_alone(dtype, solver):
+    """No ``l2``: the plain update, bit for bit the reference, gradients unchanged."""
+    rng = np.random.default_rng(12)
+    start = [rand(rng, 1001, dtype=dtype), rand(rng, 1001, dtype=dtype),
+             np.abs(rand(rng, 1001, dtype=dtype))]
+    states = [[s.copy() for s in start] for _ in range(2)]
+    grads = rand(rng, 1001, dtype=dtype)
+    for backend, state in zip((REF, FAST), states):
+        g = grads.copy()
+        _run_update(backend, solver, state, g, 1, None)
+        np.testing.assert_array_equal(g, grads)
+    for got, expected in zip(*states):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_folded_update_refuses_overlapping_or_outside_spans():
+    from gpumlp.backends import L2Term
+
+    p = np.ones(10)
+    acc = np.zeros(())
+    with pytest.raises(ValueError, match=r"overlaps the one at offset 3"):
+        FAST.adam_step(p, p.copy(), p.copy(), p.copy(), 1e-3, 0.9, 0.999, 1e-8, 1,
+                       l2=L2Term(((0, 4), (3, 2)), 1e-3, 1e-3, acc))
+    with pytest.raises(ValueError, match=r"span \(offset=8, size=3\) does not lie inside"):
+        FAST.sgd_step(p, p.copy(), p.copy(), 0.1, 0.9, False,
+                      l2=L2Term(((8, 3),), 1e-3, 1e-3, acc))
+
+
+@pytest.mark.filterwarnings("ignore::gpumlp.ConvergenceWarning")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", ["adam", "sgd", "nesterov"])
+@pytest.mark.parametrize("alpha", [0.0, 1e-2])
+def test_training_step_with_the_folded_l2_term_equals_the_separate_passes(
+        monkeypatch, dtype, solver, alpha):
+    """The trainer's step on the compiled path (L2 term in the update) against the same
+    step with the term in the weight gradients and a loss pass of its own: equal weights
+    and optimizer state, losses within the L2 sum's tolerance."""
+    from gpumlp.network import Network
+    from gpumlp.optim import SGD, Adam
+    from gpumlp.step import StepSettings, TrainingStep
+
+    rng = np.random.default_rng(13)
+    X = rand(rng, 40, 13, dtype=dtype)
+    T = np.eye(5, dtype=dtype)[rng.integers(0, 5, 40)]
+    runs = []
+    for folds in (True, False):
+        backend = NumpyBackend(cpu_kernels="on")
+        if not folds:
+            monkeypatch.setattr(backend, "folds_l2_into_update", lambda params: False)
+        net = Network([13, 9, 6, 5], activation="relu", backend=backend, seed=1, dtype=dtype)
+        optimizer = (Adam(backend, net.params, 1e-2) if solver == "adam" else
+                     SGD(backend, net.params, 0.1, nesterov=solver == "nesterov"))
+        step = TrainingStep(net, optimizer, StepSettings(alpha=alpha, dropout=0.2,
+                                                         dropout_seed=4))
+        buffers = step.new_buffers(rows=8, x_columns=13, t_columns=5)
+        losses = []
+        for number in range(5):
+            def gather(b, number=number):
+                b.x[...], b.t[...] = X[8 * number:8 * number + 8], T[8 * number:8 * number + 8]
+            losses.append(float(step(gather, buffers, step=number)))
+        runs.append((net.params.copy(), optimizer.state_buffers(), losses))
+    (params, state, losses), (params_ref, state_ref, losses_ref) = runs
+    np.testing.assert_array_equal(params, params_ref)
+    for name in state:
+        np.testing.assert_array_equal(state[name], state_ref[name])
+    np.testing.assert_allclose(losses, losses_ref, rtol=L2_SUM_RTOL[dtype])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_row_gather_matches_numpy_and_keeps_its_errors(dtype):
     rng = np.random.default_rng(7)
@@ -301,10 +424,13 @@ def test_importing_gpumlp_does_not_import_numba():
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
                     reason="reads x86-64 assembly")
 def test_float32_loops_vectorise_and_stay_in_float32():
-    """The Adam, epilogue and backward loops use packed float32 instructions (the backward
-    in place too: given two names for one array, LLVM's overlap check would pick the scalar
-    loop, 9x slower, hence the in-place kernels), and no float32 loop widens to float64 (a Python literal in the arithmetic would: ``cvtss2sd``).  Compiled
-    afresh: Numba does not show the assembly of cached code."""
+    """The Adam and SGD, epilogue and backward loops use packed float32 instructions (the
+    backward in place too: given two names for one array, LLVM's overlap check would pick
+    the scalar loop, 9x slower, hence the in-place kernels), and no float32 update or pass
+    widens to float64 (a Python literal in the arithmetic would: ``cvtss2sd``).  The folded
+    update's sum of squares widens on purpose (float64 partial sums) and is split over
+    vector lanes (packed double adds).  Compiled afresh: Numba does not show the assembly of
+    cached code."""
     import numba
 
     from gpumlp.backends import cpu_kernels
@@ -313,23 +439,37 @@ def test_float32_loops_vectorise_and_stay_in_float32():
     one, half = f32(1), f32(0.5)
     flat = np.ones(64, f32)
     out, b, keep = np.ones((4, 16), f32), np.ones(16, f32), np.ones((4, 16), np.bool_)
+    spans = np.array([[0, 40]], np.int64)
+    # name: (arguments, whether its own loops must stay in float32)
     cases = {
-        "adam": (flat, flat.copy(), flat.copy(), flat.copy(), half, half, half, half, half,
-                 half),
-        "bias_act_dropout": (out, b, activations.CODES["relu"], keep, 0, u64(1), u64(2),
-                             u64(3), u64(4), u64(1 << 31), one, f32(0), one, half),
-        "act_grad": (out, out.copy(), out.copy(), activations.CODES["relu"], f32(0), one,
-                     half, half),
-        "act_grad_in_place": (out, out.copy(), activations.CODES["relu"], f32(0), one, half,
-                              half),
+        "adam": ((flat, flat.copy(), flat.copy(), flat.copy(), 0, 64, spans, half, half,
+                  half, half, half, half, half), False),
+        "sgd": ((flat, flat.copy(), flat.copy(), 0, 64, spans, half, half, half, True),
+                False),
+        # The update loops themselves (``decayed`` a run-time flag: both loops compiled).
+        "_adam_range": ((flat, flat.copy(), flat.copy(), flat.copy(), 3, 61, half, half,
+                         half, half, half, half, half, True), True),
+        "_sgd_range": ((flat, flat.copy(), flat.copy(), 3, 61, half, half, half, True, True),
+                       True),
+        "bias_act_dropout": ((out, b, activations.CODES["relu"], keep, 0, u64(1), u64(2),
+                              u64(3), u64(4), u64(1 << 31), one, f32(0), one, half), True),
+        "act_grad": ((out, out.copy(), out.copy(), activations.CODES["relu"], f32(0), one,
+                      half, half), True),
+        "act_grad_in_place": ((out, out.copy(), activations.CODES["relu"], f32(0), one, half,
+                               half), True),
     }
-    for name, args in cases.items():
+    for name, (args, float32_only) in cases.items():
         fresh = numba.njit(nogil=True, error_model="numpy")(getattr(cpu_kernels,
                                                                     name).py_func)
         fresh(*args)
         asm = next(iter(fresh.inspect_asm().values()))
         assert re.search(r"\bv?(mul|add|sub|div|max|min)ps\b", asm), name
-        assert "cvtss2sd" not in asm, name
+        if float32_only:
+            assert "cvtss2sd" not in asm, name
+    squares = numba.njit(nogil=True, error_model="numpy", fastmath={"reassoc"})(
+        cpu_kernels._sum_squares.py_func)
+    assert squares(np.arange(5, dtype=f32), 1, 4) == 1 + 4 + 9
+    assert re.search(r"\bv?addpd\s+%[yz]mm", next(iter(squares.inspect_asm().values())))
 
 
 def test_warm_up_compiles_every_cpu_pass_before_any_step():

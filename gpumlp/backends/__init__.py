@@ -12,7 +12,7 @@ import copyreg
 import threading
 from typing import Any, Iterator
 
-from .base import Backend
+from .base import Backend, L2Term
 from .cuda import unavailable_reason as cupy_unavailable_reason
 from .cuda.backend import CupyBackend
 from .numpy_backend import NumpyBackend
@@ -106,5 +106,5 @@ def available_backends() -> dict[str, str | None]:
     return {"numpy": None, "cupy": cupy_unavailable_reason()}
 
 
-__all__ = ["Backend", "NumpyBackend", "BackendUnavailable", "get_backend", "use_backend",
+__all__ = ["Backend", "L2Term", "NumpyBackend", "BackendUnavailable", "get_backend", "use_backend",
            "backend_for", "available_backends", "cupy_unavailable_reason", "BACKEND_NAMES"]

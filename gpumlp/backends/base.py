@@ -28,11 +28,33 @@ never in itself, so a finished run leaves nothing behind; here a run holds nothi
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import activations
 from ..dropout import Dropout, keep_mask
 from ..precision import gemm_operand
+
+
+@dataclass(frozen=True)
+class L2Term:
+    """A step's L2 penalty, given to the optimizer update of a backend that folds it in
+    (:meth:`Backend.folds_l2_into_update`).
+
+    Before updating, the update adds ``decay * W`` to the gradient of every weight in
+    ``spans`` (biases excluded) and ``loss_scale * sum ||W||^2`` of the weights it starts from
+    to ``loss_acc`` — exactly what :meth:`Backend.weight_grads` with ``decay`` and
+    :meth:`Backend.add_weights_l2_loss` do on a backend that does not fold.
+    """
+
+    #: ``(offset, size)`` of each layer's weights in the flat parameter buffer.
+    spans: tuple[tuple[int, int], ...]
+    #: The factor of the weights added to their gradient (``alpha / weight_sum``).
+    decay: float
+    #: The factor of the weights' sum of squares added to the loss (``0.5 * decay``).
+    loss_scale: float
+    #: 0-d array of the parameters' dtype that the L2 loss term is added to.
+    loss_acc: Any
 
 
 class Backend:
@@ -283,13 +305,33 @@ class Backend:
         return loss_acc
 
     # --------------------------------------------------------------------------- optimizer
+    def folds_l2_into_update(self, params: Any) -> bool:
+        """Whether the L2 term of a step over ``params`` should go to :meth:`sgd_step` /
+        :meth:`adam_step` as an :class:`L2Term` instead of to :meth:`weight_grads` and
+        :meth:`add_weights_l2_loss`: a backend whose update reads every weight anyway may
+        add ``decay * W`` and sum ``W * W`` in the same pass.  The step passes ``l2`` to the
+        update only where this says ``True`` (a backend that keeps the default never gets it).
+        """
+        return False
+
+    def fold_l2_term(self, params: Any, grads: Any, l2: L2Term) -> None:
+        """The reference of what an update given ``l2`` does before updating: the L2 loss
+        term into ``l2.loss_acc``, then ``decay * W`` into the weights' gradients."""
+        self.add_weights_l2_loss(params, l2.spans, l2.loss_scale, l2.loss_acc)
+        decay = params.dtype.type(l2.decay)
+        for offset, size in l2.spans:
+            grads[offset:offset + size] += decay * params[offset:offset + size]
+
     def sgd_step(self, params: Any, grads: Any, velocity: Any, lr: float,
-                 momentum: float, nesterov: bool) -> None:
+                 momentum: float, nesterov: bool, l2: L2Term | None = None) -> None:
         """SGD with (Nesterov) momentum on the flat parameter buffer, as scikit-learn does.
 
         ``velocity = momentum * velocity - lr * grads``; the update is ``velocity`` or, with
-        Nesterov, ``momentum * velocity - lr * grads``.
+        Nesterov, ``momentum * velocity - lr * grads``.  With ``l2`` the L2 term is folded
+        in first (:class:`L2Term`).
         """
+        if l2 is not None:
+            self.fold_l2_term(params, grads, l2)
         dt = params.dtype.type
         velocity *= dt(momentum)
         velocity -= dt(lr) * grads
@@ -299,8 +341,12 @@ class Backend:
             params += velocity
 
     def adam_step(self, params: Any, grads: Any, m: Any, v: Any, lr: float,
-                  beta1: float, beta2: float, eps: float, step: int) -> None:
-        """Adam on the flat buffer; ``step`` counts from 1 (bias correction as scikit-learn)."""
+                  beta1: float, beta2: float, eps: float, step: int,
+                  l2: L2Term | None = None) -> None:
+        """Adam on the flat buffer; ``step`` counts from 1 (bias correction as scikit-learn).
+        With ``l2`` the L2 term is folded in first (:class:`L2Term`)."""
+        if l2 is not None:
+            self.fold_l2_term(params, grads, l2)
         xp = self.xp
         dt = params.dtype.type
         m *= dt(beta1)

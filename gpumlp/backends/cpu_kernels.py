@@ -5,7 +5,9 @@ Each function here is one pass over memory doing what the NumPy reference in
 (with Philox4x32-10 computed in the loop, bit for bit :mod:`gpumlp.dropout` and
 ``kernels/philox.cuh``), ``delta ⊙ phi'`` with the dropout mask, the L2 term of a weight
 gradient, softmax + cross-entropy with its gradient, the Adam and SGD updates of the flat
-parameter buffer, and the row gather of a minibatch.  Matrix products stay in BLAS.
+parameter buffer with the step's whole L2 term folded in (``decay * W`` added to the weights'
+gradients and ``sum W * W`` for the loss, in the pass that reads the weights anyway), and the
+row gather of a minibatch.  Matrix products stay in BLAS.
 
 Arithmetic rules that keep the results equal to the reference:
 
@@ -14,8 +16,10 @@ Arithmetic rules that keep the results equal to the reference:
 - each expression rounds in the order the NumPy passes round (no ``fastmath``, so LLVM may
   not contract a multiply and an add into one FMA), so the update, the epilogues of relu,
   leaky relu, identity and hard limit, and every backward are exact; ``exp`` and ``tanh`` come
-  from the C library instead of NumPy's SIMD code and may differ in the last bit, and the
-  loss sums rows in another order.
+  from the C library instead of NumPy's SIMD code and may differ in the last bit, the
+  loss sums rows in another order, and the L2 term's sum of squares is a float64 sum split
+  over vector lanes (its function alone may reassociate) where the reference takes BLAS dot
+  products in the parameters' dtype.
 
 Importing this module imports Numba but compiles nothing: each function compiles on its first
 call for the dtypes it meets, or loads from Numba's on-disk cache (``cache=True``: once per
@@ -283,32 +287,126 @@ def softmax_xent(z, b, t, h, inv_n, zero):
 
 
 # ---------------------------------------------------------------------------- optimizer
-@_jit
-def adam(p, g, m, v, beta1, one_m_beta1, beta2, one_m_beta2, eps, lr_t):
-    """Adam over the flat buffer, each product and sum rounded as the NumPy passes round."""
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = m[i] * beta1 + gi * one_m_beta1
-        vi = v[i] * beta2 + (gi * gi) * one_m_beta2
-        m[i] = mi
-        v[i] = vi
-        p[i] -= (mi / (np.sqrt(vi) + eps)) * lr_t
-
-
-@_jit
-def sgd(p, g, velocity, lr, momentum, nesterov):
-    """SGD with (Nesterov) momentum over the flat buffer, rounded as the NumPy passes."""
-    if nesterov:
+@_inline
+def _adam_range(p, g, m, v, lo, hi, decay, beta1, one_m_beta1, beta2, one_m_beta2, eps,
+                lr_t, decayed):
+    """Adam on elements ``lo <= i < hi``, each product and sum rounded as the NumPy passes
+    round; with ``decayed`` the gradient is ``g + p * decay`` (the L2 term, rounded as the
+    reference adds it to the weight gradient), which is not written back.  The loops index
+    slices from 0: an index Numba cannot prove non-negative gets a wraparound test that
+    keeps LLVM from vectorising."""
+    p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    if decayed:
         for i in range(p.shape[0]):
+            gi = g[i] + p[i] * decay
+            mi = m[i] * beta1 + gi * one_m_beta1
+            vi = v[i] * beta2 + (gi * gi) * one_m_beta2
+            m[i] = mi
+            v[i] = vi
+            p[i] -= (mi / (np.sqrt(vi) + eps)) * lr_t
+    else:
+        for i in range(p.shape[0]):
+            gi = g[i]
+            mi = m[i] * beta1 + gi * one_m_beta1
+            vi = v[i] * beta2 + (gi * gi) * one_m_beta2
+            m[i] = mi
+            v[i] = vi
+            p[i] -= (mi / (np.sqrt(vi) + eps)) * lr_t
+
+
+@_inline
+def _sgd_range(p, g, velocity, lo, hi, decay, lr, momentum, nesterov, decayed):
+    """SGD with (Nesterov) momentum on ``lo <= i < hi``, rounded as the NumPy passes; the
+    gradient is ``g + p * decay`` where ``decayed``."""
+    p, g, velocity = p[lo:hi], g[lo:hi], velocity[lo:hi]
+    n = p.shape[0]
+    if nesterov and decayed:
+        for i in range(n):
+            step = (g[i] + p[i] * decay) * lr
+            vel = velocity[i] * momentum - step
+            velocity[i] = vel
+            p[i] = (p[i] - step) + vel * momentum
+    elif nesterov:
+        for i in range(n):
             step = g[i] * lr
             vel = velocity[i] * momentum - step
             velocity[i] = vel
             p[i] = (p[i] - step) + vel * momentum
+    elif decayed:
+        for i in range(n):
+            vel = velocity[i] * momentum - (g[i] + p[i] * decay) * lr
+            velocity[i] = vel
+            p[i] += vel
     else:
-        for i in range(p.shape[0]):
+        for i in range(n):
             vel = velocity[i] * momentum - g[i] * lr
             velocity[i] = vel
             p[i] += vel
+
+
+#: Elements of the weights done per block: their sum of squares, then their update, while
+#: the block is in the L1 cache (16 kB in float32).
+L2_BLOCK = 4096
+
+
+# Reassociation lets LLVM split the sum over vector lanes (in strict order a reduction stays
+# scalar); the flag is on this function's instructions only, never on an update's.
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _sum_squares(p, lo, hi):
+    block = p[lo:hi]
+    total = 0.0
+    for i in range(block.shape[0]):
+        x = np.float64(block[i])
+        total += x * x
+    return total
+
+
+@_jit
+def adam(p, g, m, v, lo, hi, spans, decay, beta1, one_m_beta1, beta2, one_m_beta2, eps,
+         lr_t):
+    """Adam on ``p[lo:hi]`` of the flat buffer, with the L2 term folded in: inside the
+    weight ``spans`` (an ``(k, 2)`` table of sorted, disjoint ``(offset, size)``) the gradient
+    is ``g + decay * p``.  Returns the sum of squares of those weights (before the update,
+    in float64), the loss's L2 term; biases and alignment gaps get the plain update."""
+    total = 0.0
+    pos = lo
+    for k in range(spans.shape[0]):
+        first = max(spans[k, 0], lo)
+        stop = min(spans[k, 0] + spans[k, 1], hi)
+        if stop <= first:
+            continue
+        _adam_range(p, g, m, v, pos, first, decay, beta1, one_m_beta1, beta2, one_m_beta2,
+                    eps, lr_t, False)
+        for block in range(first, stop, L2_BLOCK):
+            end = min(block + L2_BLOCK, stop)
+            total += _sum_squares(p, block, end)
+            _adam_range(p, g, m, v, block, end, decay, beta1, one_m_beta1, beta2,
+                        one_m_beta2, eps, lr_t, True)
+        pos = stop
+    _adam_range(p, g, m, v, pos, hi, decay, beta1, one_m_beta1, beta2, one_m_beta2, eps,
+                lr_t, False)
+    return total
+
+
+@_jit
+def sgd(p, g, velocity, lo, hi, spans, decay, lr, momentum, nesterov):
+    """SGD with (Nesterov) momentum on ``p[lo:hi]``, the L2 term folded in as in
+    :func:`adam`; returns the weights' sum of squares before the update."""
+    total = 0.0
+    pos = lo
+    for k in range(spans.shape[0]):
+        first = max(spans[k, 0], lo)
+        stop = min(spans[k, 0] + spans[k, 1], hi)
+        if stop <= first:
+            continue
+        _sgd_range(p, g, velocity, pos, first, decay, lr, momentum, nesterov, False)
+        for block in range(first, stop, L2_BLOCK):
+            end = min(block + L2_BLOCK, stop)
+            total += _sum_squares(p, block, end)
+            _sgd_range(p, g, velocity, block, end, decay, lr, momentum, nesterov, True)
+        pos = stop
+    _sgd_range(p, g, velocity, pos, hi, decay, lr, momentum, nesterov, False)
+    return total
 
 
 # --------------------------------------------------------------------------------- data
@@ -349,8 +447,10 @@ def compile_all() -> dict:
         act_grad_dropout_in_place(out, out, keep, RELU, one, one, zero, one, half, half)
         add_scaled(flat, flat, half)
         softmax_xent(out, b, out, np.empty_like(out), half, zero)
-        adam(flat, flat, flat, flat, half, half, half, half, half, half)
-        sgd(flat, flat, flat, half, half, True)
+        spans = np.array([[0, 2]], np.int64)
+        adam(flat, flat, flat, flat, 0, flat.shape[0], spans, half, half, half, half, half,
+             half, half)
+        sgd(flat, flat, flat, 0, flat.shape[0], spans, half, half, half, True)
         gather_rows(out, np.zeros(2, np.int64), np.empty_like(out))
     keep_flags(keep.reshape(-1), 0, *philox)
     hits = sum(sum(k.stats.cache_hits.values()) for k in KERNELS)

@@ -23,7 +23,7 @@ import numpy as np
 from .. import activations, config
 from ..dropout import Dropout, keep_mask, keep_threshold
 from ..precision import gemm_operand
-from .base import Backend
+from .base import Backend, check_spans
 from .cpu_path import CpuPath, choose_cpu_path
 from .scratch import ScratchPool
 from .threads import RowChunks
@@ -66,6 +66,8 @@ class NumpyBackend(Backend):
         # Forward dropout masks kept (per thread, bounded) for the backward pass, which would
         # otherwise regenerate them: Philox is cheap on a GPU, not in NumPy.
         self._masks = ScratchPool(max_entries=16)
+        # Weight-span tables of the compiled update, by spans (read-only once made).
+        self._span_tables: dict[tuple, np.ndarray] = {}
 
     def scratch(self, tag: str, shape: tuple, dtype: Any) -> np.ndarray:
         """A work array for one purpose and shape, from the calling thread's bounded pool."""
@@ -360,14 +362,21 @@ class NumpyBackend(Backend):
         return np.asarray(loss, dtype=a.dtype)
 
     # --------------------------------------------------------------------------- optimizer
-    def sgd_step(self, params, grads, velocity, lr, momentum, nesterov):
+    def folds_l2_into_update(self, params) -> bool:
+        """On the compiled path the update adds ``decay * W`` and sums ``W * W`` in its own
+        pass over the weights; the NumPy passes keep them in the weight gradients' pass and
+        a loss pass of their own, as the reference does."""
+        return params.ndim == 1 and self._compiled(params) is not None
+
+    def sgd_step(self, params, grads, velocity, lr, momentum, nesterov, l2=None):
         dt = params.dtype.type
         kernels = self._compiled(params, grads, velocity) if params.ndim == 1 else None
         if kernels is not None:
-            self.chunks.run(lambda start, stop: kernels.sgd(
-                params[start:stop], grads[start:stop], velocity[start:stop], dt(lr),
-                dt(momentum), bool(nesterov)), params.shape[0], 1)
+            self._update_compiled(kernels.sgd, params, l2, (grads, velocity),
+                                  (dt(lr), dt(momentum), bool(nesterov)))
             return
+        if l2 is not None:
+            self.fold_l2_term(params, grads, l2)
         scratch = self.scratch("optim", params.shape, params.dtype)
 
         def update(start: int, stop: int) -> None:
@@ -384,17 +393,18 @@ class NumpyBackend(Backend):
 
         self.chunks.run(update, params.shape[0], 1)
 
-    def adam_step(self, params, grads, m, v, lr, beta1, beta2, eps, step):
+    def adam_step(self, params, grads, m, v, lr, beta1, beta2, eps, step, l2=None):
         dt = params.dtype.type
-        scratch = self.scratch("optim", params.shape, params.dtype)
         lr_t = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
         kernels = self._compiled(params, grads, m, v) if params.ndim == 1 else None
         if kernels is not None:
-            constants = (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(lr_t))
-            self.chunks.run(lambda start, stop: kernels.adam(
-                params[start:stop], grads[start:stop], m[start:stop], v[start:stop],
-                *constants), params.shape[0], 1)
+            self._update_compiled(kernels.adam, params, l2, (grads, m, v),
+                                  (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
+                                   dt(eps), dt(lr_t)))
             return
+        if l2 is not None:
+            self.fold_l2_term(params, grads, l2)
+        scratch = self.scratch("optim", params.shape, params.dtype)
 
         def update(start: int, stop: int) -> None:
             p, g, m_, v_, tmp = (a[start:stop] for a in (params, grads, m, v, scratch))
@@ -412,6 +422,46 @@ class NumpyBackend(Backend):
             p -= tmp
 
         self.chunks.run(update, params.shape[0], 1)
+
+    def _update_compiled(self, kernel, params, l2, state: tuple, constants: tuple) -> None:
+        """One compiled pass of ``kernel`` (:func:`cpu_kernels.adam` or ``sgd``) over the flat
+        buffer, the L2 term of ``l2`` folded in; split over threads, each chunk's sum of
+        squares is added in chunk order."""
+        dt = params.dtype.type
+        spans = self._span_table(() if l2 is None else l2.spans, params.size)
+        decay = dt(0 if l2 is None else l2.decay)
+        n = params.shape[0]
+        if self.chunks.threads == 1:
+            total = kernel(params, *state, 0, n, spans, decay, *constants)
+        else:
+            sums: dict[int, float] = {}
+
+            def work(start: int, stop: int) -> None:
+                sums[start] = kernel(params, *state, start, stop, spans, decay, *constants)
+
+            self.chunks.run(work, n, 1)
+            total = sum(sums[start] for start in sorted(sums))
+        if l2 is not None and spans.shape[0]:
+            np.add(l2.loss_acc, dt(l2.loss_scale) * dt(total), out=l2.loss_acc)
+
+    def _span_table(self, spans, size: int) -> np.ndarray:
+        """``spans`` as the compiled update takes them: a sorted ``(k, 2)`` int64 table of
+        disjoint ``(offset, size)`` inside ``size`` elements (made once per spans, then
+        reused)."""
+        key = (spans, size)
+        table = self._span_tables.get(key)
+        if table is None:
+            pairs = sorted(check_spans("optimizer update", spans, size))
+            for (offset, length), (after, _) in zip(pairs, pairs[1:]):
+                if offset + length > after:
+                    raise ValueError(f"optimizer update: weight span (offset={offset}, "
+                                     f"size={length}) overlaps the one at offset {after}; "
+                                     f"allowed: disjoint spans")
+            table = np.array(pairs, np.int64).reshape(-1, 2)
+            if len(self._span_tables) >= 64:  # bounded: a few networks' layouts at a time
+                self._span_tables.clear()
+            self._span_tables[key] = table
+        return table
 
 
 def _philox_arguments(dropout: Dropout) -> tuple:
