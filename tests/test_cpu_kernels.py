@@ -393,6 +393,19 @@ def test_cpu_kernels_setting_is_validated(monkeypatch):
     assert NumpyBackend().describe()["cpu_path"].startswith("Numba ")
 
 
+def test_the_cpu_path_names_where_its_setting_came_from(monkeypatch):
+    """The argument, not the environment, when ``cpu_kernels`` was passed (the environment
+    saying ``auto`` or nothing at all)."""
+    monkeypatch.setenv("GPUMLP_CPU_KERNELS", "auto")
+    config.reset()
+    assert (NumpyBackend(cpu_kernels="off").describe()["cpu_path"]
+            == "NumPy passes (cpu_kernels='off')")
+    monkeypatch.setenv("GPUMLP_CPU_KERNELS", "off")
+    config.reset()
+    assert (NumpyBackend().describe()["cpu_path"]
+            == "NumPy passes (GPUMLP_CPU_KERNELS=off)")
+
+
 def test_without_numba_the_numpy_passes_run(monkeypatch):
     """``auto`` falls back (saying why); ``on`` is a clear error."""
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba now fails
@@ -406,8 +419,18 @@ def test_without_numba_the_numpy_passes_run(monkeypatch):
     expected = Backend(np).affine_act(x, w, b, "relu", np.empty((5, 3)))
     np.testing.assert_array_equal(backend.affine_act(x, w, b, "relu", np.empty((5, 3))),
                                   expected)
-    with pytest.raises(ImportError, match="GPUMLP_CPU_KERNELS=on needs Numba"):
+    with pytest.raises(ImportError, match=r"cpu_kernels='on' needs Numba.*use "
+                                          r"cpu_kernels='auto'"):
         choose_cpu_path("on").kernels
+    monkeypatch.setenv("GPUMLP_CPU_KERNELS", "on")
+    config.reset()
+    try:
+        with pytest.raises(ImportError, match="GPUMLP_CPU_KERNELS=on needs Numba.*use "
+                                              "GPUMLP_CPU_KERNELS=auto"):
+            choose_cpu_path().kernels
+    finally:
+        monkeypatch.delenv("GPUMLP_CPU_KERNELS")
+        config.reset()
 
 
 def test_importing_gpumlp_does_not_import_numba():

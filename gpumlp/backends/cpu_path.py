@@ -29,20 +29,31 @@ def check_cpu_kernels(value: Any, name: str = "cpu_kernels") -> str:
 def choose_cpu_path(setting: str | None = None) -> "CpuPath":
     """The path for ``setting``, or for ``GPUMLP_CPU_KERNELS`` (default ``auto``) when None."""
     if setting is None:
-        return CpuPath(config.get("GPUMLP_CPU_KERNELS"))
-    return CpuPath(check_cpu_kernels(setting))
+        return CpuPath(config.get("GPUMLP_CPU_KERNELS"), "GPUMLP_CPU_KERNELS")
+    return CpuPath(check_cpu_kernels(setting), "cpu_kernels")
 
 
 class CpuPath:
-    """The compiled kernels module (loaded on first use) or ``None`` with the reason."""
+    """The compiled kernels module (loaded on first use) or ``None`` with the reason.
 
-    def __init__(self, setting: str):
+    ``source`` names where ``setting`` came from (``"GPUMLP_CPU_KERNELS"``, the environment,
+    or ``"cpu_kernels"``, the backend's argument), so messages point at the right one."""
+
+    def __init__(self, setting: str, source: str = "cpu_kernels"):
         self.setting = setting
+        self.source = source
         self._lock = threading.Lock()
         self._loaded = setting == "off"
         self._kernels: Any = None
-        self.reason = "GPUMLP_CPU_KERNELS=off" if setting == "off" else ""
+        self.reason = self._named(setting) if setting == "off" else ""
         self.warm_up: dict | None = None
+
+    def _named(self, setting: str) -> str:
+        """``setting`` as the user wrote it: ``GPUMLP_CPU_KERNELS=off`` or
+        ``cpu_kernels='off'``."""
+        if self.source == "GPUMLP_CPU_KERNELS":
+            return f"GPUMLP_CPU_KERNELS={setting}"
+        return f"{self.source}={setting!r}"
 
     @property
     def kernels(self) -> Any:
@@ -58,8 +69,8 @@ class CpuPath:
             cpu_kernels = importlib.import_module(f"{__package__}.cpu_kernels")
         except ImportError as exc:
             if self.setting == "on":
-                raise ImportError(f"GPUMLP_CPU_KERNELS=on needs Numba, which does not import "
-                                  f"({exc}); install numba or set GPUMLP_CPU_KERNELS=auto") \
+                raise ImportError(f"{self._named('on')} needs Numba, which does not import "
+                                  f"({exc}); install numba or use {self._named('auto')}") \
                     from exc
             self.reason = f"Numba is not importable ({exc})"
         else:
