@@ -34,26 +34,30 @@ def gpumlp_subject(mode: str, X, T, order):
     import gpumlp
     from gpumlp.backends.numpy_backend import NumpyBackend
     from gpumlp.network import Network
+    from gpumlp.step import StepSettings, TrainingStep
 
-    batch, alpha = RECIPE["batch"], RECIPE["alpha"]
+    batch = RECIPE["batch"]
     backend = NumpyBackend(cpu_kernels=mode)
     backend.cpu_path.compile()  # never inside a timed repeat
     net = Network(RECIPE["sizes"], "relu", "softmax_xent", dtype=np.float32, backend=backend,
                   seed=0)
     optimizer = gpumlp.Adam(backend, net.params, RECIPE["lr"])
-    ws = net.new_workspace(batch)
-    xb, tb = np.empty((batch, X.shape[1]), np.float32), np.empty((batch, 10), np.float32)
+    # The trainer's own step: gather, forward, loss with its L2 term, backward, update.
+    step = TrainingStep(net, optimizer, StepSettings(alpha=RECIPE["alpha"],
+                                                     dropout=RECIPE["dropout"],
+                                                     dropout_seed=1))
+    buffers = step.new_buffers(batch, X.shape[1], T.shape[1])
 
     def run(steps: int, start: int) -> None:
-        for step in range(start, start + steps):
-            first = (step * batch) % (len(X) - batch)
+        for number in range(start, start + steps):
+            first = (number * batch) % (len(X) - batch)
             index = order[first:first + batch]
-            backend.gather_rows(X, index, xb)
-            backend.gather_rows(T, index, tb)
-            net.squared_weight_norm()  # the loss's L2 term, as the trainer adds it
-            net.loss_and_gradients(xb, tb, ws, decay=alpha / batch,
-                                   dropout=RECIPE["dropout"], seed=1, step=step)
-            optimizer.step(net.params, net.grads)
+
+            def gather(b, index=index) -> None:
+                backend.gather_rows(X, index, b.x)
+                backend.gather_rows(T, index, b.t)
+
+            step(gather, buffers, step=number)
     return run
 
 
