@@ -10,10 +10,12 @@ The step itself (gather a batch, forward, loss, backward, update) allocates noth
 waits for the device: the trainer owns its batch and work buffers, made once per batch size
 (at most the two sizes of the current epoch are kept, and none is pickled), and the epoch's
 loss is summed on the device and read once at the end of the epoch.  Everything that needs a host
-decision (schedules, early stopping, callbacks, divergence) happens at epoch granularity.  An
-eager epoch runs its steps in a run of the backend's (:meth:`gpumlp.backends.base.Backend.
-open_run`: on a GPU its step scalars and split-K scratch), opened when the epoch starts and
-closed when it ends, so a finished fit leaves no device state behind.
+decision (schedules, early stopping, callbacks, divergence) happens at epoch granularity.  The
+eager steps run in a run of the backend's (:meth:`gpumlp.backends.base.Backend.open_run`: on a
+GPU its step scalars and split-K scratch), one per :meth:`Trainer.fit` or
+:meth:`Trainer.run_epoch` call, opened when the call starts and closed when it ends however it
+ends (a stop, a divergence, an exception), so no epoch pays for making that state and a
+finished fit leaves none of it behind.
 
 Examples
 --------
@@ -233,11 +235,12 @@ class Trainer:
         self._validation_data = self._checked_validation_data(validation_data)
         self.epochs = int(epochs)
         self.owner = owner
+        run = self.network.backend.open_run(self.network.dtype)  # the eager epochs' state
         try:
             self._call_hooks("on_train_begin")
             for epoch in range(epochs):
                 # X and T stay as they are during a fit: the graphs' copy is made once.
-                if not self._run_epoch(X, T, sample_weight, new_data=epoch == 0):
+                if not self._run_epoch(X, T, sample_weight, run, new_data=epoch == 0):
                     break
             else:
                 self.history.stop_reason = self.history.stop_reason or "max_iter"
@@ -245,6 +248,7 @@ class Trainer:
                 self.network.params[...] = self._best
             self._call_hooks("on_train_end")
         finally:
+            run.close()
             self._validation_data = None
             self.epochs = None
             self.owner = None  # no reference cycle left behind
@@ -306,13 +310,15 @@ class Trainer:
         """
         self.owner = owner
         try:
-            return self._run_epoch(X, T, sample_weight, new_data=True)
+            with self.network.backend.open_run(self.network.dtype) as run:
+                return self._run_epoch(X, T, sample_weight, run, new_data=True)
         finally:
             self.owner = None
 
-    def _run_epoch(self, X: Any, T: Any, sample_weight: Any, new_data: bool) -> bool:
-        """:meth:`run_epoch`; ``new_data=False`` promises ``X`` and ``T`` are the arrays of
-        the previous epoch, unchanged (the captured graphs' copy of them is then current)."""
+    def _run_epoch(self, X: Any, T: Any, sample_weight: Any, run: Any, new_data: bool) -> bool:
+        """:meth:`run_epoch`, its eager steps in ``run`` (the caller's: one per fit);
+        ``new_data=False`` promises ``X`` and ``T`` are the arrays of the previous epoch,
+        unchanged (the captured graphs' copy of them is then current)."""
         history = self.history
         n = X.shape[0]
         if history.n_iter == 0 and self.epochs is None:  # partial_fit's first epoch
@@ -324,7 +330,7 @@ class Trainer:
             self.network.grads  # noqa: B018 - allocated on first use: use it now
         learning_rate = self.optimizer.learning_rate
         started = time.perf_counter()
-        loss = self._train_one_epoch(X, T, sample_weight, new_data)  # reads the loss: synced
+        loss = self._train_one_epoch(X, T, sample_weight, run, new_data)  # reads the loss
         seconds = time.perf_counter() - started
         # The epoch's last update can overflow even when every loss it saw was finite.
         if not math.isfinite(loss) or not bool(self.network.backend.xp.isfinite(
@@ -386,7 +392,10 @@ class Trainer:
                 stop |= bool(callback(history.n_iter, history))
         return stop
 
-    def _train_one_epoch(self, X: Any, T: Any, sample_weight: Any, new_data: bool) -> float:
+    def _train_one_epoch(self, X: Any, T: Any, sample_weight: Any, run: Any,
+                         new_data: bool) -> float:
+        """The epoch's mean loss (read on the host): replayed from captured steps where they
+        apply, else launched eagerly on ``run``'s backend."""
         eager_only = sample_weight is not None or is_sparse(X)
         runner = None if eager_only else self._graph_runner_for(X, T, new_data)
         if runner is not None:
@@ -396,7 +405,7 @@ class Trainer:
             self.step_count += steps
             self.optimizer.advance(steps)
             return loss
-        return self._train_one_epoch_eagerly(X, T, sample_weight)
+        return self._eager_epoch(X, T, sample_weight, run.backend)
 
     def _graph_runner_for(self, X: Any, T: Any, new_data: bool) -> StepGraphs | None:
         """The captured-step runner for this data and these settings, if graphs apply: the
@@ -434,12 +443,6 @@ class Trainer:
             self._drop_runner(keep=False)  # unused: free its buffers and graphs
             return None  # measured for this step shape: eager launches are faster
         return runner
-
-    def _train_one_epoch_eagerly(self, X: Any, T: Any, sample_weight: Any = None) -> float:
-        """One epoch of eager steps in a run of the backend's (its device state: step
-        scalars, scratch), opened here and given back when the epoch ends."""
-        with self.network.backend.open_run(self.network.dtype) as run:
-            return self._eager_epoch(X, T, sample_weight, run.backend)
 
     def _eager_epoch(self, X: Any, T: Any, sample_weight: Any, backend: Any) -> float:
         net = self.network

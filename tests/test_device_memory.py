@@ -119,3 +119,46 @@ def test_a_run_collected_unclosed_gives_its_handles_back_outside_any_capture(cp,
     assert blas_api.live_handles() == 2
     backend.open_run().close()
     assert (blas_api.live_handles(), pool.used_bytes()) == (0, before)
+
+
+class _Stop(Exception):
+    """Raised by a callback: the fit ends by an exception."""
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("ending", ["max_iter", "callback", "exception", "interrupt"])
+def test_an_eager_fit_opens_one_run_for_all_its_epochs_and_closes_it(cp, monkeypatch, ending):
+    """The eager epochs of one fit share one run (its step scalars and split-K scratch are
+    made once, not per epoch), closed however the fit ends: all its epochs, a callback that
+    stops it, an exception or a KeyboardInterrupt from a callback."""
+    backend = CupyBackend(gemm_path="fused")
+    rng = np.random.default_rng(0)
+    X = cp.asarray(rng.normal(size=(40, 6)))
+    T = cp.asarray(np.eye(3)[rng.integers(0, 3, 40)])
+    net = Network([6, 8, 3], backend=backend, seed=0, dtype=np.float64)
+    epochs = 4
+
+    def callback(epoch, history):
+        if epoch == 2 and ending in ("exception", "interrupt"):
+            raise _Stop if ending == "exception" else KeyboardInterrupt
+        return ending == "callback" and epoch == 2
+
+    trainer = Trainer(net, Adam(backend, net.params, 1e-2), batch_size=16, alpha=1e-3,
+                      dropout=0.1, cuda_graph="off", callbacks=[callback])
+    opened = []
+    open_run = CupyBackend.open_run
+
+    def counted_open_run(self, *args, **kwargs):
+        opened.append(open_run(self, *args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(CupyBackend, "open_run", counted_open_run)
+    if ending in ("exception", "interrupt"):
+        with pytest.raises(_Stop if ending == "exception" else KeyboardInterrupt):
+            trainer.fit(X, T, epochs)
+    else:
+        trainer.fit(X, T, epochs)
+    assert trainer.history.n_iter == (epochs if ending == "max_iter" else 2)
+    assert len(opened) == 1, (f"{len(opened)} runs opened by one fit of "
+                              f"{trainer.history.n_iter} epochs; one fit has one run")
+    assert opened[0].closed, f"the fit's run was left open (the fit ended by {ending})"
