@@ -7,9 +7,9 @@ runner that captures it once and replays it, the eager steps ``cuda_graph="auto"
 against the replays, and the benchmark subject.  What differs between them is given to the
 call, not written again:
 
-* ``gather(buffers)``: how the batch reaches the step's buffers (rows picked by a host or
-  device index, a sparse matrix densified, or one launch reading the batch start from device
-  memory in a captured step);
+* ``gather(buffers)``: how the batch reaches the step's buffers (rows picked by an index,
+  :meth:`TrainingStep.gather_rows`; a sparse matrix densified; or one launch reading the
+  batch start from device memory in a captured step);
 * ``step``: the dropout counter's step (``-1`` in a captured step: an offset from the base
   the graph moves on);
 * ``loss_acc``: where the loss and its L2 term are summed (``None``: the step returns them);
@@ -108,6 +108,17 @@ class TrainingStep:
                  backend: Backend | None = None) -> "TrainingStep":
         """The same step on another model (a graph runner's twins) and run."""
         return TrainingStep(network, optimizer, self.settings, backend)
+
+    def gather_rows(self, X: Any, T: Any, index: Any) -> Callable[[StepBuffers], None]:
+        """The ``gather`` of the batch ``X[index]``, ``T[index]`` (``index``: row numbers
+        on the step's backend), launched on the step's backend: an eager step's gather."""
+        backend = self.backend
+
+        def gather(buffers: StepBuffers) -> None:
+            backend.gather_rows(X, index, buffers.x)
+            backend.gather_rows(T, index, buffers.t)
+
+        return gather
 
     def new_buffers(self, rows: int, x_columns: int, t_columns: int) -> StepBuffers:
         """New batch and work buffers for a ``rows``-row step; the caller owns them."""

@@ -476,13 +476,13 @@ class Trainer:
                 backend.gather_rows(weights, index, buffers.w)
                 row_weights = buffers.w.reshape(rows)
 
-            def gather(b: StepBuffers, index: Any = index, start: int = start) -> None:
-                if sparse:
+            if sparse:  # X's rows densified on the host, T's gathered as usual
+                def gather(b: StepBuffers, index: Any = index, start: int = start) -> None:
                     rows_csr = X[host_order[start:start + b.x.shape[0]]]
                     b.x[...] = backend.asarray(rows_csr.toarray(), net.dtype)
-                else:
-                    backend.gather_rows(X, index, b.x)
-                backend.gather_rows(T, index, b.t)
+                    backend.gather_rows(T, index, b.t)
+            else:
+                gather = step.gather_rows(X, T, index)
 
             loss = step(gather, buffers, step=self.step_count,
                         weight_sum=weight_sum, row_weights=row_weights)

@@ -286,3 +286,34 @@ def test_model_training_and_bench_code_never_branch_on_the_backend_name():
         if not path.is_relative_to(backends):
             branches += backend_name_branches(path)
     assert branches == []
+
+
+def batch_gathers(path: Path) -> list[str]:
+    """``file:line function`` of every function in ``path`` that gathers both halves of a
+    step's batch itself: ``gather_rows(..., b.x)`` and ``gather_rows(..., b.t)`` (a call
+    counts for its innermost function)."""
+    outs: dict[ast.AST, set[str]] = {}
+
+    def visit(node: ast.AST, function: ast.AST | None) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "gather_rows" and len(node.args) == 3
+                and isinstance(node.args[2], ast.Attribute) and function is not None):
+            outs.setdefault(function, set()).add(node.args[2].attr)
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), None)
+    return [f"{path.relative_to(ROOT)}:{function.lineno} {function.name}"
+            for function, attrs in outs.items() if {"x", "t"} <= attrs]
+
+
+def test_an_eager_steps_batch_gather_is_written_once():
+    """The trainer's eager loop, the eager steps ``cuda_graph="auto"`` times and the
+    benchmark subject gather a batch by rows with ``TrainingStep.gather_rows``, the one
+    definition (gpumlp/step.py)."""
+    gathers = []
+    for path in MODULES.values():
+        gathers += batch_gathers(path)
+    assert [where.split(":")[0] for where in gathers] == ["gpumlp/step.py"], gathers

@@ -84,3 +84,20 @@ def test_eager_and_captured_steps_give_the_same_losses_and_weights(cp, rows):
                                eager.network.get_flat_params(), rtol=1e-10, atol=1e-12)
     assert graph.step_count == eager.step_count
     assert graph.optimizer.steps_taken == eager.optimizer.steps_taken
+
+
+def test_the_step_gathers_a_batch_by_rows():
+    """``TrainingStep.gather_rows(X, T, index)``, the gather every eager step runs, fills the
+    step's buffers with ``X[index]`` and ``T[index]`` on the step's backend."""
+    from gpumlp.step import StepSettings, TrainingStep
+    from gpumlp.optim import SGD
+
+    net = Network([3, 4, 2], backend="numpy", seed=0, dtype=np.float64)
+    step = TrainingStep(net, SGD(net.backend, net.params, 0.1), StepSettings())
+    rng = np.random.default_rng(0)
+    X, T = rng.normal(size=(10, 3)), np.eye(2)[rng.integers(0, 2, 10)]
+    index = np.array([7, 2, 2, 9], dtype=np.int64)
+    buffers = step.new_buffers(4, 3, 2)
+    step.gather_rows(X, T, index)(buffers)
+    np.testing.assert_array_equal(buffers.x, X[index])
+    np.testing.assert_array_equal(buffers.t, T[index])

@@ -329,16 +329,11 @@ class GraphStepRunner:
         """``steps`` full-batch steps launched one kernel at a time, the step the trainer's
         eager loop runs (on the twins); returns their summed loss times the batch rows (on
         the device), as the eager loop sums it."""
-        backend, batch = self.ops, self.batch
+        batch = self.batch
         buffers = self._step_buffers(batch)
         total = 0.0
         for i in range(steps):
-            index = self.perm[i * batch:(i + 1) * batch]
-
-            def gather(b: Any, index: Any = index) -> None:
-                backend.gather_rows(self.X, index, b.x)
-                backend.gather_rows(self.T, index, b.t)
-
+            gather = self.step.gather_rows(self.X, self.T, self.perm[i * batch:(i + 1) * batch])
             total = total + self.step(gather, buffers, step=i) * batch
         return total
 
