@@ -261,3 +261,37 @@ def test_kernel_benchmark_times_every_variant(cp):
     rows = speedups(results)
     assert len(rows) == 3 and all(r["fused_vs_cupy"] > 0 for r in rows)
     assert "| forward | 5→3 | 4 |" in markdown(rows, results)
+
+
+@pytest.mark.parametrize("cuda_graph", ["auto", "on", "off"])
+def test_warm_up_compiles_every_source_a_default_fit_launches_from(cp, monkeypatch, cuda_graph):
+    """``CupyBackend.warm_up()`` (called by the benchmark subjects before any timing) loads
+    each kernel source once, and the sources it loads hold every kernel that a fit of the
+    default recipe (ReLU, Adam, L2, dropout, softmax) and a prediction then launch: no
+    compile is left for a timed repeat."""
+    from gpumlp.backends.cuda import graph_auto, kernels
+
+    monkeypatch.setattr(graph_auto, "VERDICTS", graph_auto.GraphVerdicts())
+    loaded = []
+    monkeypatch.setattr(kernels, "load_module", loaded.append)
+    backend = gpu_backend("auto")
+    backend.warm_up()
+    assert len(loaded) == len(set(loaded)), f"a source compiled twice: {loaded}"
+    launched = set()
+    get_kernel = kernels.get_kernel
+
+    def noted(kernel, *args, **kwargs):
+        launched.add(kernels.KERNELS[kernel].source)
+        return get_kernel(kernel, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "get_kernel", noted)
+    rng = np.random.default_rng(0)
+    X = cp.asarray(rng.normal(size=(40, 6)).astype(np.float32))
+    T = cp.asarray(np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)])
+    net = Network([6, 16, 16, 3], activation="relu", backend=backend, seed=0)
+    Trainer(net, Adam(backend, net.params, 1e-3), batch_size=16, alpha=1e-4, dropout=0.2,
+            cuda_graph=cuda_graph).fit(X, T, 2)
+    for _ in range(2):  # the second prediction is captured
+        net.predict_output(X)
+    assert launched and launched <= set(loaded), (
+        f"sources launched from but not compiled by warm_up(): {sorted(launched - set(loaded))}")

@@ -199,6 +199,20 @@ class CupyBackend(Backend):
         })
         return info
 
+    def warm_up(self) -> None:
+        """Compile every kernel source now (or load it from CuPy's disk cache), so that no
+        timed region pays for it.  A module holds all the instantiations of its source, and
+        a default fit launches kernels of every source (GEMMs, epilogues, losses, optimizer,
+        gathers, and in captured steps the step-state kernels).  A source that fails is left
+        to its first use, which drops its kernels with one warning naming each."""
+        if not self.use_kernels:
+            return
+        for source in kernels.sources():
+            try:
+                kernels.load_module(source)
+            except kernels.KernelsUnavailable:
+                pass  # remembered by load_module: each kernel of it falls back when asked for
+
     def kernel_status(self) -> str:
         """``"compiled"``, or why the generic path is used."""
         if not self.use_kernels:
