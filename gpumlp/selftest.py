@@ -100,7 +100,7 @@ def _graph_vs_eager(report: Report, sizes: list[int], batch: int, path: str,
                          passed="direct" in routes,
                          note=f"{routes.count('direct')} of {len(routes)}"
                               + (f"; {paths.unavailable}" if paths.unavailable else "")))
-    return trainers["on"]._graph_runner, cp
+    return trainers["on"].step_graphs, cp
 
 
 def _check_replays_allocate_nothing(report: Report, runner: Any, cp: Any) -> None:

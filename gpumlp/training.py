@@ -198,6 +198,14 @@ class Trainer:
     def dropout_seed(self) -> int:
         return self.step.settings.dropout_seed
 
+    @property
+    def step_graphs(self) -> StepGraphs | None:
+        """The runner of this trainer's captured steps
+        (:meth:`gpumlp.backends.base.Backend.capture_steps`) where its last epoch replayed
+        them, else None; kept between :meth:`run_epoch` calls, released at the end of
+        :meth:`fit` (read-only: the trainer decides when to capture)."""
+        return self._graph_runner
+
     def continued(self, batch_size: int, alpha: float, dropout: float) -> "Trainer":
         """A trainer that goes on from this one (history, step count, optimizer, shuffling
         and dropout streams) with other step settings; this one is released."""

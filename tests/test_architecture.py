@@ -317,3 +317,25 @@ def test_an_eager_steps_batch_gather_is_written_once():
     for path in MODULES.values():
         gathers += batch_gathers(path)
     assert [where.split(":")[0] for where in gathers] == ["gpumlp/step.py"], gathers
+
+
+def trainer_private_reads(path: Path) -> list[str]:
+    """``file:line expression`` for every private attribute (``_name``, not dunder) read
+    from something whose expression mentions a trainer (``trainers["on"]._graph_runner``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and "trainer" in ast.unparse(node.value).lower()):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_nothing_outside_the_trainer_reads_its_private_attributes():
+    """The self-test replays a trainer's captured steps through ``Trainer.step_graphs``,
+    not by reaching into ``_graph_runner``."""
+    reads = []
+    for name, path in MODULES.items():
+        if name != "gpumlp.training":
+            reads += trainer_private_reads(path)
+    assert reads == []

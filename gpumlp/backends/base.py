@@ -414,6 +414,8 @@ class StepGraphs(Protocol):
 
     #: :meth:`Backend.step_graphs_key` of the step captured.
     key: tuple
+    #: Full batches per epoch: the most steps :meth:`run_steps` replays.
+    full_steps: int
 
     def load(self, X: Any, T: Any) -> None:
         """Train on new ``X``, ``T`` of the shapes captured."""
