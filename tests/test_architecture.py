@@ -288,6 +288,28 @@ def test_model_training_and_bench_code_never_branch_on_the_backend_name():
     assert branches == []
 
 
+def trainer_private_reads(path: Path) -> list[str]:
+    """``file:line expression`` for every private attribute (``_name``, not dunder) read
+    from something whose expression mentions a trainer (``trainers["on"]._graph_runner``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and "trainer" in ast.unparse(node.value).lower()):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_nothing_outside_the_trainer_reads_its_private_attributes():
+    """The self-test replays a trainer's captured steps through ``Trainer.step_graphs``,
+    not by reaching into ``_graph_runner``."""
+    reads = []
+    for name, path in MODULES.items():
+        if name != "gpumlp.training":
+            reads += trainer_private_reads(path)
+    assert reads == []
+
+
 def batch_gathers(path: Path) -> list[str]:
     """``file:line function`` of every function in ``path`` that gathers both halves of a
     step's batch itself: ``gather_rows(..., b.x)`` and ``gather_rows(..., b.t)`` (a call
@@ -319,23 +341,40 @@ def test_an_eager_steps_batch_gather_is_written_once():
     assert [where.split(":")[0] for where in gathers] == ["gpumlp/step.py"], gathers
 
 
-def trainer_private_reads(path: Path) -> list[str]:
-    """``file:line expression`` for every private attribute (``_name``, not dunder) read
-    from something whose expression mentions a trainer (``trainers["on"]._graph_runner``)."""
+def unused_imports(path: Path) -> list[str]:
+    """``file:line name`` of every name ``path`` imports and never uses (a name exported
+    in ``__all__``, used in a quoted annotation, or imported on a ``# noqa: F401`` line for
+    its side effect or to check that it is installed, counts as used)."""
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            try:  # a quoted annotation such as "Trainer" or "list[Backend]"
+                used |= {n.id for n in ast.walk(ast.parse(node.value, mode="eval"))
+                         if isinstance(n, ast.Name)}
+            except SyntaxError:
+                pass
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                                 for t in node.targets)):
+            used |= {n.value for n in ast.walk(node.value)
+                     if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
-                and not node.attr.startswith("__")
-                and "trainer" in ast.unparse(node.value).lower()):
-            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or "noqa: F401" in \
+                lines[node.lineno - 1]:
+            continue
+        for alias in node.names:
+            name = (alias.asname or alias.name).split(".")[0]
+            if name not in used and name != "annotations":
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
     return found
 
 
-def test_nothing_outside_the_trainer_reads_its_private_attributes():
-    """The self-test replays a trainer's captured steps through ``Trainer.step_graphs``,
-    not by reaching into ``_graph_runner``."""
-    reads = []
-    for name, path in MODULES.items():
-        if name != "gpumlp.training":
-            reads += trainer_private_reads(path)
-    assert reads == []
+def test_no_module_imports_a_name_it_does_not_use():
+    unused = []
+    for path in MODULES.values():
+        if path.name != "__init__.py":  # a package's __init__ imports to re-export
+            unused += unused_imports(path)
+    assert unused == []

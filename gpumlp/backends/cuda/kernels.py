@@ -43,9 +43,9 @@ from ... import activations, config
 from ...precision import PRECISIONS, check_precision
 
 __all__ = ["KERNELS", "KernelSpec", "KernelsUnavailable", "NvrtcCompileError", "PRECISIONS",
-           "check_precision", "gemm_tiles",
-           "get_kernel", "kernel_dir", "kernels_enabled", "launch_config", "load_module", "name_expression",
-           "name_expressions", "nvrtc_compile_all", "source_code", "sources"]
+           "check_precision", "gemm_tiles", "get_kernel", "kernel_dir", "kernels_enabled",
+           "launch_config", "load_module", "name_expression", "name_expressions",
+           "nvrtc_compile_all", "source_code", "sources"]
 
 #: NumPy dtype name -> C++ type of ``T``.
 DTYPES: dict[str, str] = {"float32": "float", "float64": "double"}
@@ -415,8 +415,6 @@ _functions: dict[tuple, Any] = {}
 def kernels_enabled() -> bool:
     """False when ``GPUMLP_KERNELS`` is ``off`` (or ``0``/``false``/``no``)."""
     return config.get("GPUMLP_KERNELS")
-
-
 
 
 def load_module(source: str) -> Any:

@@ -33,7 +33,6 @@ while that table lives, so a CUDA graph that captured their addresses stays vali
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
