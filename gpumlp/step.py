@@ -18,7 +18,7 @@ call, not written again:
 
 Every operation of the step runs on the step's ``backend``: the network's, or the backend of
 the run that executes it (:meth:`gpumlp.backends.base.Backend.open_run`), bound with
-:meth:`TrainingStep.bound_to` — the eager epoch's run, or a graph runner's.
+:meth:`TrainingStep.bound_to` — the run of a fit's eager epochs, or a graph runner's.
 
 The L2 term of a batch is ``0.5 * alpha * sum_l ||W_l||^2 / weight_sum``, from the weights
 the batch starts with, as scikit-learn's ``loss_curve_`` counts it.  A backend whose
