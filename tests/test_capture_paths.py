@@ -49,7 +49,7 @@ def data(rows=70):
 
 
 def captured_names(trainer):
-    graph = trainer._graph_runner.graph_one
+    graph = trainer.step_graphs.graph_one
     return [call.name for call, *_ in graph.launches]
 
 
@@ -94,7 +94,7 @@ def test_auto_captures_the_route_measured_faster(cp, blas_api, monkeypatch):
     # Each (operation, shape) of the two step shapes (16 rows and the 6-row remainder) once.
     assert len(measured) == len(choices) == 16
     names = captured_names(trainer)
-    runner = trainer._graph_runner
+    runner = trainer.step_graphs
     directs = sum(1 for (op, shape, _), route in choices.items()
                   if route == "direct" and shape[0] == runner.batch)
     library_calls = sum(name.startswith("cublas") for name in names)

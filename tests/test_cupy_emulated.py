@@ -160,7 +160,7 @@ def test_graph_epoch_loss_adds_each_batch_l2_as_eager(cp, dtype):
         eager.run_epoch(cp.asarray(X, dtype), cp.asarray(T, dtype))
         graph.run_epoch(cp.asarray(X, dtype), cp.asarray(T, dtype))
         reference.run_epoch(X.astype(dtype), T.astype(dtype))
-    assert graph._graph_runner is not None  # the epochs were replayed, not run eagerly
+    assert graph.step_graphs is not None  # the epochs were replayed, not run eagerly
     # The weights move a lot per step here (alpha 0.5, lr 0.2), so end-of-epoch weights would
     # give an L2 term far outside this tolerance.
     rel = summed_loss_tolerance(dtype, batches=5, batch=16, classes=3)
@@ -186,7 +186,7 @@ def test_graph_epochs_equal_eager_epochs(cp, solver, dropout):
     rel = summed_loss_tolerance(np.float64, batches=5, batch=16, classes=3)
     assert graph.history.loss == pytest.approx(eager.history.loss, rel=rel)
     assert reference.history.loss == pytest.approx(eager.history.loss, rel=rel)
-    runner = graph._graph_runner
+    runner = graph.step_graphs
     assert (runner.full_steps, runner.rest, runner.steps_per_graph) == (4, 6, 4)
     for other in (eager, reference):
         np.testing.assert_allclose(graph.network.get_flat_params(),
@@ -201,7 +201,7 @@ def test_graph_replays_launch_only_recorded_kernels(cp):
     rng = np.random.default_rng(6)
     X, T = cp.asarray(rng.normal(size=(64, 12))), cp.asarray(np.eye(3)[rng.integers(0, 3, 64)])
     trainer.run_epoch(X, T)
-    runner = trainer._graph_runner
+    runner = trainer.step_graphs
     # One step: the batch gather (which also moves the step state on), one L2 term over the
     # 3 layers' weights (alpha > 0, from the weights before the update), 3 forward GEMMs (the
     # output layer's with the loss in its epilogue), 3 weight-gradient and 2 backward GEMMs
@@ -246,7 +246,7 @@ def test_estimator_on_the_emulated_gpu_uses_graphs(cp, monkeypatch):
                         random_state=0, backend=gpu_backend("fused"), cuda_graph="on")
     clf.fit(cp.asarray(X), y)
     assert len(replayed) == clf.n_iter_ == 8
-    assert clf._trainer_._graph_runner is None  # captured graphs are released with the buffers
+    assert clf._trainer_.step_graphs is None  # captured graphs are released with the buffers
     assert clf.score(X, y) > 0.9
     assert isinstance(clf.predict_proba(cp.asarray(X)), cp.ndarray)
 

@@ -37,7 +37,7 @@ def test_graph_and_eager_epochs_give_the_same_weights(solver, dropout):
         loss_eager = eager.run_epoch(X, T)
         loss_graph = graph.run_epoch(X, T)
         assert loss_graph == pytest.approx(loss_eager, rel=1e-4)
-    assert graph._graph_runner is not None  # the graph path really ran
+    assert graph.step_graphs is not None  # the graph path really ran
     np.testing.assert_allclose(graph.network.get_flat_params(),
                                eager.network.get_flat_params(), rtol=1e-4, atol=1e-5)
     assert graph.step_count == eager.step_count == 32
@@ -54,7 +54,7 @@ def test_capture_and_replays_allocate_nothing():
     X, T = data(cp)
     trainer = make_trainer("on", 0.2, "adam")
     trainer.run_epoch(X, T)
-    runner = trainer._graph_runner
+    runner = trainer.step_graphs
     pool = cp.get_default_memory_pool()
     runner.synchronize()
     before = pool.used_bytes(), pool.total_bytes()
@@ -90,7 +90,7 @@ def test_classifier_uses_graphs_and_learns():
     y = (X[:, :3].sum(axis=1) > 0).astype(int) + 2 * (X[:, 3] > 0)
     clf = MLPClassifier((64,), max_iter=30, batch_size=128, random_state=0, backend="cupy",
                         cuda_graph="on").fit(cp.asarray(X), y)
-    assert clf._trainer_._graph_runner is not None
+    assert clf._trainer_.step_graphs is not None
     assert clf.score(X, y) > 0.9
     assert np.all(np.isfinite(clf.loss_curve_)) and clf.loss_curve_[-1] < clf.loss_curve_[0]
 

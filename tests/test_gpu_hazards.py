@@ -185,7 +185,7 @@ def test_interleaved_epochs_of_two_models_equal_each_alone(emulated_gpu):
             alone.run_epoch(X_d, T_d)
         np.testing.assert_allclose(trainer.network.get_flat_params(),
                                    alone.network.get_flat_params(), rtol=1e-12, atol=1e-14)
-    assert pair[0]._graph_runner.state is not pair[1]._graph_runner.state
+    assert pair[0].step_graphs.state is not pair[1].step_graphs.state
 
 
 # ------------------------------------------------------------ 3. array contracts
@@ -517,7 +517,7 @@ def test_capture_and_replays_leave_the_pool_unchanged(emulated_gpu):
     trainer = make_trainer(gpu_backend(), graph="on")
     X_d, T_d = cp.asarray(X), cp.asarray(T)
     trainer.run_epoch(X_d, T_d)
-    runner = trainer._graph_runner
+    runner = trainer.step_graphs
     pool = cp.get_default_memory_pool()
     gc.collect()
 

@@ -139,8 +139,8 @@ def test_a_runner_serves_one_trainer_at_a_time(cp):
     trainers[0].fit(X, T, 1)  # its runner goes idle...
     for trainer in trainers:  # ...the first takes it back, the second captures its own
         trainer.run_epoch(X, T)
-    assert trainers[0]._graph_runner is not trainers[1]._graph_runner
-    assert trainers[1]._graph_runner.trainer is trainers[1]
+    assert trainers[0].step_graphs is not trainers[1].step_graphs
+    assert trainers[1].step_graphs.trainer is trainers[1]
 
 
 def test_idle_runners_are_taken_once_under_threads():

@@ -54,7 +54,7 @@ def test_new_data_of_the_same_shape_reuses_the_captured_graphs(cp, monkeypatch):
     for X, T in chunks(3):
         for trainer in (graph, eager):
             trainer.run_epoch(cp.asarray(X), cp.asarray(T))
-        runners.add(id(graph._graph_runner))
+        runners.add(id(graph.step_graphs))
     assert len(runners) == 1
     assert len(captures) == 3  # many-step, one-step and remainder graphs, captured once
     np.testing.assert_allclose(graph.network.get_flat_params(),
@@ -62,7 +62,7 @@ def test_new_data_of_the_same_shape_reuses_the_captured_graphs(cp, monkeypatch):
     # Another shape is another step: captured anew.
     X, T = chunks(1, rows=48)[0]
     graph.run_epoch(cp.asarray(X), cp.asarray(T))
-    assert len(captures) == 5 and id(graph._graph_runner) not in runners  # no remainder
+    assert len(captures) == 5 and id(graph.step_graphs) not in runners  # no remainder
 
 
 @pytest.mark.kernels
@@ -71,7 +71,7 @@ def test_runner_owns_its_data_and_refuses_another_shape(cp):
     (X, T), (X2, T2) = chunks(2)
     X_d, T_d = cp.asarray(X), cp.asarray(T)
     trainer.run_epoch(X_d, T_d)
-    runner = trainer._graph_runner
+    runner = trainer.step_graphs
     assert runner.X is not X_d  # the caller's array is never written by a later load
     runner.load(cp.asarray(X2), cp.asarray(T2))
     np.testing.assert_array_equal(runner.X.get(), X2)
@@ -104,7 +104,7 @@ def test_auto_replays_only_where_measured_faster(cp, monkeypatch, graph_faster):
             trainer.run_epoch(cp.asarray(X), cp.asarray(T))
     assert len(measured) == 1  # once per step shape, then the verdict is reused
     assert len(replays) == (2 if graph_faster else 0)
-    assert (auto._graph_runner is not None) == graph_faster  # an unused runner is freed
+    assert (auto.step_graphs is not None) == graph_faster  # an unused runner is freed
     # Another trainer of the same step shape follows the verdict without measuring again,
     # and without capturing at all where eager launches were faster.
     built = []
@@ -125,7 +125,7 @@ def test_measured_verdict_is_kept_per_step_shape(cp):
     trainer = make_trainer(gpu(), "on")
     X, T = chunks(1, rows=64)[0]
     trainer.run_epoch(cp.asarray(X), cp.asarray(T))
-    runner = trainer._graph_runner
+    runner = trainer.step_graphs
     model = trainer.network
     before = (model.get_flat_params(), trainer.step_count, trainer.optimizer.t)
     verdict = runner.faster_than_eager()

@@ -33,7 +33,7 @@ def captured_step(cp, rows=64):
     rng = np.random.default_rng(6)
     X, T = rng.normal(size=(rows, 12)), np.eye(3)[rng.integers(0, 3, rows)]
     trainer.run_epoch(cp.asarray(X), cp.asarray(T))
-    return trainer._graph_runner
+    return trainer.step_graphs
 
 
 @pytest.mark.kernels

@@ -78,7 +78,7 @@ def test_eager_and_captured_steps_give_the_same_losses_and_weights(cp, rows):
     for _ in range(3):
         for trainer in (eager, graph):
             trainer.run_epoch(X, T)
-    assert graph._graph_runner is not None  # the captured steps really ran
+    assert graph.step_graphs is not None  # the captured steps really ran
     np.testing.assert_allclose(graph.history.loss, eager.history.loss, rtol=1e-12)
     np.testing.assert_allclose(graph.network.get_flat_params(),
                                eager.network.get_flat_params(), rtol=1e-10, atol=1e-12)
