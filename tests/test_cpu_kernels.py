@@ -259,6 +259,41 @@ def test_update_without_an_l2_term_leaves_the_gradient_alone(dtype, solver):
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", ["adam", "sgd", "nesterov"])
+def test_compiled_update_stores_subnormal_results_as_zero(dtype, solver):
+    """Weights whose only gradient is the L2 term, and the moments of units that no longer
+    learn, decay into the subnormal range, where x86 arithmetic is slow: the compiled update
+    stores such results as zero and every normal result as the reference does."""
+    from gpumlp.backends import L2Term
+
+    tiny = np.finfo(dtype).tiny
+    rng = np.random.default_rng(14)
+    size = 4099
+    params = rand(rng, size, dtype=dtype)
+    params[::3] = dtype(tiny) * dtype(1.5)  # one step of decay takes these below tiny
+    state = [params, np.zeros(size, dtype), np.zeros(size, dtype)]
+    state[1][1::3] = dtype(tiny) * dtype(1.01)  # m (Adam) or velocity (SGD), about to decay
+    reference = [s.copy() for s in state]
+    grads = np.zeros(size, dtype)
+    spans = ((0, size),)
+    _run_update(FAST, solver, state, grads.copy(), 1,
+                L2Term(spans, 0.5, 0.25, np.zeros((), dtype)))
+    _run_update(REF, solver, reference, grads.copy(), 1,
+                L2Term(spans, 0.5, 0.25, np.zeros((), dtype)))
+    flushed = 0
+    for got, expected in zip(state, reference):
+        subnormal = (expected != 0) & (np.abs(expected) < tiny)
+        flushed += int(subnormal.sum())
+        np.testing.assert_array_equal(got[subnormal], 0)
+        np.testing.assert_array_equal(got[~subnormal], expected[~subnormal])
+    assert flushed >= size // 3  # the reference keeps subnormals: the case is exercised
+    nan = np.full(3, np.nan, dtype)
+    _run_update(FAST, solver, [nan, np.zeros(3, dtype), np.zeros(3, dtype)],
+                np.zeros(3, dtype), 1, None)
+    assert np.isnan(nan).all()  # NaN is not flushed: divergence stays visible
+
+
 def test_folded_update_refuses_overlapping_or_outside_spans():
     from gpumlp.backends import L2Term
 
@@ -463,17 +498,18 @@ def test_float32_loops_vectorise_and_stay_in_float32():
     flat = np.ones(64, f32)
     out, b, keep = np.ones((4, 16), f32), np.ones(16, f32), np.ones((4, 16), np.bool_)
     spans = np.array([[0, 40]], np.int64)
+    tiny = f32(np.finfo(f32).tiny)
     # name: (arguments, whether its own loops must stay in float32)
     cases = {
         "adam": ((flat, flat.copy(), flat.copy(), flat.copy(), 0, 64, spans, half, half,
-                  half, half, half, half, half), False),
-        "sgd": ((flat, flat.copy(), flat.copy(), 0, 64, spans, half, half, half, True),
+                  half, half, half, half, half, tiny), False),
+        "sgd": ((flat, flat.copy(), flat.copy(), 0, 64, spans, half, half, half, True, tiny),
                 False),
         # The update loops themselves (``decayed`` a run-time flag: both loops compiled).
         "_adam_range": ((flat, flat.copy(), flat.copy(), flat.copy(), 3, 61, half, half,
-                         half, half, half, half, half, True), True),
-        "_sgd_range": ((flat, flat.copy(), flat.copy(), 3, 61, half, half, half, True, True),
-                       True),
+                         half, half, half, half, half, tiny, f32(0), True), True),
+        "_sgd_range": ((flat, flat.copy(), flat.copy(), 3, 61, half, half, half, True, tiny,
+                        f32(0), True), True),
         "bias_act_dropout": ((out, b, activations.CODES["relu"], keep, 0, u64(1), u64(2),
                               u64(3), u64(4), u64(1 << 31), one, f32(0), one, half), True),
         "act_grad": ((out, out.copy(), out.copy(), activations.CODES["relu"], f32(0), one,

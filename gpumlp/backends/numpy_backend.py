@@ -373,7 +373,8 @@ class NumpyBackend(Backend):
         kernels = self._compiled(params, grads, velocity) if params.ndim == 1 else None
         if kernels is not None:
             self._update_compiled(kernels.sgd, params, l2, (grads, velocity),
-                                  (dt(lr), dt(momentum), bool(nesterov)))
+                                  (dt(lr), dt(momentum), bool(nesterov),
+                                   dt(np.finfo(params.dtype).tiny)))
             return
         if l2 is not None:
             self.fold_l2_term(params, grads, l2)
@@ -400,7 +401,7 @@ class NumpyBackend(Backend):
         if kernels is not None:
             self._update_compiled(kernels.adam, params, l2, (grads, m, v),
                                   (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
-                                   dt(eps), dt(lr_t)))
+                                   dt(eps), dt(lr_t), dt(np.finfo(params.dtype).tiny)))
             return
         if l2 is not None:
             self.fold_l2_term(params, grads, l2)
