@@ -12,6 +12,18 @@ Where Numba imports, that elementwise work is done by compiled passes instead
 (:mod:`gpumlp.backends.cpu_kernels`: one pass per operation where NumPy makes several); the
 NumPy code below stays as their reference and as the path when ``GPUMLP_CPU_KERNELS=off`` or
 Numba is missing.
+
+Matrix products stay in NumPy's BLAS (OpenBLAS in NumPy's wheels) although Intel's MKL is
+faster for the small products of a training step on Intel CPUs: the eight products of a
+default-recipe step at batch 128 (784-512-512-10, float32) took 1.82 ms in OpenBLAS against
+1.33 ms in MKL (PyTorch's, on the same memory; sum of each product's median, 30 interleaved
+repeats of ``benchmarks/cpu_gemm_blas.py --batch 128`` alone on the 2-core Xeon, one-minute
+load average 1.5), and about the same at batch 1024 in an earlier run.  Using it would mean a
+second BLAS in the process beside NumPy's (the 229 MB ``mkl`` wheel and Intel's OpenMP, or
+PyTorch), bound by our own ``cblas_sgemm`` wrapper, with two thread pools that spin against
+each other on the same cores: in that run the eight products at batch 1024 took 30.5 ms in
+MKL, the two libraries interleaved, against 10.6 ms in OpenBLAS.  Until one BLAS can be chosen for
+the whole process (a NumPy built against MKL), the products stay where NumPy puts them.
 """
 
 from __future__ import annotations
@@ -45,8 +57,9 @@ class NumpyBackend(Backend):
         ``GPUMLP_NUM_THREADS`` when set, else 1.  BLAS keeps its worker threads spinning
         for a while after every product, so elementwise work split over the same cores
         competes with them: on a 2-core machine the default recipe's step ran about 5 %
-        faster on one thread than on two, and batches of 1024 and 8192 gained nothing from
-        the split.
+        faster on one thread than on two, batches of 1024 and 8192 gained nothing from
+        the split, and the compiled Adam update was slower on two threads at every size
+        (figures in :mod:`gpumlp.backends.threads`).
     cpu_kernels : {"auto", "on", "off"}, optional
         Whether the elementwise work runs as Numba-compiled passes
         (:mod:`gpumlp.backends.cpu_kernels`): ``"auto"`` where Numba imports, ``"on"``

@@ -6,12 +6,28 @@ the other cores to BLAS's worker threads, which spin for a while after every pro
 NumPy releases the GIL inside ufuncs, and so do the compiled passes of
 :mod:`gpumlp.backends.cpu_kernels` (``nogil``), so that work can be split into disjoint row
 ranges over a small pool — the NumPy backend does so only when asked (``GPUMLP_NUM_THREADS``
-or ``threads=``; see :class:`~gpumlp.backends.numpy_backend.NumpyBackend` for why one thread
-is the default).  The compiled passes do not use Numba's own parallel loops either: on the
-2-core Xeon shared with other work (load average 130-160), the Adam update of 670k float32
-parameters right after a BLAS product took at best 0.44 ms on Numba's two OpenMP threads
-against 0.57 ms on one thread, but 23.8 ms against 1.0 ms in the median of 60 repeats, and
-Numba's default threading layer (workqueue) may not be entered from two threads at once.
+or ``threads=``), because on two cores one thread is faster at every size measured.  The
+compiled Adam update (L2 term folded in) of a float32 flat buffer, timed right after a BLAS
+product (a 784x128 by 128x512 weight gradient, so OpenBLAS's two threads are still spinning):
+the kernel on the calling thread, split by :class:`RowChunks` over two threads, and a Numba
+``prange`` over two chunks on the OpenMP threading layer; median of 40 interleaved repeats
+(``benchmarks/cpu_update_threads.py --layer omp``, alone on the 2-core Intel Xeon, AVX-512,
+OpenBLAS 0.3.31, Numba 0.68; one-minute load average 1.0):
+
+=========  ==========  ================  ==========================
+elements   one thread  RowChunks(2)      ``prange``, OpenMP 2
+=========  ==========  ================  ==========================
+670,000    0.50 ms     0.57 ms           1.96 ms (p75 17.6 ms)
+270,000    0.24 ms     0.34 ms           5.36 ms (p75 22.0 ms)
+60,000     0.055 ms    0.057 ms          2.68 ms
+=========  ==========  ================  ==========================
+
+Our second thread finds the second core busy with a BLAS thread that spins for a while
+after every product; OpenMP's threads spin too and fight BLAS's for the two cores (TBB is
+not installed).  So the compiled passes stay serial and do not use Numba's parallel loops,
+whose default layer (workqueue) may not be entered from two threads at once either.  On a
+machine with more cores than BLAS keeps busy the split may pay: ``GPUMLP_NUM_THREADS``
+asks for it, and BLAS's threads plus ours should not exceed the cores.
 
 :func:`default_threads`, the count when a split is asked for without a number, follows
 ``GPUMLP_NUM_THREADS``, else ``OMP_NUM_THREADS`` (the variable BLAS libraries read), else the
