@@ -147,9 +147,8 @@ class SGD(Optimizer):
         """One update; ``backend`` is the run's (default: the optimizer's); ``l2``: the
         step's L2 term, folded into the update (given only where the backend folds it:
         :class:`~gpumlp.backends.L2Term`)."""
-        extra = {} if l2 is None else {"l2": l2}
         (backend or self.backend).sgd_step(params, grads, self.velocity, self.learning_rate,
-                                           self.momentum, self.nesterov, **extra)
+                                           self.momentum, self.nesterov, l2)
 
 
 class Adam(Optimizer):
@@ -182,10 +181,8 @@ class Adam(Optimizer):
              l2: L2Term | None = None) -> None:
         """One update; ``backend`` and ``l2`` as :meth:`SGD.step` takes them."""
         self.t += 1
-        extra = {} if l2 is None else {"l2": l2}
         (backend or self.backend).adam_step(params, grads, self.m, self.v, self.learning_rate,
-                                            self.beta_1, self.beta_2, self.epsilon, self.t,
-                                            **extra)
+                                            self.beta_1, self.beta_2, self.epsilon, self.t, l2)
 
 
 def make_optimizer(solver: str, backend: Backend, params: Any, learning_rate_init: float,

@@ -49,6 +49,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
@@ -103,6 +104,14 @@ class TrainingStep:
         self.optimizer = optimizer
         self.settings = settings
         self.backend = backend or network.backend
+        self.weight_spans = network.weight_spans()
+
+    @functools.cached_property
+    def folds_l2(self) -> bool:
+        """Whether the update takes the L2 term: fixed for the step's life, so asked once,
+        at the first step (asking may load the backend's compiled passes)."""
+        return bool(self.settings.alpha) and self.backend.folds_l2_into_update(
+            self.network.params)
 
     def bound_to(self, network: Network, optimizer: Any,
                  backend: Backend | None = None) -> "TrainingStep":
@@ -147,21 +156,17 @@ class TrainingStep:
         if settings.alpha and l2 is None:
             l2 = backend.zeros((), net.dtype)
         # Where the backend's update reads every weight anyway, the L2 term rides on it.
-        folded = (L2Term(net.weight_spans(), decay, 0.5 * decay, l2)
-                  if settings.alpha and backend.folds_l2_into_update(net.params) else None)
+        folded = L2Term(self.weight_spans, decay, 0.5 * decay, l2) if self.folds_l2 else None
         with placement.weight_grads_beside():
             if settings.alpha and folded is None:  # from the weights the batch starts with
                 placement.beside(lambda: backend.add_weights_l2_loss(
-                    net.params, net.weight_spans(), 0.5 * decay, l2))
+                    net.params, self.weight_spans, 0.5 * decay, l2))
             loss = net.loss_and_gradients(
                 buffers.x, buffers.t, buffers.workspace,
                 decay=decay if folded is None else 0.0,
                 dropout=settings.dropout, seed=settings.dropout_seed, step=step,
                 row_weights=row_weights, weight_sum=weight_sum, backend=backend)
-        if folded is None:
-            self.optimizer.step(net.params, net.grads, backend=backend)
-        else:
-            self.optimizer.step(net.params, net.grads, backend=backend, l2=folded)
+        self.optimizer.step(net.params, net.grads, backend=backend, l2=folded)
         if loss_acc is not None or not settings.alpha:
             return loss
         return loss + l2

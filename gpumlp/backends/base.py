@@ -310,7 +310,7 @@ class Backend:
         :meth:`adam_step` as an :class:`L2Term` instead of to :meth:`weight_grads` and
         :meth:`add_weights_l2_loss`: a backend whose update reads every weight anyway may
         add ``decay * W`` and sum ``W * W`` in the same pass.  The step passes ``l2`` to the
-        update only where this says ``True`` (a backend that keeps the default never gets it).
+        update only where this says ``True`` (a backend that keeps the default gets ``l2=None``).
         """
         return False
 

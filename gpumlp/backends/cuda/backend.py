@@ -594,26 +594,30 @@ class CupyBackend(Backend):
         return state
 
     @_falls_back
-    def sgd_step(self, params, grads, velocity, lr, momentum, nesterov):
+    def sgd_step(self, params, grads, velocity, lr, momentum, nesterov, l2=None):
         dtype = contracts.float_dtype("sgd_step", "params", params)
         self._check("sgd_step", dtype, params=(params, "p"), grads=(grads, "p"),
                     velocity=(velocity, "p"))
         fn = self._kernel("sgd_step", params.dtype, nesterov=bool(nesterov))
         if fn is None:
-            return super().sgd_step(params, grads, velocity, lr, momentum, nesterov)
+            return super().sgd_step(params, grads, velocity, lr, momentum, nesterov, l2)
+        if l2 is not None:  # never asked for (folds_l2_into_update is False): the reference
+            self.fold_l2_term(params, grads, l2)
         state = self._step_scalars(params.dtype, lr, None)
         grid, block = kernels.launch_config("sgd_step", params.size)
         fn(grid, block, (params, velocity, grads, np.int64(params.size), state.lr,
                          np.float64(momentum)))
 
     @_falls_back
-    def adam_step(self, params, grads, m, v, lr, beta1, beta2, eps, step):
+    def adam_step(self, params, grads, m, v, lr, beta1, beta2, eps, step, l2=None):
         dtype = contracts.float_dtype("adam_step", "params", params)
         self._check("adam_step", dtype, params=(params, "p"), grads=(grads, "p"), m=(m, "p"),
                     v=(v, "p"))
         fn = self._kernel("adam_step", params.dtype)
         if fn is None:
-            return super().adam_step(params, grads, m, v, lr, beta1, beta2, eps, step)
+            return super().adam_step(params, grads, m, v, lr, beta1, beta2, eps, step, l2)
+        if l2 is not None:  # never asked for (folds_l2_into_update is False): the reference
+            self.fold_l2_term(params, grads, l2)
         state = self._step_scalars(params.dtype, lr, step)
         grid, block = kernels.launch_config("adam_step", params.size)
         fn(grid, block, (params, m, v, grads, np.int64(params.size), state.lr, state.step,
